@@ -1,0 +1,9 @@
+//! amat: adaptive-margin adversarial training for medical-image networks.
+//!
+//! The host owns networks and tensors (libtorch through `tch`); task plugins
+//! supply a decoder, a per-sample loss and metrics, as sandboxed wasm
+//! components or native dylibs.
+
+pub mod cli;
+pub mod plugin;
+pub mod tensor;

@@ -1,0 +1,218 @@
+//! Task plugins: one [`Plugin`] type over two loaders, a sandboxed wasm
+//! component (wasmtime) and a trusted native dylib (libloading). The loader is
+//! picked by the file's extension.
+//!
+//! Every call's result is checked here, once for both kinds: a loss must be a
+//! finite float tensor of shape [B].
+
+mod error;
+mod limits;
+mod native;
+mod wasm;
+
+pub use amat_plugin_sdk::types::{DecodeRequest, Example, File, Metric, TargetKind, TaskInfo};
+pub use error::{CallError, PluginError};
+pub use limits::SandboxLimits;
+
+use anyhow::Result;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PluginKind {
+    /// Sandboxed wasm component.
+    Wasm,
+    /// Trusted native dylib: not sandboxed.
+    Native,
+}
+
+/// What a loader provides. Tensors passed in are lent for the call only.
+trait Backend: Send {
+    fn describe(&mut self) -> Result<TaskInfo, CallError>;
+    fn decode(&mut self, request: &DecodeRequest) -> Result<Vec<Example>, CallError>;
+    fn loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, CallError>;
+    fn correct(&mut self, pred: &Tensor, target: &Tensor) -> Result<Option<Tensor>, CallError>;
+    fn metrics(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, CallError>;
+}
+
+pub struct Plugin {
+    path: PathBuf,
+    kind: PluginKind,
+    info: TaskInfo,
+    backend: Box<dyn Backend>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("path", &self.path)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl Plugin {
+    /// Loads a `.wasm` component or a native `.so`/`.dylib`/`.dll`, and asks it
+    /// to describe itself.
+    pub fn load(path: impl AsRef<Path>, limits: &SandboxLimits) -> Result<Plugin, PluginError> {
+        let path = path.as_ref().to_path_buf();
+        let load_err = |message: String| PluginError::load(&path, message);
+        if !path.exists() {
+            return Err(load_err("no such file".into()));
+        }
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let (kind, mut backend): (PluginKind, Box<dyn Backend>) = match ext {
+            "wasm" => (
+                PluginKind::Wasm,
+                Box::new(
+                    wasm::WasmBackend::load(&path, limits)
+                        .map_err(|e| load_err(format!("{e:#}")))?,
+                ),
+            ),
+            "so" | "dylib" | "dll" => (
+                PluginKind::Native,
+                Box::new(
+                    native::NativeBackend::load(&path, limits)
+                        .map_err(|e| load_err(format!("{e:#}")))?,
+                ),
+            ),
+            _ => {
+                return Err(load_err(
+                    "not a plugin: expected a .wasm component or a .so/.dylib/.dll library".into(),
+                ));
+            }
+        };
+        let info = backend
+            .describe()
+            .map_err(|e| PluginError::call(&path, "describe", e))?;
+        validate_info(&info)
+            .map_err(|m| PluginError::call(&path, "describe", CallError::BadResult(m)))?;
+        Ok(Plugin {
+            path,
+            kind,
+            info,
+            backend,
+        })
+    }
+
+    pub fn info(&self) -> &TaskInfo {
+        &self.info
+    }
+    pub fn kind(&self) -> PluginKind {
+        self.kind
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, call: &'static str, e: CallError) -> PluginError {
+        PluginError::call(&self.path, call, e).named(&self.info.name)
+    }
+
+    pub fn decode(&mut self, request: &DecodeRequest) -> Result<Vec<Example>, PluginError> {
+        self.backend
+            .decode(request)
+            .map_err(|e| self.err("decode", e))
+    }
+
+    /// Per-sample loss, shape [B], finite; differentiable where `pred` is.
+    pub fn loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, PluginError> {
+        let out = self
+            .backend
+            .loss(pred, target)
+            .map_err(|e| self.err("loss", e))?;
+        check_per_sample(&out, pred, "loss", true)
+            .map_err(|m| self.err("loss", CallError::BadResult(m)))?;
+        Ok(out)
+    }
+
+    /// Per-sample "still correct" mask as a bool tensor [B], if the plugin has one.
+    pub fn correct(
+        &mut self,
+        pred: &Tensor,
+        target: &Tensor,
+    ) -> Result<Option<Tensor>, PluginError> {
+        let Some(out) = self
+            .backend
+            .correct(pred, target)
+            .map_err(|e| self.err("correct", e))?
+        else {
+            return Ok(None);
+        };
+        check_per_sample(&out, pred, "correct", false)
+            .map_err(|m| self.err("correct", CallError::BadResult(m)))?;
+        Ok(Some(out.detach().to_kind(Kind::Float).gt(0.5)))
+    }
+
+    pub fn metrics(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, PluginError> {
+        let m = self
+            .backend
+            .metrics(pred, target)
+            .map_err(|e| self.err("metrics", e))?;
+        if let Some(bad) = m.iter().find(|m| !m.value.is_finite()) {
+            return Err(self.err(
+                "metrics",
+                CallError::BadResult(format!("metric `{}` is {}", bad.name, bad.value)),
+            ));
+        }
+        Ok(m)
+    }
+}
+
+fn validate_info(info: &TaskInfo) -> Result<(), String> {
+    if info.name.is_empty() {
+        return Err("task name is empty".into());
+    }
+    if info.input_channels == 0 || info.output_channels == 0 {
+        return Err("input and output channels must be positive".into());
+    }
+    if !(info.intensity_min < info.intensity_max) {
+        return Err(format!(
+            "intensity range [{}, {}] is empty",
+            info.intensity_min, info.intensity_max
+        ));
+    }
+    if !info.tau.is_finite() {
+        return Err(format!("tau is {}", info.tau));
+    }
+    Ok(())
+}
+
+/// A per-sample result must be [B] and finite; a loss must also be float and,
+/// when the prediction carries gradients, carry them too.
+fn check_per_sample(out: &Tensor, pred: &Tensor, call: &str, is_loss: bool) -> Result<(), String> {
+    let batch = pred.size().first().copied().unwrap_or(0);
+    if out.size() != [batch] {
+        return Err(format!(
+            "{call} returned shape {:?}, expected [{batch}] (one value per sample)",
+            out.size()
+        ));
+    }
+    if is_loss {
+        if !matches!(
+            out.kind(),
+            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+        ) {
+            return Err(format!(
+                "{call} returned a {:?} tensor, expected float",
+                out.kind()
+            ));
+        }
+        if pred.requires_grad() && !out.requires_grad() {
+            return Err(format!(
+                "{call} is detached from the prediction: no gradient can flow through it"
+            ));
+        }
+        let finite = out.detach().isfinite().all().int64_value(&[]) == 1;
+        if !finite {
+            let values: Vec<f32> = Vec::try_from(
+                out.detach()
+                    .to_kind(Kind::Float)
+                    .to_device(tch::Device::Cpu),
+            )
+            .unwrap_or_default();
+            return Err(format!("{call} returned non-finite values {values:?}"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,723 @@
+//! Wasm component plugins: sandboxed, portable. One engine for the process,
+//! an epoch ticker for call deadlines, a memory limiter, a host-side tensor
+//! budget, and only the WASI interfaces Rust's runtime needs for stdio (with
+//! no environment, arguments or real streams behind them). A component that
+//! imports anything else — filesystem, sockets, clocks, randomness — is refused
+//! at load.
+
+use super::{Backend, CallError, SandboxLimits};
+use crate::plugin::{DecodeRequest, Example, File, Metric, TargetKind, TaskInfo};
+use crate::tensor::{Op, TensorTable, dtype_of};
+use amat_plugin_sdk::types::{BinaryOp, DType, ReduceOp, ScalarOp, UnaryOp};
+use anyhow::{Context, Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+use tch::{Device, Tensor};
+use wasmtime::component::{
+    Component, HasSelf, Linker, Resource, ResourceTable, types::ComponentItem,
+};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "task",
+        imports: { default: trappable },
+        with: { "amat:task/tensors.tensor": super::TensorRep },
+    });
+}
+
+use bindings::amat::task::{tensors as wit_t, types as wit};
+
+/// The host type behind the WIT `tensor` resource: the resource's rep is a
+/// handle of the plugin's [`TensorTable`].
+pub enum TensorRep {}
+
+/// Interfaces a component may import. Rust's wasm32-wasip2 runtime imports
+/// the stdio ones even when a plugin prints nothing.
+const ALLOWED_IMPORTS: &[&str] = &[
+    "amat:task/tensors",
+    "amat:task/types",
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:io/error",
+    "wasi:io/streams",
+    "wasi:io/poll",
+];
+
+const EXPORTS: &[&str] = &["describe", "decode", "loss", "correct", "metrics"];
+
+/// How often the engine's epoch advances: the resolution of call deadlines.
+const TICK: Duration = Duration::from_millis(5);
+/// What a plugin's stderr may hold (panic messages end up in errors).
+const STDERR_CAPACITY: usize = 8 * 1024;
+
+/// A host op failed inside a plugin call; `limit` when a budget refused it.
+#[derive(Debug)]
+struct HostOpFailure {
+    message: String,
+    limit: bool,
+}
+
+impl std::fmt::Display for HostOpFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+impl std::error::Error for HostOpFailure {}
+
+/// The memory limiter refused a grow.
+#[derive(Debug)]
+struct MemoryCapHit(String);
+impl std::fmt::Display for MemoryCapHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for MemoryCapHit {}
+
+struct Limiter {
+    max_memory: usize,
+    max_tables: usize,
+    max_table_elements: usize,
+    max_instances: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            return Err(wasmtime::Error::new(MemoryCapHit(format!(
+                "linear memory grow from {} MiB to {} MiB refused (cap {} MiB)",
+                current >> 20,
+                desired >> 20,
+                self.max_memory >> 20
+            ))));
+        }
+        Ok(true)
+    }
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_table_elements {
+            return Err(wasmtime::Error::new(MemoryCapHit(format!(
+                "table grow to {desired} elements refused (cap {})",
+                self.max_table_elements
+            ))));
+        }
+        Ok(true)
+    }
+    fn instances(&self) -> usize {
+        self.max_instances
+    }
+    fn tables(&self) -> usize {
+        self.max_tables
+    }
+    fn memories(&self) -> usize {
+        self.max_instances
+    }
+}
+
+struct State {
+    table: TensorTable,
+    device: Device,
+    limiter: Limiter,
+    wasi: WasiCtx,
+    resources: ResourceTable,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.resources,
+        }
+    }
+}
+
+fn op_err(e: anyhow::Error) -> wasmtime::Error {
+    let message = format!("{e:#}");
+    let limit = message.contains("tensor budget");
+    wasmtime::Error::new(HostOpFailure { message, limit })
+}
+
+fn own(h: Result<u32>) -> wasmtime::Result<Resource<TensorRep>> {
+    h.map(Resource::new_own).map_err(op_err)
+}
+
+impl State {
+    fn apply(&mut self, t: &Resource<TensorRep>, op: Op) -> wasmtime::Result<Resource<TensorRep>> {
+        own(self.table.apply(t.rep(), op))
+    }
+}
+
+impl wit_t::Host for State {}
+
+impl wit_t::HostTensor for State {
+    fn from_f32(
+        &mut self,
+        data: Vec<f32>,
+        shape: Vec<i64>,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        own(self.table.from_f32(&data, &shape, self.device))
+    }
+    fn from_s64(
+        &mut self,
+        data: Vec<i64>,
+        shape: Vec<i64>,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        own(self.table.from_s64(&data, &shape, self.device))
+    }
+    fn full(&mut self, value: f64, shape: Vec<i64>) -> wasmtime::Result<Resource<TensorRep>> {
+        own(self.table.full(value, &shape, self.device))
+    }
+    fn shape(&mut self, t: Resource<TensorRep>) -> wasmtime::Result<Vec<i64>> {
+        self.table.get(t.rep()).map(|t| t.size()).map_err(op_err)
+    }
+    fn dtype(&mut self, t: Resource<TensorRep>) -> wasmtime::Result<wit_t::Dtype> {
+        let d = self
+            .table
+            .get(t.rep())
+            .map(|t| dtype_of(t.kind()))
+            .map_err(op_err)?;
+        Ok(match d {
+            DType::Float => wit_t::Dtype::Float,
+            DType::Long => wit_t::Dtype::Long,
+            DType::Boolean => wit_t::Dtype::Boolean,
+        })
+    }
+    fn to_f32(&mut self, t: Resource<TensorRep>) -> wasmtime::Result<Vec<f32>> {
+        self.table.to_f32(t.rep()).map_err(op_err)
+    }
+    fn unary(
+        &mut self,
+        t: Resource<TensorRep>,
+        op: wit_t::UnaryOp,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(&t, Op::Unary(same_case(op as u32, UnaryOp::from_code)?))
+    }
+    fn binary(
+        &mut self,
+        t: Resource<TensorRep>,
+        op: wit_t::BinaryOp,
+        other: Resource<TensorRep>,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(
+            &t,
+            Op::Binary(same_case(op as u32, BinaryOp::from_code)?, other.rep()),
+        )
+    }
+    fn scalar(
+        &mut self,
+        t: Resource<TensorRep>,
+        op: wit_t::ScalarOp,
+        value: f64,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(
+            &t,
+            Op::Scalar(same_case(op as u32, ScalarOp::from_code)?, value),
+        )
+    }
+    fn reduce(
+        &mut self,
+        t: Resource<TensorRep>,
+        op: wit_t::ReduceOp,
+        dims: Vec<i64>,
+        keep: bool,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(
+            &t,
+            Op::Reduce(same_case(op as u32, ReduceOp::from_code)?, &dims, keep),
+        )
+    }
+    fn argmax(
+        &mut self,
+        t: Resource<TensorRep>,
+        dim: i64,
+        keep: bool,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(&t, Op::Argmax(dim, keep))
+    }
+    fn softmax(
+        &mut self,
+        t: Resource<TensorRep>,
+        dim: i64,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(&t, Op::Softmax(dim))
+    }
+    fn log_softmax(
+        &mut self,
+        t: Resource<TensorRep>,
+        dim: i64,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(&t, Op::LogSoftmax(dim))
+    }
+    fn clamp(
+        &mut self,
+        t: Resource<TensorRep>,
+        min: f64,
+        max: f64,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(&t, Op::Clamp(min, max))
+    }
+    fn reshape(
+        &mut self,
+        t: Resource<TensorRep>,
+        shape: Vec<i64>,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(&t, Op::Reshape(&shape))
+    }
+    fn permute(
+        &mut self,
+        t: Resource<TensorRep>,
+        dims: Vec<i64>,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(&t, Op::Permute(&dims))
+    }
+    fn narrow(
+        &mut self,
+        t: Resource<TensorRep>,
+        dim: i64,
+        start: i64,
+        length: i64,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(&t, Op::Narrow(dim, start, length))
+    }
+    fn one_hot(
+        &mut self,
+        t: Resource<TensorRep>,
+        classes: i64,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(&t, Op::OneHot(classes))
+    }
+    fn gather(
+        &mut self,
+        t: Resource<TensorRep>,
+        dim: i64,
+        index: Resource<TensorRep>,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(&t, Op::Gather(dim, index.rep()))
+    }
+    fn where_else(
+        &mut self,
+        t: Resource<TensorRep>,
+        cond: Resource<TensorRep>,
+        other: Resource<TensorRep>,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(&t, Op::WhereElse(cond.rep(), other.rep()))
+    }
+    fn to_dtype(
+        &mut self,
+        t: Resource<TensorRep>,
+        d: wit_t::Dtype,
+    ) -> wasmtime::Result<Resource<TensorRep>> {
+        self.apply(&t, Op::ToDtype(same_case(d as u32, DType::from_code)?))
+    }
+    fn drop(&mut self, t: Resource<TensorRep>) -> wasmtime::Result<()> {
+        self.table.remove(t.rep());
+        Ok(())
+    }
+}
+
+/// The WIT enums and the SDK's list the same cases in the same order.
+fn same_case<T>(code: u32, from: fn(u32) -> Option<T>) -> wasmtime::Result<T> {
+    from(code).ok_or_else(|| wasmtime::Error::msg(format!("op code {code} unknown to the host")))
+}
+
+impl wit::Host for State {}
+
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).expect("wasmtime engine");
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("amat-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .expect("epoch thread");
+        engine
+    })
+}
+
+/// Where compiled components are kept: `AMAT_CACHE_DIR`, else the user's cache.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("AMAT_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("amat").join("components"))
+}
+
+/// Whether a component came from the on-disk cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompileSource {
+    Compiled,
+    Cached,
+}
+
+/// Compiles a component, or loads it compiled from `cache` (keyed by the
+/// bytes and the engine's settings), storing it there atomically.
+pub fn compile(bytes: &[u8], cache: Option<&Path>) -> Result<(Component, CompileSource)> {
+    check_magic(bytes)?;
+    let engine = engine();
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        format!("{:x}-{:016x}", Sha256::digest(bytes), h.finish())
+    };
+    let cached = cache.map(|d| d.join(format!("{key}.cwasm")));
+    if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
+        // SAFETY: the file was written by `Component::serialize` of this engine
+        // configuration (the key includes its hash); a broken file is an Err.
+        if let Ok(c) = unsafe { Component::deserialize_file(engine, path) } {
+            return Ok((c, CompileSource::Cached));
+        }
+    }
+    let component = Component::new(engine, bytes)
+        .map_err(anyhow::Error::from)
+        .context("not a valid wasm component")?;
+    if let Some(path) = cached {
+        let _ = store_atomically(&path, &component.serialize()?);
+    }
+    Ok((component, CompileSource::Compiled))
+}
+
+fn store_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("cache path has no parent")?;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().unwrap().to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn check_magic(bytes: &[u8]) -> Result<()> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        bail!("not a WebAssembly file");
+    }
+    if bytes[4..8] == [1, 0, 0, 0] {
+        bail!("a core wasm module, not a component: build the plugin with --target wasm32-wasip2");
+    }
+    Ok(())
+}
+
+/// Refuses components of another world or with imports the sandbox does not grant.
+fn check_shape(component: &Component) -> Result<()> {
+    let ty = component.component_type();
+    let engine = engine();
+    let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    let missing: Vec<&str> = EXPORTS
+        .iter()
+        .copied()
+        .filter(|e| !exports.iter().any(|x| x == e))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "a component of another world: it exports [{}], not the amat:task/task@0.1.0 functions (missing {})",
+            exports.join(", "),
+            missing.join(", ")
+        );
+    }
+    for (name, item) in ty.imports(engine) {
+        let bare = name.split('@').next().unwrap_or(name);
+        let granted = match item.ty {
+            ComponentItem::ComponentInstance(_) => ALLOWED_IMPORTS.contains(&bare),
+            // Type imports (the world's `use tensors.{tensor}`) grant nothing.
+            ComponentItem::Type(_) | ComponentItem::Resource(_) => true,
+            _ => false,
+        };
+        if !granted {
+            bail!(
+                "imports `{name}`, which the amat sandbox does not grant (no filesystem, network, clock or randomness)"
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(super) struct WasmBackend {
+    pre: bindings::TaskPre<State>,
+    store: Store<State>,
+    task: bindings::Task,
+    stderr: MemoryOutputPipe,
+    limits: SandboxLimits,
+}
+
+impl WasmBackend {
+    pub(super) fn load(path: &Path, limits: &SandboxLimits) -> Result<Self> {
+        let bytes = std::fs::read(path).context("cannot read file")?;
+        let (component, _) = compile(&bytes, cache_dir().as_deref())?;
+        check_shape(&component)?;
+        let mut linker = Linker::<State>::new(engine());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::Task::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+        let pre = bindings::TaskPre::new(
+            linker
+                .instantiate_pre(&component)
+                .map_err(anyhow::Error::from)
+                .context("cannot link component")?,
+        )?;
+        let (store, task, stderr) = instantiate(&pre, limits)?;
+        Ok(Self {
+            pre,
+            store,
+            task,
+            stderr,
+            limits: limits.clone(),
+        })
+    }
+
+    /// A trapped instance may not be entered again: start a fresh one.
+    fn reset(&mut self) {
+        if let Ok((store, task, stderr)) = instantiate(&self.pre, &self.limits) {
+            (self.store, self.task, self.stderr) = (store, task, stderr);
+        }
+    }
+
+    /// Runs one export under the deadline; frees every tensor handle after.
+    fn guarded<R>(
+        &mut self,
+        f: impl FnOnce(&bindings::Task, &mut Store<State>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let ticks = self
+            .limits
+            .call_timeout_ms
+            .div_ceil(TICK.as_millis() as u64)
+            .max(1);
+        self.store.set_epoch_deadline(ticks);
+        let r = f(&self.task, &mut self.store);
+        let r = r.map_err(|e| classify(e, &self.limits, &self.stderr));
+        if r.is_err() {
+            self.reset();
+        }
+        r
+    }
+
+    fn lend(&mut self, pred: &Tensor, target: &Tensor) -> (u32, u32) {
+        let state = self.store.data_mut();
+        state.table.end_call();
+        state.device = pred.device();
+        (
+            state.table.insert(pred.shallow_clone()),
+            state.table.insert(target.shallow_clone()),
+        )
+    }
+
+    fn take(&mut self, r: Resource<TensorRep>) -> Result<Tensor, CallError> {
+        self.store
+            .data_mut()
+            .table
+            .take(r.rep())
+            .map_err(|e| CallError::BadResult(format!("{e:#}")))
+    }
+}
+
+fn instantiate(
+    pre: &bindings::TaskPre<State>,
+    limits: &SandboxLimits,
+) -> Result<(Store<State>, bindings::Task, MemoryOutputPipe)> {
+    let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+    let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+    let state = State {
+        table: TensorTable::new(limits.tensors),
+        device: Device::Cpu,
+        limiter: Limiter {
+            max_memory: (limits.max_memory_mib as usize) << 20,
+            max_tables: limits.max_tables as usize,
+            max_table_elements: limits.max_table_elements,
+            max_instances: limits.max_instances as usize,
+        },
+        wasi,
+        resources: ResourceTable::new(),
+    };
+    let mut store = Store::new(engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(
+        limits
+            .call_timeout_ms
+            .div_ceil(TICK.as_millis() as u64)
+            .max(1),
+    );
+    let task = pre
+        .instantiate(&mut store)
+        .map_err(|e| anyhow!("{}", classify(e, limits, &stderr)))?;
+    Ok((store, task, stderr))
+}
+
+/// Names what stopped a call: a limit, a failed host op, or a trap (with the
+/// plugin's panic message when it left one on stderr).
+fn classify(e: wasmtime::Error, limits: &SandboxLimits, stderr: &MemoryOutputPipe) -> CallError {
+    if let Some(f) = e.downcast_ref::<HostOpFailure>() {
+        return if f.limit {
+            CallError::Limit(f.message.clone())
+        } else {
+            CallError::HostOp(f.message.clone())
+        };
+    }
+    if let Some(m) = e.downcast_ref::<MemoryCapHit>() {
+        return CallError::Limit(format!("memory cap: {m}"));
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Limit(format!(
+            "time limit: the call ran past its deadline of {} ms",
+            limits.call_timeout_ms
+        )),
+        Some(Trap::StackOverflow) => {
+            CallError::Limit("stack limit: wasm stack exhausted (deep recursion?)".into())
+        }
+        _ => {
+            let said = String::from_utf8_lossy(&stderr.contents())
+                .trim()
+                .to_string();
+            let panic_line = said.lines().find(|l| l.contains("panicked")).map(|l| {
+                let rest = said
+                    .split_once(l)
+                    .map(|(_, r)| r.lines().next().unwrap_or(""))
+                    .unwrap_or("");
+                format!("{l} {rest}")
+            });
+            let root = e.root_cause().to_string();
+            match panic_line {
+                Some(p) => CallError::Trap(format!("{} ({root})", p.trim())),
+                None => CallError::Trap(format!("{e:#}")),
+            }
+        }
+    }
+}
+
+fn info_from_wit(i: wit::TaskInfo) -> TaskInfo {
+    TaskInfo {
+        name: i.name,
+        version: i.version,
+        description: i.description,
+        input_channels: i.input_channels,
+        output_channels: i.output_channels,
+        target_kind: match i.target_kind {
+            wit::TargetKind::ClassMap => TargetKind::ClassMap,
+            wit::TargetKind::Heatmaps => TargetKind::Heatmaps,
+            wit::TargetKind::DenseBoxes => TargetKind::DenseBoxes,
+            wit::TargetKind::Labels => TargetKind::Labels,
+        },
+        tau: i.tau,
+        intensity_min: i.intensity_min,
+        intensity_max: i.intensity_max,
+        metric_names: i.metric_names,
+    }
+}
+
+fn dense(d: wit::Dense) -> Result<amat_plugin_sdk::types::Dense, CallError> {
+    amat_plugin_sdk::types::Dense::new(d.shape, d.data).map_err(CallError::BadResult)
+}
+
+impl Backend for WasmBackend {
+    fn describe(&mut self) -> Result<TaskInfo, CallError> {
+        self.guarded(|task, store| task.call_describe(store))
+            .map(info_from_wit)
+    }
+
+    fn decode(&mut self, request: &DecodeRequest) -> Result<Vec<Example>, CallError> {
+        let req = wit::DecodeRequest {
+            files: request
+                .files
+                .iter()
+                .map(|f: &File| wit::File {
+                    name: f.name.clone(),
+                    bytes: f.bytes.clone(),
+                })
+                .collect(),
+            options: request.options.clone(),
+        };
+        let out = self
+            .guarded(|task, store| task.call_decode(store, &req))?
+            .map_err(CallError::Plugin)?;
+        out.into_iter()
+            .map(|e| {
+                Ok(Example {
+                    id: e.id,
+                    image: dense(e.image)?,
+                    target: dense(e.target)?,
+                })
+            })
+            .collect()
+    }
+
+    fn loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, CallError> {
+        let (p, t) = self.lend(pred, target);
+        let r = self.guarded(|task, store| {
+            task.call_loss(store, Resource::new_borrow(p), Resource::new_borrow(t))
+        });
+        let out = match r {
+            Ok(Ok(res)) => self.take(res),
+            Ok(Err(msg)) => Err(CallError::Plugin(msg)),
+            Err(e) => Err(e),
+        };
+        self.store.data_mut().table.end_call();
+        out
+    }
+
+    fn correct(&mut self, pred: &Tensor, target: &Tensor) -> Result<Option<Tensor>, CallError> {
+        let (p, t) = self.lend(pred, target);
+        let r = self.guarded(|task, store| {
+            task.call_correct(store, Resource::new_borrow(p), Resource::new_borrow(t))
+        });
+        let out = match r {
+            Ok(Ok(Some(res))) => self.take(res).map(Some),
+            Ok(Ok(None)) => Ok(None),
+            Ok(Err(msg)) => Err(CallError::Plugin(msg)),
+            Err(e) => Err(e),
+        };
+        self.store.data_mut().table.end_call();
+        out
+    }
+
+    fn metrics(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, CallError> {
+        let (p, t) = self.lend(pred, target);
+        let r = self.guarded(|task, store| {
+            task.call_metrics(store, Resource::new_borrow(p), Resource::new_borrow(t))
+        });
+        self.store.data_mut().table.end_call();
+        let m = r?.map_err(CallError::Plugin)?;
+        Ok(m.into_iter()
+            .map(|m| Metric {
+                name: m.name,
+                value: m.value,
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,108 @@
+use super::TensorBudget;
+use anyhow::{Result, anyhow, bail};
+use std::collections::HashMap;
+use tch::Tensor;
+
+/// Handles -> tensors for one plugin instance.
+///
+/// Handles are never reused, so a handle kept from an earlier call is
+/// recognised as stale instead of silently aliasing a newer tensor. Every
+/// handle is released when a call ends.
+pub struct TensorTable {
+    slots: HashMap<u32, Tensor>,
+    next: u32,
+    budget: TensorBudget,
+    created_elements: u64,
+    peak_live: usize,
+    /// Why the last op failed (the native ABI returns only a null handle).
+    last_error: Option<String>,
+}
+
+impl TensorTable {
+    pub fn new(budget: TensorBudget) -> Self {
+        Self {
+            slots: HashMap::new(),
+            next: 1,
+            budget,
+            created_elements: 0,
+            peak_live: 0,
+            last_error: None,
+        }
+    }
+
+    pub fn budget(&self) -> TensorBudget {
+        self.budget
+    }
+
+    /// Refuses an allocation of `elements` that would break the budget.
+    pub fn reserve(&mut self, elements: u64) -> Result<()> {
+        if self.slots.len() >= self.budget.max_live {
+            bail!(
+                "tensor budget: more than {} live tensors",
+                self.budget.max_live
+            );
+        }
+        let total = self.created_elements.saturating_add(elements);
+        if total > self.budget.max_elements_per_call {
+            bail!(
+                "tensor budget: {elements} more elements would make {total}, over the limit of {} per call",
+                self.budget.max_elements_per_call
+            );
+        }
+        self.created_elements = total;
+        Ok(())
+    }
+
+    /// Stores a tensor whose elements were reserved (or that the host itself lends).
+    pub fn insert(&mut self, t: Tensor) -> u32 {
+        let h = self.next;
+        self.next = self.next.checked_add(1).expect("tensor handles exhausted");
+        self.slots.insert(h, t);
+        self.peak_live = self.peak_live.max(self.slots.len());
+        h
+    }
+
+    pub fn get(&self, h: u32) -> Result<&Tensor> {
+        self.slots
+            .get(&h)
+            .ok_or_else(|| anyhow!("tensor handle {h} is unknown or stale (from an earlier call?)"))
+    }
+
+    pub fn take(&mut self, h: u32) -> Result<Tensor> {
+        self.slots
+            .remove(&h)
+            .ok_or_else(|| anyhow!("tensor handle {h} is unknown or stale (from an earlier call?)"))
+    }
+
+    pub fn remove(&mut self, h: u32) {
+        self.slots.remove(&h);
+    }
+
+    pub fn live(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Elements created so far in this call.
+    pub fn created_elements(&self) -> u64 {
+        self.created_elements
+    }
+
+    pub fn peak_live(&self) -> usize {
+        self.peak_live
+    }
+
+    /// Frees every handle and resets the per-call counters.
+    pub fn end_call(&mut self) {
+        self.slots.clear();
+        self.created_elements = 0;
+        self.peak_live = 0;
+    }
+
+    pub fn set_error(&mut self, e: &anyhow::Error) {
+        self.last_error = Some(format!("{e:#}"));
+    }
+
+    pub fn take_error(&mut self) -> Option<String> {
+        self.last_error.take()
+    }
+}

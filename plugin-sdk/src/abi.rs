@@ -1,0 +1,218 @@
+//! The native (dylib) ABI: the same contract as `wit/task.wit`, as C function
+//! tables. The host passes a [`HostApi`] to the plugin's [`ENTRY_SYMBOL`] and
+//! gets a [`PluginApi`] back. Tensors cross as opaque `u64` handles (0 means the
+//! host op failed; the host keeps the reason); structured data crosses as JSON
+//! or, for decoded examples, the compact encoding in [`codec`].
+//!
+//! Every function of `HostApi` is one method of the WIT `tensor` resource, with
+//! the same name in snake case; a host test checks that against the WIT.
+
+use std::ffi::c_void;
+
+/// Bumped whenever a table below changes shape.
+pub const ABI_VERSION: u32 = 1;
+/// The one symbol a native plugin exports.
+pub const ENTRY_SYMBOL: &[u8] = b"amat_task_v1\0";
+
+pub type Handle = u64;
+/// Per-call host context, opaque to the plugin.
+pub type Ctx = *mut c_void;
+
+/// A borrowed byte slice.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Bytes {
+    pub ptr: *const u8,
+    pub len: usize,
+}
+
+impl Bytes {
+    pub fn of(s: &[u8]) -> Self {
+        Self {
+            ptr: s.as_ptr(),
+            len: s.len(),
+        }
+    }
+
+    /// # Safety
+    /// `ptr` must point at `len` readable bytes that outlive the result.
+    pub unsafe fn as_slice<'a>(self) -> &'a [u8] {
+        if self.len == 0 {
+            &[]
+        } else {
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+}
+
+/// Where a plugin writes bytes for the host (a result or an error message).
+#[repr(C)]
+pub struct Sink {
+    pub target: *mut c_void,
+    pub write: extern "C" fn(target: *mut c_void, data: *const u8, len: usize),
+}
+
+impl Sink {
+    pub fn put(&self, data: &[u8]) {
+        (self.write)(self.target, data.as_ptr(), data.len());
+    }
+}
+
+/// One input file of a decode request.
+#[repr(C)]
+pub struct FileRef {
+    pub name: Bytes,
+    pub bytes: Bytes,
+}
+
+macro_rules! host_api {
+    ($($(#[$m:meta])* $name:ident : fn($($arg:ident : $ty:ty),*) $(-> $ret:ty)?;)+) => {
+        /// The host's tensor ops, one per method of the WIT `tensor` resource.
+        #[repr(C)]
+        pub struct HostApi {
+            pub version: u32,
+            $($(#[$m])* pub $name: extern "C" fn(ctx: Ctx $(, $arg: $ty)*) $(-> $ret)?,)+
+        }
+
+        impl HostApi {
+            /// The function names, in table order (snake case of the WIT names).
+            pub const FUNCTIONS: &'static [&'static str] = &[$(stringify!($name)),+];
+        }
+    };
+}
+
+host_api! {
+    from_f32: fn(data: *const f32, len: usize, shape: *const i64, ndim: usize) -> Handle;
+    from_s64: fn(data: *const i64, len: usize, shape: *const i64, ndim: usize) -> Handle;
+    full: fn(value: f64, shape: *const i64, ndim: usize) -> Handle;
+    /// Writes up to `cap` dims to `out`; returns the rank, or -1 on error.
+    shape: fn(t: Handle, out: *mut i64, cap: usize) -> i64;
+    /// Returns the dtype code, or -1 on error.
+    dtype: fn(t: Handle) -> i64;
+    /// Writes exactly `len` values (the element count); returns 0, or -1 on error.
+    to_f32: fn(t: Handle, out: *mut f32, len: usize) -> i64;
+    unary: fn(t: Handle, op: u32) -> Handle;
+    binary: fn(t: Handle, op: u32, other: Handle) -> Handle;
+    scalar: fn(t: Handle, op: u32, value: f64) -> Handle;
+    reduce: fn(t: Handle, op: u32, dims: *const i64, ndims: usize, keep_dim: bool) -> Handle;
+    argmax: fn(t: Handle, dim: i64, keep_dim: bool) -> Handle;
+    softmax: fn(t: Handle, dim: i64) -> Handle;
+    log_softmax: fn(t: Handle, dim: i64) -> Handle;
+    clamp: fn(t: Handle, min: f64, max: f64) -> Handle;
+    reshape: fn(t: Handle, shape: *const i64, ndim: usize) -> Handle;
+    permute: fn(t: Handle, dims: *const i64, ndims: usize) -> Handle;
+    narrow: fn(t: Handle, dim: i64, start: i64, length: i64) -> Handle;
+    one_hot: fn(t: Handle, classes: i64) -> Handle;
+    gather: fn(t: Handle, dim: i64, index: Handle) -> Handle;
+    where_else: fn(t: Handle, cond: Handle, other: Handle) -> Handle;
+    to_dtype: fn(t: Handle, dtype: u32) -> Handle;
+    /// Releases a handle the plugin owns (the WIT resource destructor).
+    drop: fn(t: Handle);
+}
+
+/// Status codes of the plugin's functions.
+pub const OK: i32 = 0;
+/// The plugin returned an error; its message is in the error sink.
+pub const ERR_PLUGIN: i32 = 1;
+/// A host op failed during the call; the host holds the reason.
+pub const ERR_HOST_OP: i32 = 2;
+/// The plugin panicked; the message is in the error sink.
+pub const ERR_PANIC: i32 = 3;
+
+/// The plugin's exports, one per WIT world export.
+#[repr(C)]
+pub struct PluginApi {
+    pub version: u32,
+    /// Writes the `TaskInfo` as JSON.
+    pub describe: extern "C" fn(out: &Sink) -> i32,
+    /// Writes the examples in the [`codec`] encoding, or an error message.
+    pub decode:
+        extern "C" fn(files: *const FileRef, nfiles: usize, options: Bytes, out: &Sink) -> i32,
+    /// Stores the loss handle in `out`, or writes an error message.
+    pub loss:
+        extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: *mut Handle, err: &Sink) -> i32,
+    /// Stores the mask handle in `out` (0 for none), or writes an error message.
+    pub correct:
+        extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: *mut Handle, err: &Sink) -> i32,
+    /// Writes the metrics as JSON, or an error message.
+    pub metrics: extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32,
+}
+
+/// The signature of [`ENTRY_SYMBOL`].
+pub type EntryFn = unsafe extern "C" fn(host: *const HostApi) -> *const PluginApi;
+
+/// A compact little-endian encoding of decoded examples (JSON would spell
+/// every float of a volume out as text).
+pub mod codec {
+    use crate::types::{Dense, Example};
+
+    pub fn encode(examples: &[Example]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend((examples.len() as u64).to_le_bytes());
+        for ex in examples {
+            out.extend((ex.id.len() as u64).to_le_bytes());
+            out.extend(ex.id.as_bytes());
+            for d in [&ex.image, &ex.target] {
+                out.extend((d.shape.len() as u64).to_le_bytes());
+                d.shape.iter().for_each(|s| out.extend(s.to_le_bytes()));
+                out.extend((d.data.len() as u64).to_le_bytes());
+                d.data.iter().for_each(|v| out.extend(v.to_le_bytes()));
+            }
+        }
+        out
+    }
+
+    struct Reader<'a>(&'a [u8]);
+
+    impl Reader<'_> {
+        fn take(&mut self, n: usize) -> Result<&[u8], String> {
+            if self.0.len() < n {
+                return Err("decoded examples are truncated".into());
+            }
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            Ok(head)
+        }
+        fn u64(&mut self) -> Result<u64, String> {
+            Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+        }
+        fn len(&mut self, elem: usize) -> Result<usize, String> {
+            let n = self.u64()? as usize;
+            if n.saturating_mul(elem) > self.0.len() {
+                return Err(format!("decoded examples claim {n} items past the end"));
+            }
+            Ok(n)
+        }
+        fn dense(&mut self) -> Result<Dense, String> {
+            let nd = self.len(8)?;
+            let shape = (0..nd)
+                .map(|_| self.u64().map(|v| v as i64))
+                .collect::<Result<Vec<_>, _>>()?;
+            let n = self.len(4)?;
+            let data = self
+                .take(n * 4)?
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            Dense::new(shape, data)
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Vec<Example>, String> {
+        let mut r = Reader(bytes);
+        let n = r.len(8)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = r.len(1)?;
+            let id = String::from_utf8(r.take(len)?.to_vec())
+                .map_err(|_| "example id is not UTF-8".to_string())?;
+            let image = r.dense()?;
+            let target = r.dense()?;
+            out.push(Example { id, image, target });
+        }
+        if !r.0.is_empty() {
+            return Err("decoded examples have trailing bytes".into());
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,315 @@
+//! Native backend: tensor handles are `u64`s of the host's table, ops go
+//! through the host's C table. A failed host op unwinds to the export shim,
+//! which reports [`abi::ERR_HOST_OP`]; the host already holds the reason.
+
+use crate::abi::{self, Bytes, Ctx, FileRef, Handle, HostApi, PluginApi, Sink};
+use crate::types::{BinaryOp, DType, DecodeRequest, File, ReduceOp, ScalarOp, UnaryOp};
+use crate::{Task, Tensor};
+use std::cell::Cell;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::OnceLock;
+
+static HOST: OnceLock<&'static HostApi> = OnceLock::new();
+
+thread_local! {
+    static CTX: Cell<Ctx> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Marker payload of the unwind that a failed host op starts.
+struct HostOpFailed;
+
+fn host() -> &'static HostApi {
+    HOST.get()
+        .expect("amat host table not set: plugin used before its entry point ran")
+}
+
+fn ctx() -> Ctx {
+    CTX.with(|c| c.get())
+}
+
+fn check(h: Handle) -> Handle {
+    if h == 0 {
+        panic::resume_unwind(Box::new(HostOpFailed));
+    }
+    h
+}
+
+pub(crate) struct Raw {
+    handle: Handle,
+    owned: bool,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        if self.owned {
+            (host().drop)(ctx(), self.handle);
+        }
+    }
+}
+
+fn own(h: Handle) -> Raw {
+    Raw {
+        handle: check(h),
+        owned: true,
+    }
+}
+
+impl Raw {
+    pub(crate) fn borrowed(handle: Handle) -> Raw {
+        Raw {
+            handle,
+            owned: false,
+        }
+    }
+    pub(crate) fn from_f32(data: &[f32], shape: &[i64]) -> Raw {
+        own((host().from_f32)(
+            ctx(),
+            data.as_ptr(),
+            data.len(),
+            shape.as_ptr(),
+            shape.len(),
+        ))
+    }
+    pub(crate) fn from_s64(data: &[i64], shape: &[i64]) -> Raw {
+        own((host().from_s64)(
+            ctx(),
+            data.as_ptr(),
+            data.len(),
+            shape.as_ptr(),
+            shape.len(),
+        ))
+    }
+    pub(crate) fn full(value: f64, shape: &[i64]) -> Raw {
+        own((host().full)(ctx(), value, shape.as_ptr(), shape.len()))
+    }
+    pub(crate) fn shape(&self) -> Vec<i64> {
+        let mut out = [0i64; 16];
+        let n = (host().shape)(ctx(), self.handle, out.as_mut_ptr(), out.len());
+        if n < 0 || n as usize > out.len() {
+            panic::resume_unwind(Box::new(HostOpFailed));
+        }
+        out[..n as usize].to_vec()
+    }
+    pub(crate) fn dtype(&self) -> DType {
+        let code = (host().dtype)(ctx(), self.handle);
+        DType::from_code(code as u32)
+            .filter(|_| code >= 0)
+            .unwrap_or_else(|| panic::resume_unwind(Box::new(HostOpFailed)))
+    }
+    pub(crate) fn to_f32(&self) -> Vec<f32> {
+        let len = self.shape().iter().product::<i64>() as usize;
+        let mut out = vec![0f32; len];
+        if (host().to_f32)(ctx(), self.handle, out.as_mut_ptr(), len) != 0 {
+            panic::resume_unwind(Box::new(HostOpFailed));
+        }
+        out
+    }
+    pub(crate) fn unary(&self, op: UnaryOp) -> Raw {
+        own((host().unary)(ctx(), self.handle, op as u32))
+    }
+    pub(crate) fn binary(&self, op: BinaryOp, other: &Raw) -> Raw {
+        own((host().binary)(ctx(), self.handle, op as u32, other.handle))
+    }
+    pub(crate) fn scalar(&self, op: ScalarOp, value: f64) -> Raw {
+        own((host().scalar)(ctx(), self.handle, op as u32, value))
+    }
+    pub(crate) fn reduce(&self, op: ReduceOp, dims: &[i64], keep: bool) -> Raw {
+        own((host().reduce)(
+            ctx(),
+            self.handle,
+            op as u32,
+            dims.as_ptr(),
+            dims.len(),
+            keep,
+        ))
+    }
+    pub(crate) fn argmax(&self, dim: i64, keep: bool) -> Raw {
+        own((host().argmax)(ctx(), self.handle, dim, keep))
+    }
+    pub(crate) fn softmax(&self, dim: i64) -> Raw {
+        own((host().softmax)(ctx(), self.handle, dim))
+    }
+    pub(crate) fn log_softmax(&self, dim: i64) -> Raw {
+        own((host().log_softmax)(ctx(), self.handle, dim))
+    }
+    pub(crate) fn clamp(&self, min: f64, max: f64) -> Raw {
+        own((host().clamp)(ctx(), self.handle, min, max))
+    }
+    pub(crate) fn reshape(&self, shape: &[i64]) -> Raw {
+        own((host().reshape)(
+            ctx(),
+            self.handle,
+            shape.as_ptr(),
+            shape.len(),
+        ))
+    }
+    pub(crate) fn permute(&self, dims: &[i64]) -> Raw {
+        own((host().permute)(
+            ctx(),
+            self.handle,
+            dims.as_ptr(),
+            dims.len(),
+        ))
+    }
+    pub(crate) fn narrow(&self, dim: i64, start: i64, length: i64) -> Raw {
+        own((host().narrow)(ctx(), self.handle, dim, start, length))
+    }
+    pub(crate) fn one_hot(&self, classes: i64) -> Raw {
+        own((host().one_hot)(ctx(), self.handle, classes))
+    }
+    pub(crate) fn gather(&self, dim: i64, index: &Raw) -> Raw {
+        own((host().gather)(ctx(), self.handle, dim, index.handle))
+    }
+    pub(crate) fn where_else(&self, cond: &Raw, other: &Raw) -> Raw {
+        own((host().where_else)(
+            ctx(),
+            self.handle,
+            cond.handle,
+            other.handle,
+        ))
+    }
+    pub(crate) fn to_dtype(&self, dtype: DType) -> Raw {
+        own((host().to_dtype)(ctx(), self.handle, dtype as u32))
+    }
+    /// An owned handle to hand back to the host: a borrowed input is copied
+    /// (through an op, so it stays in the graph).
+    fn into_owned_handle(self) -> Handle {
+        let raw = if self.owned {
+            self
+        } else {
+            self.scalar(ScalarOp::Add, 0.0)
+        };
+        let h = raw.handle;
+        std::mem::forget(raw);
+        h
+    }
+}
+
+/// Runs one export body: sets the call's context, turns panics and failed
+/// host ops into status codes, and writes error text to `err`.
+fn guarded(ctx: Ctx, err: &Sink, body: impl FnOnce() -> Result<(), String>) -> i32 {
+    CTX.with(|c| c.set(ctx));
+    let status = match panic::catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => abi::OK,
+        Ok(Err(msg)) => {
+            err.put(msg.as_bytes());
+            abi::ERR_PLUGIN
+        }
+        Err(payload) if payload.is::<HostOpFailed>() => abi::ERR_HOST_OP,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            err.put(format!("plugin panicked: {msg}").as_bytes());
+            abi::ERR_PANIC
+        }
+    };
+    CTX.with(|c| c.set(std::ptr::null_mut()));
+    status
+}
+
+extern "C" fn describe<T: Task>(out: &Sink) -> i32 {
+    guarded(std::ptr::null_mut(), out, || {
+        let json = serde_json::to_vec(&T::describe()).map_err(|e| e.to_string())?;
+        out.put(&json);
+        Ok(())
+    })
+}
+
+extern "C" fn decode<T: Task>(
+    files: *const FileRef,
+    nfiles: usize,
+    options: Bytes,
+    out: &Sink,
+) -> i32 {
+    guarded(std::ptr::null_mut(), out, || {
+        let refs = if nfiles == 0 {
+            &[][..]
+        } else {
+            unsafe { std::slice::from_raw_parts(files, nfiles) }
+        };
+        let request = DecodeRequest {
+            files: refs
+                .iter()
+                .map(|f| File {
+                    name: String::from_utf8_lossy(unsafe { f.name.as_slice() }).into_owned(),
+                    bytes: unsafe { f.bytes.as_slice() }.to_vec(),
+                })
+                .collect(),
+            options: String::from_utf8_lossy(unsafe { options.as_slice() }).into_owned(),
+        };
+        let examples = T::decode(&request)?;
+        out.put(&abi::codec::encode(&examples));
+        Ok(())
+    })
+}
+
+extern "C" fn loss<T: Task>(
+    ctx: Ctx,
+    pred: Handle,
+    target: Handle,
+    out: *mut Handle,
+    err: &Sink,
+) -> i32 {
+    guarded(ctx, err, || {
+        let (p, t) = (Tensor(Raw::borrowed(pred)), Tensor(Raw::borrowed(target)));
+        let l = T::loss(&p, &t)?;
+        unsafe { *out = l.0.into_owned_handle() };
+        Ok(())
+    })
+}
+
+extern "C" fn correct<T: Task>(
+    ctx: Ctx,
+    pred: Handle,
+    target: Handle,
+    out: *mut Handle,
+    err: &Sink,
+) -> i32 {
+    guarded(ctx, err, || {
+        let (p, t) = (Tensor(Raw::borrowed(pred)), Tensor(Raw::borrowed(target)));
+        let mask = T::correct(&p, &t)?;
+        unsafe { *out = mask.map_or(0, |m| m.0.into_owned_handle()) };
+        Ok(())
+    })
+}
+
+extern "C" fn metrics<T: Task>(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32 {
+    guarded(ctx, out, || {
+        let (p, t) = (Tensor(Raw::borrowed(pred)), Tensor(Raw::borrowed(target)));
+        let m = T::metrics(&p, &t)?;
+        out.put(&serde_json::to_vec(&m).map_err(|e| e.to_string())?);
+        Ok(())
+    })
+}
+
+/// The export table of task `T`.
+pub const fn plugin_api<T: Task>() -> PluginApi {
+    PluginApi {
+        version: abi::ABI_VERSION,
+        describe: describe::<T>,
+        decode: decode::<T>,
+        loss: loss::<T>,
+        correct: correct::<T>,
+        metrics: metrics::<T>,
+    }
+}
+
+/// The body of the exported entry point.
+///
+/// # Safety
+/// `host` must point at a host table that lives as long as the process.
+pub unsafe fn entry(host: *const HostApi, api: &'static PluginApi) -> *const PluginApi {
+    let Some(host) = (unsafe { host.as_ref() }) else {
+        return std::ptr::null();
+    };
+    if host.version != abi::ABI_VERSION {
+        return std::ptr::null();
+    }
+    let _ = HOST.set(host);
+    // Unwinds are how failed host ops reach the shim: keep them quiet.
+    panic::set_hook(Box::new(|_| {}));
+    api
+}

@@ -1,0 +1,122 @@
+//! Segmentation: the model outputs class logits [B, C, H, W]; the target is a
+//! class-index map [B, H, W] (or [B, 1, H, W]) stored as floats.
+//!
+//! Loss per sample: cross-entropy (mean over pixels) + (1 - soft Dice, mean
+//! over classes). Metrics: hard Dice per class and their mean.
+
+use amat_plugin_sdk::{
+    DecodeRequest, Example, Metric, TargetKind, Task, TaskInfo, Tensor, export_task,
+};
+
+pub struct Segmentation;
+
+/// Classes of the default label set (background + seven AAL groups).
+pub const CLASSES: u32 = 8;
+const SMOOTH: f64 = 1.0;
+
+/// Target as a long [B, H, W] class map.
+fn class_map(target: &Tensor) -> Tensor {
+    let s = target.shape();
+    let t = if s.len() == 4 {
+        target.reshape(&[s[0], s[2], s[3]])
+    } else {
+        target.reshape(&s)
+    };
+    t.to_long()
+}
+
+/// One-hot target as float [B, C, H, W].
+fn one_hot(target: &Tensor, classes: i64) -> Tensor {
+    class_map(target).one_hot(classes).permute(&[0, 3, 1, 2])
+}
+
+/// Per-sample, per-class Dice [B, C] of two [B, C, H, W] maps.
+pub fn dice(p: &Tensor, y: &Tensor) -> Tensor {
+    let inter = (p * y).sum(&[2, 3], false);
+    let total = p.sum(&[2, 3], false) + y.sum(&[2, 3], false);
+    (inter * 2.0 + SMOOTH) / (total + SMOOTH)
+}
+
+impl Task for Segmentation {
+    fn describe() -> TaskInfo {
+        TaskInfo {
+            name: "segmentation".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Per-pixel classes; loss = cross-entropy + (1 - soft Dice) per sample"
+                .into(),
+            input_channels: 1,
+            output_channels: CLASSES,
+            target_kind: TargetKind::ClassMap,
+            tau: 0.35,
+            intensity_min: 0.0,
+            intensity_max: 1.0,
+            metric_names: vec!["dice_mean".into()],
+        }
+    }
+
+    fn decode(_request: &DecodeRequest) -> Result<Vec<Example>, String> {
+        Err("segmentation decode: no data source is wired yet".into())
+    }
+
+    fn loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
+        let shape = pred.shape();
+        if shape.len() != 4 {
+            return Err(format!(
+                "loss: prediction must be [B, C, H, W], got {shape:?}"
+            ));
+        }
+        let classes = shape[1];
+        let y = one_hot(target, classes);
+        if y.shape() != shape {
+            return Err(format!(
+                "loss: target {:?} does not match prediction {shape:?}",
+                target.shape()
+            ));
+        }
+        let log_p = pred.log_softmax(1);
+        let ce = -(&log_p * &y).sum(&[1], false).mean(&[1, 2], false);
+        let soft_dice = dice(&log_p.exp(), &y).mean(&[1], false);
+        Ok(ce + (1.0 - soft_dice))
+    }
+
+    fn metrics(pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, String> {
+        let classes = pred.size(1);
+        let hard = pred
+            .argmax(1, false)
+            .one_hot(classes)
+            .permute(&[0, 3, 1, 2]);
+        let y = one_hot(target, classes);
+        // Dice over the whole set per class: sums over samples and pixels.
+        let inter = (&hard * &y).sum(&[0, 2, 3], false).to_vec();
+        let ph = hard.sum(&[0, 2, 3], false).to_vec();
+        let py = y.sum(&[0, 2, 3], false).to_vec();
+        let mut out = Vec::new();
+        let mut present = Vec::new();
+        for c in 0..classes as usize {
+            let denom = ph[c] as f64 + py[c] as f64;
+            let d = if denom == 0.0 {
+                1.0
+            } else {
+                2.0 * inter[c] as f64 / denom
+            };
+            if py[c] > 0.0 {
+                present.push(d);
+            }
+            out.push(Metric {
+                name: format!("dice_{c}"),
+                value: d,
+            });
+        }
+        let mean = present.iter().sum::<f64>() / present.len().max(1) as f64;
+        out.insert(
+            0,
+            Metric {
+                name: "dice_mean".into(),
+                value: mean,
+            },
+        );
+        Ok(out)
+    }
+}
+
+export_task!(Segmentation);
