@@ -5,5 +5,6 @@
 //! components or native dylibs.
 
 pub mod cli;
+pub mod data;
 pub mod plugin;
 pub mod tensor;

@@ -1,0 +1,46 @@
+//! Shared by the end-to-end tests: where the built plugins are, and a build
+//! of them when a test runs without `tests/all.sh` having built them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+/// Builds the first-party plugins once per test binary (a no-op when fresh).
+fn build_plugins() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let status = std::process::Command::new("bash")
+            .arg(root().join("host/scripts/build-plugins.sh"))
+            .arg("dev")
+            .current_dir(root())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run build-plugins.sh");
+        assert!(status.success(), "building the plugins failed");
+    });
+}
+
+/// `plugins/<name>` built as a wasm component.
+pub fn wasm_plugin(name: &str) -> PathBuf {
+    build_plugins();
+    target_dir().join("wasm32-wasip2/debug").join(format!("amat_{name}.wasm"))
+}
+
+/// `plugins/<name>` built as a native library.
+pub fn native_plugin(name: &str) -> PathBuf {
+    build_plugins();
+    target_dir().join("debug").join(format!("libamat_{name}.so"))
+}
+
+/// The `amat-host` binary under test.
+pub fn amat_host() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_amat-host"))
+}
