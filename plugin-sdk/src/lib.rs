@@ -81,9 +81,9 @@ macro_rules! export_task {
                 ) -> Result<Vec<$crate::wasm::bindings::amat::task::types::Metric>, String>
                 {
                     $crate::wasm::metrics::<$task>(p, t)
-        }
+                }
             }
-            $crate::wasm::bindings::export_wasm!(AmatExport with_types_in $crate::wasm::bindings);
+    $crate::wasm::bindings::export_wasm!(AmatExport with_types_in $crate::wasm::bindings);
         };
 
         #[cfg(not(target_arch = "wasm32"))]

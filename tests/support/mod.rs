@@ -6,11 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 /// Builds the first-party plugins once per test binary (a no-op when fresh).
@@ -31,13 +36,17 @@ fn build_plugins() {
 /// `plugins/<name>` built as a wasm component.
 pub fn wasm_plugin(name: &str) -> PathBuf {
     build_plugins();
-    target_dir().join("wasm32-wasip2/debug").join(format!("amat_{name}.wasm"))
+    target_dir()
+        .join("wasm32-wasip2/debug")
+        .join(format!("amat_{name}.wasm"))
 }
 
 /// `plugins/<name>` built as a native library.
 pub fn native_plugin(name: &str) -> PathBuf {
     build_plugins();
-    target_dir().join("debug").join(format!("libamat_{name}.so"))
+    target_dir()
+        .join("debug")
+        .join(format!("libamat_{name}.so"))
 }
 
 /// The `amat-host` binary under test.

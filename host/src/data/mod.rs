@@ -37,7 +37,10 @@ impl Dataset {
     pub fn batch(&self, indices: &[usize], device: Device) -> (Tensor, Tensor) {
         let images: Vec<&Tensor> = indices.iter().map(|&i| &self.samples[i].image).collect();
         let targets: Vec<&Tensor> = indices.iter().map(|&i| &self.samples[i].target).collect();
-        (Tensor::stack(&images, 0).to_device(device), Tensor::stack(&targets, 0).to_device(device))
+        (
+            Tensor::stack(&images, 0).to_device(device),
+            Tensor::stack(&targets, 0).to_device(device),
+        )
     }
 }
 
