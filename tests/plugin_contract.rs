@@ -5,6 +5,7 @@
 
 mod support;
 
+use amat_host::builtin::dice_ce_loss as reference_loss;
 use amat_host::plugin::{CallError, Plugin, SandboxLimits};
 use tch::{Device, Kind, Tensor, nn, nn::Module};
 
@@ -16,26 +17,6 @@ fn load_both() -> [Plugin; 2] {
         Plugin::load(support::wasm_plugin("segmentation"), &limits).expect("wasm plugin loads"),
         Plugin::load(support::native_plugin("segmentation"), &limits).expect("native plugin loads"),
     ]
-}
-
-/// The segmentation loss written directly in tch: cross-entropy (mean over
-/// pixels) + 1 - soft Dice (mean over classes), per sample.
-fn reference_loss(pred: &Tensor, target: &Tensor) -> Tensor {
-    let y = target
-        .to_kind(Kind::Int64)
-        .one_hot(CLASSES)
-        .permute([0, 3, 1, 2])
-        .to_kind(Kind::Float);
-    let log_p = pred.log_softmax(1, Kind::Float);
-    let ce = -(&log_p * &y)
-        .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
-        .mean_dim([1i64, 2].as_slice(), false, Kind::Float);
-    let p = log_p.exp();
-    let inter = (&p * &y).sum_dim_intlist([2i64, 3].as_slice(), false, Kind::Float);
-    let total = p.sum_dim_intlist([2i64, 3].as_slice(), false, Kind::Float)
-        + y.sum_dim_intlist([2i64, 3].as_slice(), false, Kind::Float);
-    let dice = (inter * 2.0 + 1.0) / (total + 1.0);
-    ce + (1.0 - dice.mean_dim([1i64].as_slice(), false, Kind::Float))
 }
 
 fn random_case(seed: i64) -> (Tensor, Tensor) {

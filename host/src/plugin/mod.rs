@@ -13,6 +13,7 @@ mod wasm;
 pub use amat_plugin_sdk::types::{DecodeRequest, Example, File, Metric, TargetKind, TaskInfo};
 pub use error::{CallError, PluginError};
 pub use limits::SandboxLimits;
+pub use wasm::{CompileSource, cache_dir, compile as compile_component};
 
 use anyhow::Result;
 use std::path::{Path, PathBuf};
