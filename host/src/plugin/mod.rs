@@ -167,7 +167,8 @@ fn validate_info(info: &TaskInfo) -> Result<(), String> {
     if info.input_channels == 0 || info.output_channels == 0 {
         return Err("input and output channels must be positive".into());
     }
-    if !(info.intensity_min < info.intensity_max) {
+    let ordered = info.intensity_min.partial_cmp(&info.intensity_max) == Some(std::cmp::Ordering::Less);
+    if !ordered {
         return Err(format!(
             "intensity range [{}, {}] is empty",
             info.intensity_min, info.intensity_max
