@@ -58,7 +58,8 @@ pub struct Search {
 /// For each sample (all of which crossed: wrong at `x + delta`, right at `x`),
 /// the smallest `s` in [0, 1] with the prediction at `x + s * delta` wrong,
 /// by bisection (forward passes only, evaluation mode), returned as the
-/// noise norm `s * ||delta_i||`. `norms` are the `||delta_i||`.
+/// noise norm `s * ||delta_i||`. `norms` are the `||delta_i||`. Also returns
+/// how many single-sample forward passes the search took.
 #[allow(clippy::too_many_arguments)]
 pub fn boundary(
     model: &dyn ModuleT,
@@ -69,8 +70,9 @@ pub fn boundary(
     delta: &Tensor,
     norms: &[f64],
     search: Search,
-) -> Result<Vec<f64>> {
+) -> Result<(Vec<f64>, usize)> {
     let n = norms.len();
+    let mut forwards = 0;
     let (mut lo, mut hi) = (vec![0.0f64; n], vec![1.0f64; n]);
     for _ in 0..search.steps {
         // Only samples whose answer can still change take part.
@@ -81,6 +83,7 @@ pub fn boundary(
         if active.is_empty() {
             break;
         }
+        forwards += active.len();
         let rows = Tensor::from_slice(&active).to_device(x.device());
         let mid: Vec<f32> = active.iter().map(|&i| (0.5 * (lo[i as usize] + hi[i as usize])) as f32).collect();
         let s = Tensor::from_slice(&mid).to_device(x.device());
@@ -99,5 +102,5 @@ pub fn boundary(
             }
         }
     }
-    Ok(hi.iter().zip(norms).map(|(h, n)| h * n).collect())
+    Ok((hi.iter().zip(norms).map(|(h, n)| h * n).collect(), forwards))
 }

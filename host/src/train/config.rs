@@ -130,7 +130,7 @@ impl Default for TrainConfig {
             epochs: 20,
             batch_size: 8,
             optimizer: OptimizerKind::Adam,
-            lr: 1e-3,
+            lr: 1e-2,
             momentum: 0.9,
             adam_betas: [0.9, 0.999],
             adam_eps: 1e-8,

@@ -54,6 +54,8 @@ pub struct EpochRecord {
     pub crossed: f64,
     pub stayed: f64,
     pub not_learned: f64,
+    /// AMAT: single-sample forward passes spent in boundary searches.
+    pub search_forwards: usize,
     pub seconds: f64,
 }
 
@@ -74,6 +76,8 @@ pub struct Trainer {
     pub history: Vec<EpochRecord>,
     pub judge: Judge,
     pub range: Range,
+    /// Search forwards of the current epoch.
+    search_forwards: usize,
 }
 
 /// The torch seed of an epoch: random starts depend only on (seed, epoch),
@@ -113,6 +117,7 @@ impl Trainer {
                 min: info.intensity_min as f64,
                 max: info.intensity_max as f64,
             },
+            search_forwards: 0,
         })
     }
 
@@ -137,6 +142,7 @@ impl Trainer {
         if let Some(m) = &mut self.margins {
             m.reset_counts();
         }
+        self.search_forwards = 0;
         let (mut clean_sum, mut adv_sum) = (0.0, 0.0);
         bar.set_length(order.len().div_ceil(self.cfg.train.batch_size) as u64);
         bar.set_position(0);
@@ -225,7 +231,7 @@ impl Trainer {
                 tolerance: a.search_tolerance * margins.delta_eps,
                 floor: margins.delta_eps,
             };
-            let found = amat::boundary(
+            let (found, forwards) = amat::boundary(
                 &self.model,
                 plugin,
                 &mut self.judge,
@@ -235,6 +241,7 @@ impl Trainer {
                 &norms,
                 search,
             )?;
+            self.search_forwards += forwards;
             for (&r, b) in crossed.iter().zip(found) {
                 boundary[r] = Some(b);
             }
@@ -270,6 +277,7 @@ impl Trainer {
             crossed: share(counts.crossed),
             stayed: share(counts.stayed),
             not_learned: share(counts.not_learned),
+            search_forwards: self.search_forwards,
             seconds,
         }
     }

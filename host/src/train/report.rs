@@ -19,15 +19,27 @@ pub fn write_epochs(dir: &Path, history: &[EpochRecord]) -> Result<()> {
     }
     write_atomic(&dir.join("epochs.jsonl"), jsonl.as_bytes())?;
     let mut csv = String::from(
-        "epoch,phase,lr,clean_loss,adv_loss,eps_min,eps_median,eps_max,eps_histogram,grown,crossed,stayed,not_learned,seconds\n",
+        "epoch,phase,lr,clean_loss,adv_loss,eps_min,eps_median,eps_max,eps_histogram,grown,crossed,stayed,not_learned,search_forwards,seconds\n",
     );
     for r in history {
         let hist = r.eps_histogram.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ");
         let adv = r.adv_loss.map(|a| a.to_string()).unwrap_or_default();
         writeln!(
             csv,
-            "{},{},{},{},{adv},{},{},{},{hist},{},{},{},{},{:.3}",
-            r.epoch, r.phase, r.lr, r.clean_loss, r.eps_min, r.eps_median, r.eps_max, r.grown, r.crossed, r.stayed, r.not_learned, r.seconds
+            "{},{},{},{},{adv},{},{},{},{hist},{},{},{},{},{},{:.3}",
+            r.epoch,
+            r.phase,
+            r.lr,
+            r.clean_loss,
+            r.eps_min,
+            r.eps_median,
+            r.eps_max,
+            r.grown,
+            r.crossed,
+            r.stayed,
+            r.not_learned,
+            r.search_forwards,
+            r.seconds
         )?;
     }
     write_atomic(&dir.join("epochs.csv"), csv.as_bytes())
