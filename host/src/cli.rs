@@ -21,6 +21,96 @@ pub enum Command {
     /// Inspect task plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Train a model with STD, SAT or AMAT, then evaluate its robustness.
+    #[command(
+        after_help = "Every config key and its default: amat-host run --help",
+        after_long_help = concat!(
+            "The config file (TOML; unknown keys are errors). Every key with its default, as in examples/run.toml:\n\n",
+            include_str!("../../examples/run.toml")
+        )
+    )]
+    Run(RunCommand),
+    /// Robustness curve of a checkpoint (metric vs noise level, JSON + CSV + PNG).
+    Eval(EvalCommand),
+    /// Attack one sample of a checkpoint's data; save the noise and the predictions as .npy.
+    Attack(AttackCommand),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunCommand {
+    /// The task plugin (.wasm or native library); default: run.plugin of the config.
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// std | sat | amat; default: run.method of the config.
+    #[arg(long, value_enum)]
+    pub method: Option<crate::train::config::Method>,
+    /// The run's config (TOML).
+    #[arg(long, required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
+    /// The run folder to create [default: runs/<method>-<unix time>].
+    #[arg(long, conflicts_with = "resume")]
+    pub out: Option<PathBuf>,
+    /// cpu | cuda | auto [default: run.device of the config, else auto].
+    #[arg(long, value_enum)]
+    pub device: Option<crate::model::DeviceChoice>,
+    /// Continue the run in this folder from its newest checkpoint.
+    #[arg(long, conflicts_with = "config")]
+    pub resume: Option<PathBuf>,
+    /// Stop after this many epochs (with a checkpoint); finish later with --resume.
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckpointOptions {
+    /// A run folder (its newest checkpoint) or a checkpoint folder.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The task plugin; default: run.plugin of the checkpoint's config.
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// A config whose [eval] and [data] replace the checkpoint's ([model] must match).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// cpu | cuda | auto [default: run.device of the config].
+    #[arg(long, value_enum)]
+    pub device: Option<crate::model::DeviceChoice>,
+    /// Where the files go [default: a folder in the run folder].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalCommand {
+    #[command(flatten)]
+    pub checkpoint: CheckpointOptions,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AttackCommand {
+    #[command(flatten)]
+    pub checkpoint: CheckpointOptions,
+    /// Index of the sample in the split.
+    #[arg(long)]
+    pub sample: usize,
+    /// Noise level, in units of eval.attack.norm.
+    #[arg(long)]
+    pub eps: f64,
+    /// train | val | test.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+}
+
+impl From<CheckpointOptions> for crate::eval::command::CheckpointArgs {
+    fn from(o: CheckpointOptions) -> Self {
+        Self {
+            checkpoint: o.checkpoint,
+            plugin: o.plugin,
+            config: o.config,
+            device: o.device,
+            out: o.out,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -59,6 +149,46 @@ fn one_line(s: &str) -> String {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(c) => {
+            let done = crate::train::run::run(&crate::train::run::RunArgs {
+                config: c.config,
+                plugin: c.plugin,
+                method: c.method,
+                out: c.out,
+                device: c.device,
+                resume: c.resume,
+                stop_after: c.stop_after,
+            })?;
+            match &done.curve {
+                Some(curve) => {
+                    println!("run finished: {}", done.dir.display());
+                    print_curve(curve);
+                }
+                None => println!("run stopped: {} (continue with --resume {0})", done.dir.display()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval(c) => {
+            let (dir, curve) = crate::eval::command::evaluate(&c.checkpoint.into())?;
+            println!("robustness curve: {}", dir.display());
+            print_curve(&curve);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Attack(c) => {
+            let r = crate::eval::command::attack(&crate::eval::command::AttackArgs {
+                checkpoint: c.checkpoint.into(),
+                split: c.split,
+                sample: c.sample,
+                eps: c.eps,
+            })?;
+            println!("sample {} at eps {}: noise norm {:.4}", r.sample, r.eps, r.noise_norm);
+            println!("loss clean {:.4} -> attacked {:.4}", r.clean_loss, r.adversarial_loss);
+            for (c, a) in r.clean_metrics.iter().zip(&r.adversarial_metrics) {
+                println!("{:<16} clean {:.4} -> attacked {:.4}", c.name, c.value, a.value);
+            }
+            println!("files: {}", r.dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin(PluginCommand::Info { plugin, json }) => {
             let p = Plugin::load(&plugin, &SandboxLimits::default())?;
             let info = p.info();
@@ -86,4 +216,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The curve as a small table on stdout.
+fn print_curve(curve: &crate::eval::Curve) {
+    let names: Vec<&str> = curve.metrics.iter().map(|m| m.name.as_str()).take(4).collect();
+    println!("{:>8} {:>10} {}", "eps", "loss", names.iter().map(|n| format!("{n:>12}")).collect::<String>());
+    for (i, eps) in curve.eps.iter().enumerate() {
+        let values: String = curve.metrics.iter().take(4).map(|m| format!("{:>12.4}", m.values[i])).collect();
+        println!("{eps:>8} {:>10.4} {values}", curve.loss[i]);
+    }
+    let areas: String = curve.metrics.iter().take(4).map(|m| format!("{:>12.4}", m.area)).collect();
+    println!("{:>8} {:>10} {areas}", "area", "");
 }

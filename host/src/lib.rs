@@ -4,8 +4,12 @@
 //! supply a decoder, a per-sample loss and metrics, as sandboxed wasm
 //! components or native dylibs.
 
+pub mod attack;
 pub mod builtin;
 pub mod cli;
 pub mod data;
+pub mod eval;
+pub mod model;
 pub mod plugin;
 pub mod tensor;
+pub mod train;

@@ -2,6 +2,9 @@
 //! tensors (decoded once by the task plugin, then cached), split into train /
 //! validation / test.
 
+pub mod source;
+pub mod synthetic;
+
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use tch::{Device, Tensor};

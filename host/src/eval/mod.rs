@@ -1,0 +1,167 @@
+//! Robustness curves: for each noise level of a list, attack a whole split
+//! with PGD (keeping each sample's worst restart), let the plugin compute its
+//! set-level metrics on all the attacked predictions at once, and report
+//! metric(eps) with the curve's normalised area.
+
+pub mod command;
+pub mod report;
+
+use crate::attack::{self, Norm, Range};
+use crate::data::Dataset;
+use crate::plugin::Plugin;
+use crate::train::config::EvalConfig;
+use anyhow::Result;
+use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
+use tch::nn::ModuleT;
+use tch::{Device, Kind, Tensor};
+
+/// One metric along the noise levels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricCurve {
+    pub name: String,
+    /// One value per noise level.
+    pub values: Vec<f64>,
+    /// Trapezoid area under the curve divided by the eps range (the mean
+    /// value over the range); the clean value when the list is just [0].
+    pub area: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Curve {
+    pub split: String,
+    pub samples: usize,
+    pub norm: Norm,
+    pub steps: usize,
+    pub restarts: usize,
+    pub eps: Vec<f64>,
+    /// Mean per-sample loss at each level.
+    pub loss: Vec<f64>,
+    pub metrics: Vec<MetricCurve>,
+}
+
+impl Curve {
+    pub fn metric(&self, name: &str) -> Option<&MetricCurve> {
+        self.metrics.iter().find(|m| m.name == name)
+    }
+}
+
+/// Trapezoid area of `values` over `eps`, divided by the eps range.
+pub fn normalised_area(eps: &[f64], values: &[f64]) -> f64 {
+    let range = eps.last().unwrap_or(&0.0) - eps.first().unwrap_or(&0.0);
+    if eps.len() < 2 || range <= 0.0 {
+        return values.first().copied().unwrap_or(0.0);
+    }
+    let area: f64 = eps.windows(2).zip(values.windows(2)).map(|(e, v)| (e[1] - e[0]) * (v[0] + v[1]) / 2.0).sum();
+    area / range
+}
+
+/// Prediction and per-sample loss at `x`, forward only.
+fn predict(model: &dyn ModuleT, plugin: &mut Plugin, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+    let _guard = tch::no_grad_guard();
+    let pred = model.forward_t(x, false);
+    let loss = plugin.loss(&pred, y)?.detach();
+    Ok((pred, loss))
+}
+
+/// The worst of `restarts` PGD attacks per sample at level `eps`: returns
+/// the attacked prediction and loss.
+pub fn worst_case(
+    model: &dyn ModuleT,
+    plugin: &mut Plugin,
+    x: &Tensor,
+    y: &Tensor,
+    eps: f64,
+    cfg: &EvalConfig,
+    range: Range,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let b = x.size()[0];
+    let levels = Tensor::full([b], eps, (Kind::Float, x.device()));
+    let mut best: Option<(Tensor, Tensor, Tensor)> = None;
+    let restarts = if eps == 0.0 { 1 } else { cfg.restarts };
+    for _ in 0..restarts {
+        let delta = attack::pgd(model, plugin, x, y, &levels, &cfg.attack, range)?;
+        let (pred, loss) = predict(model, plugin, &(x + &delta), y)?;
+        best = Some(match best {
+            None => (delta, pred, loss),
+            Some((d0, p0, l0)) => {
+                let worse = loss.gt_tensor(&l0);
+                let pick = |new: &Tensor, old: &Tensor| new.where_self(&attack::per_sample(&worse, new), old);
+                (pick(&delta, &d0), pick(&pred, &p0), loss.where_self(&worse, &l0))
+            }
+        });
+    }
+    Ok(best.expect("at least one restart"))
+}
+
+/// The robustness curve of `model` on `data`. Seeds torch with `seed` so
+/// that random starts, and so the curve, are reproducible.
+pub fn robustness(
+    model: &dyn ModuleT,
+    plugin: &mut Plugin,
+    data: &Dataset,
+    cfg: &EvalConfig,
+    range: Range,
+    device: Device,
+    seed: i64,
+    bar: &ProgressBar,
+) -> Result<Curve> {
+    tch::manual_seed(seed);
+    let indices: Vec<usize> = (0..data.len()).collect();
+    let batches: Vec<&[usize]> = indices.chunks(cfg.batch_size).collect();
+    bar.set_length((batches.len() * cfg.eps.len()) as u64);
+    bar.set_position(0);
+    let mut losses = Vec::new();
+    let mut per_level: Vec<Vec<(String, f64)>> = Vec::new();
+    for &eps in &cfg.eps {
+        let (mut preds, mut targets, mut loss_sum) = (Vec::new(), Vec::new(), 0.0);
+        for idx in &batches {
+            let (x, y) = data.batch(idx, device);
+            let (_, pred, loss) = worst_case(model, plugin, &x, &y, eps, cfg, range)?;
+            loss_sum += loss.sum(Kind::Double).double_value(&[]);
+            preds.push(pred.to_device(Device::Cpu));
+            targets.push(y.to_device(Device::Cpu));
+            bar.inc(1);
+        }
+        let metrics = plugin.metrics(&Tensor::cat(&preds, 0), &Tensor::cat(&targets, 0))?;
+        per_level.push(metrics.into_iter().map(|m| (m.name, m.value)).collect());
+        losses.push(loss_sum / data.len().max(1) as f64);
+    }
+    let names: Vec<String> = per_level.first().map(|l| l.iter().map(|(n, _)| n.clone()).collect()).unwrap_or_default();
+    let metrics = names
+        .iter()
+        .map(|name| {
+            let values: Vec<f64> = per_level
+                .iter()
+                .map(|l| l.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or(f64::NAN))
+                .collect();
+            MetricCurve {
+                name: name.clone(),
+                area: normalised_area(&cfg.eps, &values),
+                values,
+            }
+        })
+        .collect();
+    Ok(Curve {
+        split: cfg.split.clone(),
+        samples: data.len(),
+        norm: cfg.attack.norm,
+        steps: cfg.attack.steps,
+        restarts: cfg.restarts,
+        eps: cfg.eps.clone(),
+        loss: losses,
+        metrics,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalised_area;
+
+    #[test]
+    fn area_is_the_mean_height() {
+        assert_eq!(normalised_area(&[0.0, 1.0, 2.0], &[1.0, 1.0, 1.0]), 1.0);
+        assert_eq!(normalised_area(&[0.0, 1.0, 3.0], &[1.0, 0.0, 0.0]), 0.5 / 3.0);
+        assert_eq!(normalised_area(&[0.0], &[0.7]), 0.7);
+    }
+}

@@ -1,0 +1,90 @@
+//! A robustness curve on disk: `robustness.json`, `robustness.csv` and
+//! `robustness.png` (drawn with plotters and an embedded font, so no system
+//! font library is needed).
+
+use super::Curve;
+use crate::train::checkpoint::write_atomic;
+use anyhow::{Context, Result, anyhow};
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::Once;
+
+pub fn csv(curve: &Curve) -> String {
+    let mut out = String::from("eps,loss");
+    for m in &curve.metrics {
+        out.push(',');
+        out.push_str(&m.name);
+    }
+    out.push('\n');
+    for (i, eps) in curve.eps.iter().enumerate() {
+        out.push_str(&format!("{eps},{}", curve.loss[i]));
+        for m in &curve.metrics {
+            out.push_str(&format!(",{}", m.values[i]));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes the three files into `dir`; `plotted` names the metrics drawn
+/// (all of them when none of the names is found).
+pub fn write(dir: &Path, curve: &Curve, plotted: &[String]) -> Result<()> {
+    write_atomic(&dir.join("robustness.json"), serde_json::to_string_pretty(curve)?.as_bytes())?;
+    write_atomic(&dir.join("robustness.csv"), csv(curve).as_bytes())?;
+    let (png, tmp) = (dir.join("robustness.png"), dir.join(".robustness.tmp.png"));
+    plot(&tmp, curve, plotted).with_context(|| format!("cannot draw {}", png.display()))?;
+    std::fs::rename(&tmp, &png).with_context(|| format!("cannot write {}", png.display()))
+}
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The font is compiled in, so registering it cannot fail for want of a file.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, epaint_default_fonts::UBUNTU_LIGHT);
+    });
+}
+
+fn plot(path: &Path, curve: &Curve, plotted: &[String]) -> Result<()> {
+    register_font();
+    let mut metrics: Vec<_> = curve.metrics.iter().filter(|m| plotted.contains(&m.name)).collect();
+    if metrics.is_empty() {
+        metrics = curve.metrics.iter().collect();
+    }
+    let x_max = curve.eps.last().copied().unwrap_or(1.0).max(1e-9);
+    let values = metrics.iter().flat_map(|m| m.values.iter().copied()).filter(|v| v.is_finite());
+    let (lo, hi) = values.fold((0.0f64, 1.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let root = BitMapBackend::new(path, (800, 520)).into_drawing_area();
+    let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
+    root.fill(&WHITE).map_err(e)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("robustness on {} ({} samples, PGD {} {} steps)", curve.split, curve.samples, curve.norm, curve.steps), ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..x_max, lo..hi)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc(format!("eps ({})", curve.norm))
+        .y_desc("metric")
+        .draw()
+        .map_err(e)?;
+    for (i, m) in metrics.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let points: Vec<(f64, f64)> = curve.eps.iter().copied().zip(m.values.iter().copied()).collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(e)?
+            .label(format!("{} (area {:.3})", m.name, m.area))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(e)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)?;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! Checkpoints: weights, optimizer state, AMAT margins, the shuffler's
+//! position, the epoch and the config's hash, in one folder per epoch under
+//! `RUN/checkpoints/`. A checkpoint is written into a hidden temporary folder
+//! and renamed into place when complete; `checkpoints/latest` (replaced
+//! atomically) names the newest. A crash leaves the previous one intact.
+
+use super::config::{Method, RunConfig};
+use super::margins::Margins;
+use super::{EpochRecord, Trainer};
+use anyhow::{Context, Result, bail};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+pub const WEIGHTS: &str = "weights.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+const MARGINS: &str = "margins.safetensors";
+const STATE: &str = "state.json";
+pub const CONFIG: &str = "config.toml";
+const LATEST: &str = "latest";
+
+/// `state.json`: the small part of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub format: u32,
+    /// Epochs completed.
+    pub epoch: usize,
+    pub method: Method,
+    pub config_hash: String,
+    pub task: String,
+    pub task_version: String,
+    /// The shuffler: its seed (hex) and position in its stream.
+    pub rng_seed: String,
+    pub rng_word_pos: String,
+    /// AMAT: delta_eps and eps_max the margins were made with.
+    pub margin_step: Option<f64>,
+    pub history: Vec<EpochRecord>,
+    pub amat_host_version: String,
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+fn sync(path: &Path) -> Result<()> {
+    fs::File::open(path)?.sync_all()?;
+    Ok(())
+}
+
+fn cpu(named: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    named.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect()
+}
+
+/// Saves `trainer` as `RUN/checkpoints/epoch-NNNN` and keeps the newest `keep`.
+pub fn save(run_dir: &Path, trainer: &Trainer, task: (&str, &str)) -> Result<PathBuf> {
+    let root = run_dir.join("checkpoints");
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let name = format!("epoch-{:04}", trainer.epoch);
+    let tmp = root.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    fs::create_dir(&tmp)?;
+    let write = |file: &str, named: Vec<(String, Tensor)>| -> Result<()> {
+        let path = tmp.join(file);
+        Tensor::write_safetensors(&cpu(named), &path).with_context(|| format!("cannot write {}", path.display()))?;
+        sync(&path)
+    };
+    let mut weights: Vec<(String, Tensor)> = trainer.vs.variables().into_iter().collect();
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    write(WEIGHTS, weights)?;
+    write(OPTIMIZER, trainer.opt.state())?;
+    if let Some(m) = &trainer.margins {
+        write(MARGINS, vec![("eps".into(), Tensor::from_slice(&m.values))])?;
+    }
+    let state = State {
+        format: 1,
+        epoch: trainer.epoch,
+        method: trainer.method,
+        config_hash: trainer.cfg.hash(),
+        task: task.0.into(),
+        task_version: task.1.into(),
+        rng_seed: super::config::hex(&trainer.rng.get_seed()),
+        rng_word_pos: trainer.rng.get_word_pos().to_string(),
+        margin_step: trainer.margins.as_ref().map(|m| m.delta_eps),
+        history: trainer.history.clone(),
+        amat_host_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    write_atomic(&tmp.join(CONFIG), trainer.cfg.to_toml().as_bytes())?;
+    write_atomic(&tmp.join(STATE), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    let dest = root.join(&name);
+    if dest.exists() {
+        fs::remove_dir_all(&dest)?;
+    }
+    fs::rename(&tmp, &dest).with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
+    write_atomic(&root.join(LATEST), name.as_bytes())?;
+    prune(&root, trainer.cfg.run.keep_checkpoints)?;
+    Ok(dest)
+}
+
+/// Removes all but the newest `keep` checkpoints.
+fn prune(root: &Path, keep: usize) -> Result<()> {
+    let mut names: Vec<String> = fs::read_dir(root)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("epoch-"))
+        .collect();
+    names.sort();
+    let drop = names.len().saturating_sub(keep);
+    for n in &names[..drop] {
+        fs::remove_dir_all(root.join(n))?;
+    }
+    Ok(())
+}
+
+/// A run folder (its newest checkpoint) or a checkpoint folder, as the
+/// checkpoint folder.
+pub fn resolve(dir: &Path) -> Result<PathBuf> {
+    if dir.join(STATE).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    let latest = dir.join("checkpoints").join(LATEST);
+    let name = fs::read_to_string(&latest).with_context(|| format!("{}: not a run or checkpoint folder (no {})", dir.display(), latest.display()))?;
+    let ckpt = dir.join("checkpoints").join(name.trim());
+    if !ckpt.join(STATE).is_file() {
+        bail!("{}: the latest checkpoint {} is incomplete", dir.display(), ckpt.display());
+    }
+    Ok(ckpt)
+}
+
+pub fn read_state(ckpt: &Path) -> Result<State> {
+    let path = ckpt.join(STATE);
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a checkpoint state", path.display()))
+}
+
+pub fn read_config(ckpt: &Path) -> Result<RunConfig> {
+    RunConfig::read(&ckpt.join(CONFIG)).map_err(anyhow::Error::msg)
+}
+
+/// Loads the weights of `ckpt` into `vs` (the model must have the same layout).
+pub fn load_weights(ckpt: &Path, vs: &mut tch::nn::VarStore) -> Result<()> {
+    let path = ckpt.join(WEIGHTS);
+    vs.load(&path).with_context(|| format!("cannot load weights {}", path.display()))
+}
+
+/// Restores everything `save` wrote into a trainer made from the same config.
+pub fn restore(ckpt: &Path, trainer: &mut Trainer) -> Result<State> {
+    let state = read_state(ckpt)?;
+    if state.config_hash != trainer.cfg.hash() {
+        bail!("checkpoint {} was made with another config (hash {}…, this one {}…)", ckpt.display(), &state.config_hash[..12], &trainer.cfg.hash()[..12]);
+    }
+    if state.method != trainer.method {
+        bail!("checkpoint {} is a {} run, not {}", ckpt.display(), state.method, trainer.method);
+    }
+    load_weights(ckpt, &mut trainer.vs)?;
+    let opt = Tensor::read_safetensors(ckpt.join(OPTIMIZER)).with_context(|| format!("cannot read {}", ckpt.join(OPTIMIZER).display()))?;
+    trainer.opt.load_state(opt)?;
+    if let Some(m) = &mut trainer.margins {
+        load_margins(ckpt, m)?;
+    }
+    let seed_bytes: Vec<u8> = (0..state.rng_seed.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&state.rng_seed[i..i + 2], 16))
+        .collect::<Result<_, _>>()
+        .context("bad rng_seed in state.json")?;
+    let seed: [u8; 32] = seed_bytes.try_into().map_err(|_| anyhow::anyhow!("rng_seed in state.json is not 32 bytes"))?;
+    trainer.rng = ChaCha8Rng::from_seed(seed);
+    trainer.rng.set_word_pos(state.rng_word_pos.parse().context("bad rng_word_pos in state.json")?);
+    trainer.epoch = state.epoch;
+    trainer.history = state.history.clone();
+    Ok(state)
+}
+
+fn load_margins(ckpt: &Path, m: &mut Margins) -> Result<()> {
+    let path = ckpt.join(MARGINS);
+    let named = Tensor::read_safetensors(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let eps = named.into_iter().find(|(n, _)| n == "eps").with_context(|| format!("{} has no `eps`", path.display()))?.1;
+    let values = Vec::<f32>::try_from(eps.to_kind(Kind::Float))?;
+    if values.len() != m.values.len() {
+        bail!("{} holds {} margins, the training split has {} samples", path.display(), values.len(), m.values.len());
+    }
+    m.values = values;
+    Ok(())
+}

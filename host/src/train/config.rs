@@ -1,0 +1,420 @@
+//! A run's configuration: TOML, every key known (unknown keys are errors),
+//! every value checked before any work starts. `examples/run.toml` documents
+//! each key and its default.
+
+use crate::attack::{Norm, PgdConfig};
+use crate::data::source::DataSource;
+use crate::model::{DeviceChoice, ModelConfig};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Clean training.
+    Std,
+    /// Adversarial training at one fixed noise level.
+    Sat,
+    /// Adaptive-margin adversarial training: one noise level per sample.
+    Amat,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Std => "std",
+            Method::Sat => "sat",
+            Method::Amat => "amat",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    #[serde(default)]
+    pub run: RunSection,
+    pub data: DataSource,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub sat: SatConfig,
+    #[serde(default)]
+    pub amat: AmatConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// std | sat | amat; `--method` overrides.
+    pub method: Option<Method>,
+    /// The task plugin; `--plugin` overrides.
+    pub plugin: Option<PathBuf>,
+    pub seed: u64,
+    /// libtorch intra-op threads; 0 keeps libtorch's choice (one per core).
+    /// Results are bitwise reproducible for a fixed count on one machine.
+    pub threads: usize,
+    /// cpu | cuda | auto; `--device` overrides.
+    pub device: DeviceChoice,
+    /// Write a checkpoint every this many epochs (and always after the last).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept on disk, newest first.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self {
+            method: None,
+            plugin: None,
+            seed: 0,
+            threads: 0,
+            device: DeviceChoice::Auto,
+            checkpoint_every: 1,
+            keep_checkpoints: 2,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Adam,
+    Sgd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    /// Multiply the rate by `step_gamma` every `step_epochs` epochs.
+    Step,
+    /// Cosine decay from `lr` to 0 over the run.
+    Cosine,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Adam's (beta1, beta2).
+    pub adam_betas: [f64; 2],
+    pub adam_eps: f64,
+    /// L2 penalty added to the gradient.
+    pub weight_decay: f64,
+    pub schedule: Schedule,
+    pub step_epochs: usize,
+    pub step_gamma: f64,
+    /// Epochs of clean training (STD) at the start of SAT and AMAT; AMAT's
+    /// margins do not move during them.
+    pub warmup_epochs: usize,
+    /// Weight of the adversarial term: (1 - beta) * clean + beta * adversarial.
+    pub beta: f64,
+    /// The attack used in training (SAT and AMAT).
+    pub attack: PgdConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 20,
+            batch_size: 8,
+            optimizer: OptimizerKind::Adam,
+            lr: 1e-2,
+            momentum: 0.9,
+            adam_betas: [0.9, 0.999],
+            adam_eps: 1e-8,
+            weight_decay: 0.0,
+            schedule: Schedule::Constant,
+            step_epochs: 10,
+            step_gamma: 0.1,
+            warmup_epochs: 1,
+            beta: 0.5,
+            attack: PgdConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SatConfig {
+    /// The one noise level, in units of `train.attack.norm`.
+    pub eps: f64,
+}
+
+impl Default for SatConfig {
+    fn default() -> Self {
+        Self { eps: 1.0 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmatConfig {
+    /// Largest margin, in units of `train.attack.norm`.
+    pub eps_max: f64,
+    /// E_grow: epochs for a margin to grow from 0 to `eps_max`;
+    /// the growth step is delta_eps = eps_max / grow_epochs.
+    pub grow_epochs: usize,
+    /// N_bs: at most this many halvings in the boundary search.
+    pub search_steps: usize,
+    /// The search stops once the boundary is bracketed to within
+    /// `search_tolerance * delta_eps`; 0 always runs all `search_steps`.
+    pub search_tolerance: f64,
+    /// Loss at or below which a prediction still counts as correct; the
+    /// plugin's value when left out. Unused when the plugin has `correct`.
+    pub tau: Option<f64>,
+}
+
+impl Default for AmatConfig {
+    fn default() -> Self {
+        Self {
+            eps_max: 2.0,
+            grow_epochs: 10,
+            search_steps: 10,
+            search_tolerance: 0.25,
+            tau: None,
+        }
+    }
+}
+
+impl AmatConfig {
+    pub fn delta_eps(&self) -> f64 {
+        self.eps_max / self.grow_epochs as f64
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Noise levels of the robustness curve, in units of `eval.attack.norm`;
+    /// ascending, starting with 0 (the clean point). Same list for every method.
+    pub eps: Vec<f64>,
+    /// Attacks per level; each sample keeps its worst (highest-loss) one.
+    pub restarts: usize,
+    pub batch_size: usize,
+    /// The split evaluated: test | val | train.
+    pub split: String,
+    pub attack: PgdConfig,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            eps: vec![0.0, 0.25, 0.5, 1.0, 2.0],
+            restarts: 1,
+            batch_size: 16,
+            split: "test".into(),
+            attack: PgdConfig {
+                steps: 20,
+                ..PgdConfig::default()
+            },
+        }
+    }
+}
+
+/// A one-line problem with a config.
+fn bad(msg: impl Into<String>) -> String {
+    msg.into()
+}
+
+fn positive(name: &str, v: f64) -> Result<(), String> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(bad(format!("{name} = {v} must be positive")))
+    }
+}
+
+fn non_negative(name: &str, v: f64) -> Result<(), String> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(bad(format!("{name} = {v} must be >= 0")))
+    }
+}
+
+impl RunConfig {
+    /// Parses TOML; errors are one line naming the file, line and key.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let at = e
+                .span()
+                .map(|s| format!(" line {}", text[..s.start.min(text.len())].matches('\n').count() + 1))
+                .unwrap_or_default();
+            format!("config {}{at}: {}", origin.display(), e.message().trim())
+        })
+    }
+
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a run config always serialises")
+    }
+
+    pub fn method(&self) -> Method {
+        self.run.method.unwrap_or(Method::Amat)
+    }
+
+    /// Checks every value. Files named (plugin, data) must exist.
+    pub fn validate(&self) -> Result<(), String> {
+        let Some(_) = self.run.method else {
+            return Err(bad("no method: pass --method std|sat|amat or set run.method"));
+        };
+        match &self.run.plugin {
+            None => return Err(bad("no plugin: pass --plugin FILE or set run.plugin")),
+            Some(p) if !p.is_file() => return Err(bad(format!("plugin {}: no such file", p.display()))),
+            Some(_) => {}
+        }
+        if self.run.checkpoint_every == 0 {
+            return Err(bad("run.checkpoint_every must be at least 1"));
+        }
+        if self.run.keep_checkpoints == 0 {
+            return Err(bad("run.keep_checkpoints must be at least 1"));
+        }
+        self.data.validate()?;
+        self.model.validate()?;
+        let t = &self.train;
+        if t.epochs == 0 {
+            return Err(bad("train.epochs must be at least 1"));
+        }
+        if t.batch_size == 0 {
+            return Err(bad("train.batch_size must be at least 1"));
+        }
+        positive("train.lr", t.lr)?;
+        non_negative("train.momentum", t.momentum)?;
+        non_negative("train.weight_decay", t.weight_decay)?;
+        positive("train.adam_eps", t.adam_eps)?;
+        for (i, b) in t.adam_betas.iter().enumerate() {
+            if !(0.0..1.0).contains(b) {
+                return Err(bad(format!("train.adam_betas[{i}] = {b} must lie in [0, 1)")));
+            }
+        }
+        if t.schedule == Schedule::Step && t.step_epochs == 0 {
+            return Err(bad("train.step_epochs must be at least 1"));
+        }
+        positive("train.step_gamma", t.step_gamma)?;
+        if !(0.0..=1.0).contains(&t.beta) {
+            return Err(bad(format!("train.beta = {} must lie in [0, 1]", t.beta)));
+        }
+        t.attack.validate("train.attack")?;
+        non_negative("sat.eps", self.sat.eps)?;
+        let a = &self.amat;
+        positive("amat.eps_max", a.eps_max)?;
+        if a.grow_epochs == 0 {
+            return Err(bad("amat.grow_epochs must be at least 1"));
+        }
+        non_negative("amat.search_tolerance", a.search_tolerance)?;
+        if let Some(tau) = a.tau {
+            if !tau.is_finite() {
+                return Err(bad(format!("amat.tau = {tau} must be finite")));
+            }
+        }
+        let e = &self.eval;
+        for (i, &v) in e.eps.iter().enumerate() {
+            non_negative(&format!("eval.eps[{i}]"), v)?;
+        }
+        if e.eps.first() != Some(&0.0) {
+            return Err(bad("eval.eps must start with 0 (the clean point)"));
+        }
+        if e.eps.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad("eval.eps must be strictly ascending"));
+        }
+        if e.restarts == 0 || e.batch_size == 0 {
+            return Err(bad("eval.restarts and eval.batch_size must be at least 1"));
+        }
+        if !["train", "val", "test"].contains(&e.split.as_str()) {
+            return Err(bad(format!("eval.split = `{}` must be train, val or test", e.split)));
+        }
+        e.attack.validate("eval.attack")?;
+        Ok(())
+    }
+
+    /// What a checkpoint must agree with to be resumed: everything but where
+    /// the plugin file lies and which device runs it.
+    pub fn hash(&self) -> String {
+        let mut c = self.clone();
+        c.run.plugin = None;
+        c.run.device = DeviceChoice::Auto;
+        hex(&Sha256::digest(c.to_toml().as_bytes()))
+    }
+
+    /// The norm training margins are measured in.
+    pub fn train_norm(&self) -> Norm {
+        self.train.attack.norm
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[run]\nmethod = \"amat\"\n[data]\nsynthetic = { train = 4 }\n";
+
+    #[test]
+    fn the_example_config_parses_and_its_values_are_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/run.toml");
+        let cfg = RunConfig::read(&path).unwrap();
+        let defaults = RunConfig {
+            run: RunSection::default(),
+            data: DataSource::Synthetic(Default::default()),
+            model: Default::default(),
+            train: Default::default(),
+            sat: Default::default(),
+            amat: Default::default(),
+            eval: Default::default(),
+        };
+        // The example names a method and a plugin; everything else is a default.
+        let mut cfg_no_names = cfg.clone();
+        cfg_no_names.run.method = None;
+        cfg_no_names.run.plugin = None;
+        assert_eq!(cfg_no_names, defaults);
+    }
+
+    #[test]
+    fn unknown_keys_are_one_line_errors_with_a_line_number() {
+        let text = format!("{MINIMAL}[train]\nepochs = 2\nlearning_rate = 3\n");
+        let err = RunConfig::parse(&text, Path::new("x.toml")).unwrap_err();
+        assert!(err.starts_with("config x.toml line 7: unknown field `learning_rate`"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let err = RunConfig::parse("[data]\nsynthetic = { trian = 4 }\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.contains("unknown field `trian`"), "{err}");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let cfg = RunConfig::parse(MINIMAL, Path::new("x")).unwrap();
+        let again = RunConfig::parse(&cfg.to_toml(), Path::new("y")).unwrap();
+        assert_eq!(cfg, again);
+        assert_eq!(cfg.hash(), again.hash());
+    }
+
+    #[test]
+    fn negative_noise_levels_are_refused() {
+        let mut cfg = RunConfig::parse(MINIMAL, Path::new("x")).unwrap();
+        cfg.run.plugin = Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+        cfg.validate().unwrap();
+        cfg.sat.eps = -0.5;
+        assert_eq!(cfg.validate().unwrap_err(), "sat.eps = -0.5 must be >= 0");
+        cfg.sat.eps = 0.5;
+        cfg.eval.eps = vec![0.0, -1.0];
+        assert!(cfg.validate().unwrap_err().starts_with("eval.eps[1] = -1"));
+    }
+}

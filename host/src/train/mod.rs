@@ -1,0 +1,284 @@
+//! STD, SAT and AMAT (AMAT.md) in one loop: the methods differ only in the
+//! noise level each sample gets (none, one for all, one per sample) and in
+//! AMAT's margin update after each batch.
+
+pub mod amat;
+pub mod checkpoint;
+pub mod config;
+pub mod margins;
+pub mod optim;
+pub mod report;
+pub mod run;
+
+use crate::attack::{self, Range, sample_norms};
+use crate::data::Dataset;
+use crate::model::UNet;
+use crate::plugin::Plugin;
+use amat::{Judge, Search};
+use anyhow::{Result, bail};
+use config::{Method, RunConfig};
+use indicatif::ProgressBar;
+use margins::Margins;
+use optim::Optimizer;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+use tch::nn::{ModuleT, VarStore};
+use tch::{Device, Kind, Tensor};
+
+/// Bins of the margin histogram in each epoch's record.
+pub const HISTOGRAM_BINS: usize = 10;
+
+/// What one epoch did; one line of `epochs.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: usize,
+    /// `clean` (STD, and SAT/AMAT warm-up) or `adversarial`.
+    pub phase: String,
+    pub lr: f64,
+    /// Mean per-sample loss on clean inputs (training mode, before the step).
+    pub clean_loss: f64,
+    /// Mean per-sample loss on attacked inputs; absent in clean epochs.
+    pub adv_loss: Option<f64>,
+    /// Noise levels used in this epoch's attacks after the epoch: min, median, max.
+    pub eps_min: f64,
+    pub eps_median: f64,
+    pub eps_max: f64,
+    /// AMAT: margins in equal bins over [0, eps_max]; empty otherwise.
+    pub eps_histogram: Vec<usize>,
+    /// AMAT: shares of the epoch's margin updates.
+    pub grown: f64,
+    pub crossed: f64,
+    pub stayed: f64,
+    pub not_learned: f64,
+    /// AMAT: single-sample forward passes spent in boundary searches.
+    pub search_forwards: usize,
+    pub seconds: f64,
+}
+
+/// Everything a run changes, and what a checkpoint holds.
+pub struct Trainer {
+    pub cfg: RunConfig,
+    pub method: Method,
+    pub device: Device,
+    pub vs: VarStore,
+    pub model: UNet,
+    pub opt: Optimizer,
+    /// AMAT only.
+    pub margins: Option<Margins>,
+    /// Shuffles the training set; its position is checkpointed.
+    pub rng: ChaCha8Rng,
+    /// Epochs completed.
+    pub epoch: usize,
+    pub history: Vec<EpochRecord>,
+    pub judge: Judge,
+    pub range: Range,
+    /// Search forwards of the current epoch.
+    search_forwards: usize,
+}
+
+/// The torch seed of an epoch: random starts depend only on (seed, epoch),
+/// so a run resumed at an epoch boundary draws what it would have drawn.
+pub fn epoch_seed(seed: u64, epoch: usize) -> i64 {
+    let mut z = seed ^ (epoch as u64).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
+impl Trainer {
+    /// A fresh model (seeded), optimizer, margins and shuffler. `train_len`
+    /// is the size of the training split.
+    pub fn new(cfg: &RunConfig, plugin: &Plugin, device: Device, train_len: usize) -> Result<Self> {
+        let info = plugin.info();
+        let method = cfg.run.method.unwrap_or(Method::Std);
+        tch::manual_seed(cfg.run.seed as i64);
+        let vs = VarStore::new(device);
+        let model = UNet::new(&vs.root(), &cfg.model, info.input_channels as i64, info.output_channels as i64);
+        let opt = Optimizer::new(&vs, &cfg.train);
+        let margins = (method == Method::Amat).then(|| Margins::new(train_len, &cfg.amat));
+        let tau = cfg.amat.tau.unwrap_or(info.tau as f64);
+        Ok(Self {
+            cfg: cfg.clone(),
+            method,
+            device,
+            vs,
+            model,
+            opt,
+            margins,
+            rng: ChaCha8Rng::seed_from_u64(cfg.run.seed),
+            epoch: 0,
+            history: Vec::new(),
+            judge: Judge::new(tau),
+            range: Range {
+                min: info.intensity_min as f64,
+                max: info.intensity_max as f64,
+            },
+            search_forwards: 0,
+        })
+    }
+
+    fn adversarial(&self, epoch: usize) -> bool {
+        self.method != Method::Std && epoch >= self.cfg.train.warmup_epochs
+    }
+
+    /// One epoch over `data` (the training split). `bar` counts batches.
+    pub fn train_epoch(&mut self, plugin: &mut Plugin, data: &Dataset, bar: &ProgressBar) -> Result<EpochRecord> {
+        if let Some(m) = &self.margins {
+            if m.values.len() != data.len() {
+                bail!("the margins hold {} samples, the training split {}", m.values.len(), data.len());
+            }
+        }
+        let start = Instant::now();
+        let epoch = self.epoch;
+        let adversarial = self.adversarial(epoch);
+        let lr = optim::learning_rate(&self.cfg.train, epoch);
+        tch::manual_seed(epoch_seed(self.cfg.run.seed, epoch));
+        let mut order: Vec<usize> = (0..data.len()).collect();
+        order.shuffle(&mut self.rng);
+        if let Some(m) = &mut self.margins {
+            m.reset_counts();
+        }
+        self.search_forwards = 0;
+        let (mut clean_sum, mut adv_sum) = (0.0, 0.0);
+        bar.set_length(order.len().div_ceil(self.cfg.train.batch_size) as u64);
+        bar.set_position(0);
+        for idx in order.chunks(self.cfg.train.batch_size) {
+            let (x, y) = data.batch(idx, self.device);
+            let (clean, adv) = if adversarial { self.adversarial_step(plugin, &x, &y, idx, lr)? } else { self.clean_step(plugin, &x, &y, lr)? };
+            clean_sum += clean;
+            adv_sum += adv;
+            bar.inc(1);
+        }
+        let n = data.len().max(1) as f64;
+        let record = self.record(epoch, adversarial, lr, clean_sum / n, adv_sum / n, start.elapsed().as_secs_f64());
+        self.epoch += 1;
+        self.history.push(record.clone());
+        Ok(record)
+    }
+
+    /// STD: returns the batch's summed clean loss.
+    fn clean_step(&mut self, plugin: &mut Plugin, x: &Tensor, y: &Tensor, lr: f64) -> Result<(f64, f64)> {
+        let loss = plugin.loss(&self.model.forward_t(x, true), y)?;
+        self.opt.minimize(&loss.mean(Kind::Float), lr);
+        Ok((loss.detach().sum(Kind::Double).double_value(&[]), 0.0))
+    }
+
+    /// The noise level of each sample of the batch.
+    fn noise_levels(&self, idx: &[usize]) -> Vec<f32> {
+        match (&self.margins, self.method) {
+            (Some(m), _) => m.get(idx),
+            (None, Method::Sat) => vec![self.cfg.sat.eps as f32; idx.len()],
+            (None, _) => vec![0.0; idx.len()],
+        }
+    }
+
+    /// SAT / AMAT: (1 - beta) * clean + beta * adversarial, then AMAT's
+    /// margin update (before the step, with the weights the attack saw).
+    fn adversarial_step(&mut self, plugin: &mut Plugin, x: &Tensor, y: &Tensor, idx: &[usize], lr: f64) -> Result<(f64, f64)> {
+        let levels = self.noise_levels(idx);
+        let eps = Tensor::from_slice(&levels).to_device(self.device);
+        let delta = attack::pgd(&self.model, plugin, x, y, &eps, &self.cfg.train.attack, self.range)?;
+        let pred_clean = self.model.forward_t(x, true);
+        let clean = plugin.loss(&pred_clean, y)?;
+        let beta = self.cfg.train.beta;
+        let (pred_adv, adv, objective) = if levels.iter().all(|&e| e == 0.0) {
+            // No noise: the adversarial term is the clean term, and the objective plain clean training.
+            (pred_clean.shallow_clone(), clean.shallow_clone(), clean.mean(Kind::Float))
+        } else {
+            let pred_adv = self.model.forward_t(&(x + &delta), true);
+            let adv = plugin.loss(&pred_adv, y)?;
+            let objective = clean.mean(Kind::Float) * (1.0 - beta) + adv.mean(Kind::Float) * beta;
+            (pred_adv, adv, objective)
+        };
+        if self.margins.is_some() {
+            self.update_margins(plugin, x, y, &delta, idx, (&pred_clean, &clean), (&pred_adv, &adv))?;
+        }
+        self.opt.minimize(&objective, lr);
+        let sum = |t: &Tensor| t.detach().sum(Kind::Double).double_value(&[]);
+        Ok((sum(&clean), sum(&adv)))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update_margins(
+        &mut self,
+        plugin: &mut Plugin,
+        x: &Tensor,
+        y: &Tensor,
+        delta: &Tensor,
+        idx: &[usize],
+        (pred_clean, clean): (&Tensor, &Tensor),
+        (pred_adv, adv): (&Tensor, &Tensor),
+    ) -> Result<()> {
+        let clean_ok = self.judge.correct(plugin, &pred_clean.detach(), y, Some(clean))?;
+        let adv_ok = self.judge.correct(plugin, &pred_adv.detach(), y, Some(adv))?;
+        let crossed: Vec<usize> = (0..idx.len()).filter(|&r| clean_ok[r] && !adv_ok[r]).collect();
+        let mut boundary = vec![None; idx.len()];
+        if !crossed.is_empty() {
+            let margins = self.margins.as_ref().expect("AMAT");
+            let a = &self.cfg.amat;
+            let rows = Tensor::from_slice(&crossed.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(self.device);
+            let d = delta.index_select(0, &rows);
+            let norms: Vec<f64> = Vec::<f32>::try_from(sample_norms(&d, self.cfg.train.attack.norm).to_device(Device::Cpu))?
+                .into_iter()
+                .map(f64::from)
+                .collect();
+            let search = Search {
+                steps: a.search_steps,
+                tolerance: a.search_tolerance * margins.delta_eps,
+                floor: margins.delta_eps,
+            };
+            let (found, forwards) = amat::boundary(
+                &self.model,
+                plugin,
+                &mut self.judge,
+                &x.index_select(0, &rows),
+                &y.index_select(0, &rows),
+                &d,
+                &norms,
+                search,
+            )?;
+            self.search_forwards += forwards;
+            for (&r, b) in crossed.iter().zip(found) {
+                boundary[r] = Some(b);
+            }
+        }
+        let margins = self.margins.as_mut().expect("AMAT");
+        for (r, &i) in idx.iter().enumerate() {
+            margins.update(i, clean_ok[r], adv_ok[r], boundary[r]);
+        }
+        Ok(())
+    }
+
+    fn record(&self, epoch: usize, adversarial: bool, lr: f64, clean: f64, adv: f64, seconds: f64) -> EpochRecord {
+        let (eps_min, eps_median, eps_max, eps_histogram, counts) = match (&self.margins, adversarial) {
+            (Some(m), _) => {
+                let (lo, med, hi) = m.summary();
+                (lo, med, hi, m.histogram(HISTOGRAM_BINS), m.counts)
+            }
+            (None, true) => (self.cfg.sat.eps, self.cfg.sat.eps, self.cfg.sat.eps, Vec::new(), Default::default()),
+            (None, false) => (0.0, 0.0, 0.0, Vec::new(), Default::default()),
+        };
+        let share = |k: usize| if counts.total() == 0 { 0.0 } else { k as f64 / counts.total() as f64 };
+        EpochRecord {
+            epoch: epoch + 1,
+            phase: if adversarial { "adversarial" } else { "clean" }.into(),
+            lr,
+            clean_loss: clean,
+            adv_loss: adversarial.then_some(adv),
+            eps_min,
+            eps_median,
+            eps_max,
+            eps_histogram,
+            grown: share(counts.grown),
+            crossed: share(counts.crossed),
+            stayed: share(counts.stayed),
+            not_learned: share(counts.not_learned),
+            search_forwards: self.search_forwards,
+            seconds,
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! A run's human- and machine-readable record: `epochs.jsonl`,
+//! `epochs.csv` and `summary.md`. Each is rewritten whole (atomically) from
+//! the history a checkpoint holds, so a resumed run's files match an
+//! uninterrupted run's.
+
+use super::EpochRecord;
+use super::checkpoint::write_atomic;
+use super::config::RunConfig;
+use crate::eval::Curve;
+use anyhow::Result;
+use std::fmt::Write;
+use std::path::Path;
+
+pub fn write_epochs(dir: &Path, history: &[EpochRecord]) -> Result<()> {
+    let mut jsonl = String::new();
+    for r in history {
+        jsonl.push_str(&serde_json::to_string(r)?);
+        jsonl.push('\n');
+    }
+    write_atomic(&dir.join("epochs.jsonl"), jsonl.as_bytes())?;
+    let mut csv = String::from(
+        "epoch,phase,lr,clean_loss,adv_loss,eps_min,eps_median,eps_max,eps_histogram,grown,crossed,stayed,not_learned,search_forwards,seconds\n",
+    );
+    for r in history {
+        let hist = r.eps_histogram.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ");
+        let adv = r.adv_loss.map(|a| a.to_string()).unwrap_or_default();
+        writeln!(
+            csv,
+            "{},{},{},{},{adv},{},{},{},{hist},{},{},{},{},{},{:.3}",
+            r.epoch,
+            r.phase,
+            r.lr,
+            r.clean_loss,
+            r.eps_min,
+            r.eps_median,
+            r.eps_max,
+            r.grown,
+            r.crossed,
+            r.stayed,
+            r.not_learned,
+            r.search_forwards,
+            r.seconds
+        )?;
+    }
+    write_atomic(&dir.join("epochs.csv"), csv.as_bytes())
+}
+
+/// `summary.md`: what ran, how training went, and the robustness curve.
+pub fn summary(cfg: &RunConfig, task: &str, train_samples: usize, history: &[EpochRecord], curve: &Curve) -> String {
+    let mut s = String::new();
+    let method = cfg.run.method.map(|m| m.to_string()).unwrap_or_default();
+    let _ = writeln!(s, "# {method} on {task}\n");
+    let _ = writeln!(
+        s,
+        "- {} epochs ({} warm-up), {} training samples, batch {}, {:?} lr {}, seed {}",
+        history.len(),
+        if method == "std" { 0 } else { cfg.train.warmup_epochs.min(history.len()) },
+        train_samples,
+        cfg.train.batch_size,
+        cfg.train.optimizer,
+        cfg.train.lr,
+        cfg.run.seed
+    );
+    let atk = &cfg.train.attack;
+    match method.as_str() {
+        "sat" => {
+            let _ = writeln!(s, "- training attack: PGD {} x{}, eps {}, beta {}", atk.norm, atk.steps, cfg.sat.eps, cfg.train.beta);
+        }
+        "amat" => {
+            let a = &cfg.amat;
+            let _ = writeln!(
+                s,
+                "- training attack: PGD {} x{}, per-sample margins up to {} (step {}), beta {}",
+                atk.norm,
+                atk.steps,
+                a.eps_max,
+                a.delta_eps(),
+                cfg.train.beta
+            );
+        }
+        _ => {}
+    }
+    let total: f64 = history.iter().map(|r| r.seconds).sum();
+    let _ = writeln!(s, "- training time {total:.1} s ({:.2} s per epoch)\n", total / history.len().max(1) as f64);
+    if let (Some(first), Some(last)) = (history.first(), history.last()) {
+        let _ = writeln!(s, "| | first epoch | last epoch |\n|---|---|---|");
+        let _ = writeln!(s, "| clean loss | {:.4} | {:.4} |", first.clean_loss, last.clean_loss);
+        let adv = |r: &EpochRecord| r.adv_loss.map(|a| format!("{a:.4}")).unwrap_or("–".into());
+        let _ = writeln!(s, "| adversarial loss | {} | {} |", adv(first), adv(last));
+        if method == "amat" {
+            let _ = writeln!(s, "| margins min / median / max | {:.3} / {:.3} / {:.3} | {:.3} / {:.3} / {:.3} |", first.eps_min, first.eps_median, first.eps_max, last.eps_min, last.eps_median, last.eps_max);
+            let _ = writeln!(s, "| grown / crossed / stayed / not learned | | {:.0}% / {:.0}% / {:.0}% / {:.0}% |", 100.0 * last.grown, 100.0 * last.crossed, 100.0 * last.stayed, 100.0 * last.not_learned);
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(
+        s,
+        "## Robustness ({} split, {} samples, PGD {} {} steps, {} restart(s))\n",
+        curve.split, curve.samples, curve.norm, curve.steps, curve.restarts
+    );
+    let _ = write!(s, "| eps | loss |");
+    for m in &curve.metrics {
+        let _ = write!(s, " {} |", m.name);
+    }
+    let _ = write!(s, "\n|---|---|");
+    for _ in &curve.metrics {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for (i, eps) in curve.eps.iter().enumerate() {
+        let _ = write!(s, "| {eps} | {:.4} |", curve.loss[i]);
+        for m in &curve.metrics {
+            let _ = write!(s, " {:.4} |", m.values[i]);
+        }
+        s.push('\n');
+    }
+    let _ = write!(s, "| area | |");
+    for m in &curve.metrics {
+        let _ = write!(s, " {:.4} |", m.area);
+    }
+    s.push_str("\n\nFiles: `epochs.jsonl`, `epochs.csv`, `robustness.json`, `robustness.csv`, `robustness.png`, `checkpoints/`.\n");
+    s
+}

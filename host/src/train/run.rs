@@ -1,0 +1,300 @@
+//! `amat-host run`: check the config, load plugin and data, train with
+//! checkpoints, evaluate, report. Nothing is created on disk until all
+//! checks pass, and the run folder appears (by a rename) only once its first
+//! checkpoint is complete.
+
+use super::checkpoint::{self, CONFIG, write_atomic};
+use super::config::{Method, RunConfig};
+use super::{Trainer, report};
+use crate::data::Splits;
+use crate::eval::{self, Curve};
+use crate::model::DeviceChoice;
+use crate::plugin::{Plugin, SandboxLimits};
+use anyhow::{Context, Result, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// What `amat-host run` was asked.
+#[derive(Clone, Debug, Default)]
+pub struct RunArgs {
+    pub config: Option<PathBuf>,
+    pub plugin: Option<PathBuf>,
+    pub method: Option<Method>,
+    pub out: Option<PathBuf>,
+    pub device: Option<DeviceChoice>,
+    pub resume: Option<PathBuf>,
+    /// Stop cleanly (with a checkpoint) once this many epochs are done.
+    pub stop_after: Option<usize>,
+}
+
+/// Progress bars on stderr, hidden when stderr is not a terminal.
+pub struct Progress {
+    multi: MultiProgress,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        let target = if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        Self {
+            multi: MultiProgress::with_draw_target(target),
+        }
+    }
+
+    pub fn bar(&self, prefix: &str) -> ProgressBar {
+        let bar = self.multi.add(ProgressBar::new(0));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(prefix.to_string());
+        bar
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A run folder that exists only under a hidden staging name until
+/// `publish` renames it into place; dropped unpublished, it is removed.
+struct RunDir {
+    target: PathBuf,
+    current: PathBuf,
+    published: bool,
+}
+
+impl RunDir {
+    fn stage(target: &Path) -> Result<Self> {
+        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        let name = target.file_name().and_then(|n| n.to_str()).context("the run folder needs a name")?;
+        let current = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        if current.exists() {
+            std::fs::remove_dir_all(&current)?;
+        }
+        std::fs::create_dir(&current).with_context(|| format!("cannot create {}", current.display()))?;
+        Ok(Self {
+            target: target.to_path_buf(),
+            current,
+            published: false,
+        })
+    }
+
+    fn existing(dir: &Path) -> Self {
+        Self {
+            target: dir.to_path_buf(),
+            current: dir.to_path_buf(),
+            published: true,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.current
+    }
+
+    fn publish(&mut self) -> Result<()> {
+        if !self.published {
+            if self.target.exists() {
+                bail!("{} appeared while this run was starting; the run is left in {}", self.target.display(), self.current.display());
+            }
+            std::fs::rename(&self.current, &self.target).with_context(|| format!("cannot rename {} to {}", self.current.display(), self.target.display()))?;
+            self.current = self.target.clone();
+            self.published = true;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_dir_all(&self.current);
+        }
+    }
+}
+
+/// A relative path in a config file is relative to that file's folder.
+fn relative_to(config: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Reads a config file and applies the command line's overrides; the plugin
+/// path becomes absolute so the run folder's copy stays usable.
+pub fn effective_config(path: &Path, plugin: Option<&Path>, method: Option<Method>, device: Option<DeviceChoice>) -> Result<RunConfig> {
+    let mut cfg = RunConfig::read(path).map_err(anyhow::Error::msg)?;
+    cfg.run.plugin = match plugin {
+        Some(p) => Some(absolute(p)),
+        None => cfg.run.plugin.map(|p| absolute(&relative_to(path, &p))),
+    };
+    if let Some(m) = method {
+        cfg.run.method = Some(m);
+    }
+    if let Some(d) = device {
+        cfg.run.device = d;
+    }
+    Ok(cfg)
+}
+
+/// Plugin, data and device of a validated config.
+pub struct Session {
+    pub plugin: Plugin,
+    pub splits: Splits,
+    pub device: Device,
+}
+
+impl Session {
+    pub fn open(cfg: &RunConfig) -> Result<Self> {
+        let path = cfg.run.plugin.as_ref().context("no plugin")?;
+        let mut plugin = Plugin::load(path, &SandboxLimits::default())?;
+        let splits = cfg.data.load(&mut plugin)?;
+        let channels = plugin.info().input_channels as i64;
+        for set in [&splits.train, &splits.val, &splits.test] {
+            if let Some(s) = set.samples.iter().find(|s| s.image.size().first() != Some(&channels)) {
+                bail!("sample `{}` has image shape {:?}; the task `{}` expects {} channel(s) first", s.id, s.image.size(), plugin.info().name, channels);
+            }
+        }
+        if splits.train.is_empty() {
+            bail!("the training split is empty");
+        }
+        if cfg.run.threads > 0 {
+            tch::set_num_threads(cfg.run.threads as i32);
+        }
+        let device = cfg.run.device.resolve().map_err(anyhow::Error::msg)?;
+        Ok(Self { plugin, splits, device })
+    }
+
+}
+
+/// The split called `name` (train, val, test).
+pub fn split_of<'a>(splits: &'a Splits, name: &str) -> &'a crate::data::Dataset {
+    match name {
+        "train" => &splits.train,
+        "val" => &splits.val,
+        _ => &splits.test,
+    }
+}
+
+/// The torch seed of the final evaluation.
+pub fn eval_seed(seed: u64) -> i64 {
+    super::epoch_seed(seed, usize::MAX)
+}
+
+fn default_out(cfg: &RunConfig) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    PathBuf::from("runs").join(format!("{}-{secs}", cfg.method()))
+}
+
+/// Outcome of `run`.
+#[derive(Debug)]
+pub struct Finished {
+    pub dir: PathBuf,
+    /// None when the run stopped early (`stop_after`).
+    pub curve: Option<Curve>,
+}
+
+pub fn run(args: &RunArgs) -> Result<Finished> {
+    let (cfg, dir) = match &args.resume {
+        Some(dir) => {
+            if args.config.is_some() {
+                bail!("--resume continues with the run's own config.toml; leave out --config");
+            }
+            let cfg = effective_config(&dir.join(CONFIG), args.plugin.as_deref(), None, args.device)?;
+            if let Some(m) = args.method.filter(|&m| Some(m) != cfg.run.method) {
+                bail!("{} is a {} run, not {m}", dir.display(), cfg.method());
+            }
+            (cfg, dir.clone())
+        }
+        None => {
+            let path = args.config.as_ref().context("no config: pass --config FILE")?;
+            let cfg = effective_config(path, args.plugin.as_deref(), args.method, args.device)?;
+            cfg.validate().map_err(anyhow::Error::msg)?;
+            let dir = args.out.clone().unwrap_or_else(|| default_out(&cfg));
+            if dir.exists() {
+                bail!("run folder {} exists: resume it with --resume {0} or choose another --out", dir.display());
+            }
+            (cfg, dir)
+        }
+    };
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let mut session = Session::open(&cfg)?;
+    let mut trainer = Trainer::new(&cfg, &session.plugin, session.device, session.splits.train.len())?;
+    let mut run_dir = if args.resume.is_some() {
+        let ckpt = checkpoint::resolve(&dir)?;
+        let state = checkpoint::restore(&ckpt, &mut trainer)?;
+        tracing::info!("resuming {} after epoch {}", dir.display(), state.epoch);
+        RunDir::existing(&dir)
+    } else {
+        let d = RunDir::stage(&dir)?;
+        write_atomic(&d.path().join(CONFIG), cfg.to_toml().as_bytes())?;
+        d
+    };
+    let info = session.plugin.info().clone();
+    let task = (info.name.as_str(), info.version.as_str());
+    let progress = Progress::new();
+    let epochs_bar = progress.bar("epochs");
+    epochs_bar.set_length(cfg.train.epochs as u64);
+    epochs_bar.set_position(trainer.epoch as u64);
+    let batch_bar = progress.bar("batches");
+    while trainer.epoch < cfg.train.epochs {
+        let r = trainer.train_epoch(&mut session.plugin, &session.splits.train, &batch_bar)?;
+        let msg = format!(
+            "clean {:.4}{} eps {:.3}/{:.3}/{:.3}",
+            r.clean_loss,
+            r.adv_loss.map(|a| format!(" adv {a:.4}")).unwrap_or_default(),
+            r.eps_min,
+            r.eps_median,
+            r.eps_max
+        );
+        tracing::info!("epoch {}/{}: {msg} ({:.2} s)", r.epoch, cfg.train.epochs, r.seconds);
+        epochs_bar.set_message(msg);
+        epochs_bar.inc(1);
+        report::write_epochs(run_dir.path(), &trainer.history)?;
+        let stop = args.stop_after == Some(trainer.epoch);
+        if trainer.epoch % cfg.run.checkpoint_every == 0 || trainer.epoch == cfg.train.epochs || stop {
+            checkpoint::save(run_dir.path(), &trainer, task)?;
+            run_dir.publish()?;
+        }
+        if stop && trainer.epoch < cfg.train.epochs {
+            batch_bar.finish_and_clear();
+            epochs_bar.abandon();
+            return Ok(Finished {
+                dir: run_dir.path().to_path_buf(),
+                curve: None,
+            });
+        }
+    }
+    batch_bar.finish_and_clear();
+    epochs_bar.finish();
+    let eval_bar = progress.bar("eval");
+    let curve = eval::robustness(
+        &trainer.model,
+        &mut session.plugin,
+        split_of(&session.splits, &cfg.eval.split),
+        &cfg.eval,
+        trainer.range,
+        session.device,
+        eval_seed(cfg.run.seed),
+        &eval_bar,
+    )?;
+    eval_bar.finish_and_clear();
+    eval::report::write(run_dir.path(), &curve, &info.metric_names)?;
+    let summary = report::summary(&cfg, &info.name, session.splits.train.len(), &trainer.history, &curve);
+    write_atomic(&run_dir.path().join("summary.md"), summary.as_bytes())?;
+    Ok(Finished {
+        dir: run_dir.path().to_path_buf(),
+        curve: Some(curve),
+    })
+}
