@@ -271,3 +271,30 @@ fn dice_of_identical_maps_is_one_and_a_partial_case_matches_the_hand_count() {
     }
     assert!((value(&partial, "dice_mean") - 2.0 / 3.0).abs() < 1e-6, "{partial:?}");
 }
+
+#[test]
+fn example_configs_and_data_specs_parse() {
+    use amat_host::data::manifest::DataSpec;
+    use amat_host::data::source::DataSource;
+    use amat_host::train::config::RunConfig;
+    let examples = support::root().join("examples");
+    // Each config reads what its spec prepares into data/prepared/<name>.
+    for (spec, name) in [
+        ("segmentation.toml", "ch2-lobes-axial-64"),
+        ("segmentation-aug.toml", "ch2-lobes-axial-64-aug"),
+    ] {
+        let s = DataSpec::read(&examples.join("data").join(spec)).unwrap();
+        assert_eq!(s.name, name, "{spec}");
+        for f in &s.files {
+            assert!(examples.join("data").join(f).is_file(), "{spec}: {}", f.display());
+        }
+    }
+    for (config, prepared) in [
+        ("segmentation.toml", "ch2-lobes-axial-64"),
+        ("segmentation-long.toml", "ch2-lobes-axial-64-aug"),
+    ] {
+        let cfg = RunConfig::read(&examples.join(config)).unwrap();
+        let DataSource::Manifest(m) = cfg.data else { panic!("{config}: not a manifest") };
+        assert_eq!(m.manifest, Path::new("../data/prepared").join(prepared).join("manifest.json"));
+    }
+}
