@@ -8,7 +8,7 @@
 //! near-identical adjacent slices never straddle a split.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// A dataset spec (TOML). Relative file paths are relative to the spec.
@@ -64,7 +64,10 @@ impl DataSpec {
         }
         let s = &self.split;
         let fractions = [("train", s.train), ("val", s.val), ("test", s.test)];
-        if let Some((k, v)) = fractions.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+        if let Some((k, v)) = fractions
+            .iter()
+            .find(|(_, v)| !(v.is_finite() && *v >= 0.0))
+        {
             return Err(format!("split.{k} = {v} must be >= 0"));
         }
         if s.train <= 0.0 || s.test <= 0.0 {
@@ -151,7 +154,9 @@ pub fn assign_splits(ids: &[SliceId], spec: &SplitSpec) -> Vec<Option<Split>> {
     }
     ids.iter()
         .map(|id| {
-            let split = of_slice.get(&(id.source.as_str(), id.axis.as_str(), id.index)).copied();
+            let split = of_slice
+                .get(&(id.source.as_str(), id.axis.as_str(), id.index))
+                .copied();
             match (split, id.augmented) {
                 (Some(Split::Train), _) | (Some(_), None) => split,
                 _ => None,
@@ -172,9 +177,7 @@ fn slabs(indices: &[usize], spec: &SplitSpec) -> Vec<(usize, Split)> {
     .filter(|(_, f)| *f > 0.0)
     .collect();
     // Slices left after the gaps, shared out by fraction (the last split takes the rest).
-    let usable = indices
-        .len()
-        .saturating_sub(spec.gap * (wanted.len() - 1));
+    let usable = indices.len().saturating_sub(spec.gap * (wanted.len() - 1));
     let mut out = Vec::new();
     let mut next = 0;
     let mut after: Option<usize> = None;
@@ -268,29 +271,22 @@ impl Manifest {
 
     /// The slab of each split from its samples.
     pub fn slabs_of(samples: &[SampleRecord]) -> Vec<SlabRecord> {
-        let mut slabs: BTreeMap<(String, String, Split), (usize, usize, Vec<usize>)> =
-            BTreeMap::new();
+        let mut slabs: BTreeMap<(&str, &str, Split), BTreeSet<usize>> = BTreeMap::new();
         for s in samples {
-            let e = slabs
-                .entry((s.source.clone(), s.axis.clone(), s.split))
-                .or_insert((usize::MAX, 0, Vec::new()));
-            e.0 = e.0.min(s.index);
-            e.1 = e.1.max(s.index);
-            e.2.push(s.index);
+            slabs
+                .entry((&s.source, &s.axis, s.split))
+                .or_default()
+                .insert(s.index);
         }
         slabs
             .into_iter()
-            .map(|((source, axis, split), (first, last, mut all))| {
-                all.sort_unstable();
-                all.dedup();
-                SlabRecord {
-                    source,
-                    axis,
-                    split,
-                    first,
-                    last,
-                    slices: all.len(),
-                }
+            .map(|((source, axis, split), indices)| SlabRecord {
+                source: source.into(),
+                axis: axis.into(),
+                split,
+                first: *indices.first().expect("a slab has a slice"),
+                last: *indices.last().expect("a slab has a slice"),
+                slices: indices.len(),
             })
             .collect()
     }
@@ -319,10 +315,19 @@ mod tests {
     #[test]
     fn slabs_are_contiguous_ordered_and_gapped() {
         let all = ids(10..30);
-        let spec = SplitSpec { train: 0.6, val: 0.2, test: 0.2, gap: 2 };
+        let spec = SplitSpec {
+            train: 0.6,
+            val: 0.2,
+            test: 0.2,
+            gap: 2,
+        };
         let s = assign_splits(&all, &spec);
         let of = |split| -> Vec<usize> {
-            all.iter().zip(&s).filter(|(_, x)| **x == Some(split)).map(|(i, _)| i.index).collect()
+            all.iter()
+                .zip(&s)
+                .filter(|(_, x)| **x == Some(split))
+                .map(|(i, _)| i.index)
+                .collect()
         };
         // 20 slices, 2 gaps of 2: 16 usable -> 10 train, 3 val, rest test.
         assert_eq!(of(Split::Train), (10..20).collect::<Vec<_>>());
@@ -336,7 +341,12 @@ mod tests {
         let mut all = ids(0..10);
         all.push(SliceId::parse("ch2:axial:0:aug1").unwrap());
         all.push(SliceId::parse("ch2:axial:9:aug1").unwrap());
-        let spec = SplitSpec { train: 0.5, val: 0.0, test: 0.5, gap: 1 };
+        let spec = SplitSpec {
+            train: 0.5,
+            val: 0.0,
+            test: 0.5,
+            gap: 1,
+        };
         let s = assign_splits(&all, &spec);
         assert_eq!(s[10], Some(Split::Train));
         assert_eq!(s[11], None);
