@@ -219,7 +219,7 @@ fn manifest_slabs_are_disjoint_with_gaps_and_the_cache_is_checked() {
         dir.path(),
         &files,
         "size = 16\nslices = [30, 70]\naugment = 1",
-        &format!("train = 0.6\nval = 0.2\ntest = 0.2\ngap = {gap}"),
+        &format!("train = 0.6\nval = 0.2\ntest = 0.2\ngap = {gap}\nblocks = 2"),
     );
     let out_dir = dir.path().join("prepared");
     let out = prepare(&spec, &out_dir);
@@ -253,35 +253,35 @@ fn manifest_slabs_are_disjoint_with_gaps_and_the_cache_is_checked() {
     }
     let ids: BTreeSet<&str> = m.samples.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids.len(), m.samples.len(), "ids are unique");
-    // Slabs in order train < val < test, more than `gap` indices apart.
-    let range = |split: Split| {
-        let idx: Vec<usize> = split_of
-            .iter()
-            .filter(|(_, s)| **s == split)
-            .map(|(i, _)| *i)
-            .collect();
-        assert!(!idx.is_empty(), "{split:?} is empty");
-        assert_eq!(
-            idx.len(),
-            idx[idx.len() - 1] - idx[0] + 1,
-            "{split:?} is contiguous"
+    // Two blocks of train < val < test slabs; slices of different splits
+    // are more than `gap` indices apart.
+    let order: Vec<(usize, Split)> = split_of.iter().map(|(i, s)| (*i, *s)).collect();
+    for pair in order.windows(2) {
+        let ((i, a), (j, b)) = (pair[0], pair[1]);
+        assert!(
+            a == b || j > i + gap,
+            "slice {i} ({a:?}) and {j} ({b:?}) are too close"
         );
-        (idx[0], idx[idx.len() - 1])
-    };
-    let (train, val, test) = (range(Split::Train), range(Split::Val), range(Split::Test));
-    assert!(
-        val.0 > train.1 + gap && test.0 > val.1 + gap,
-        "{train:?} {val:?} {test:?}"
-    );
-    assert_eq!((train.0, test.1), (30, 69));
+    }
+    let runs: Vec<Split> = m.slabs.iter().map(|s| s.split).collect();
+    use Split::{Test, Train, Val};
+    assert_eq!(runs, [Train, Val, Test, Train, Val, Test]);
+    for slab in &m.slabs {
+        let inside = (slab.first..=slab.last)
+            .filter(|i| split_of.get(i) == Some(&slab.split))
+            .count();
+        assert_eq!(inside, slab.slices, "slab {slab:?} is contiguous");
+    }
+    assert_eq!((order[0].0, order[order.len() - 1].0), (30, 69));
+    let slices_of = |split| order.iter().filter(|(_, s)| *s == split).count();
     assert_eq!(
         m.counts["train"],
-        2 * (train.1 - train.0 + 1),
-        "train holds each slice and its copy"
+        2 * slices_of(Train),
+        "each training slice and its copy"
     );
     assert_eq!(
         m.counts["val"] + m.counts["test"],
-        (val.1 - val.0 + 1) + (test.1 - test.0 + 1)
+        slices_of(Val) + slices_of(Test)
     );
     for f in &m.files {
         assert_eq!(f.sha256, sha256(&f.path), "{}", f.name);

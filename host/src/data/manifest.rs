@@ -5,10 +5,13 @@
 //!
 //! Splits are slabs: contiguous ranges of slice indices in the order train,
 //! validation, test, with `gap` slice indices dropped between neighbours, so
-//! near-identical adjacent slices never straddle a split.
+//! near-identical adjacent slices never straddle a split. With `blocks = n`
+//! the slices are first cut into n consecutive blocks, each split the same
+//! way (and `gap` apart), so every split samples the whole extent of the
+//! volume instead of one end of it.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A dataset spec (TOML). Relative file paths are relative to the spec.
@@ -25,8 +28,9 @@ pub struct DataSpec {
     pub split: SplitSpec,
 }
 
-/// `[split]`: fractions of the labelled slices (normalised by their sum) and
-/// the gap, in slice indices, left out between neighbouring splits.
+/// `[split]`: fractions of the labelled slices (normalised by their sum),
+/// the gap, in slice indices, left out between neighbouring slabs, and the
+/// number of consecutive blocks each cut into train, val and test slabs.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SplitSpec {
@@ -34,6 +38,7 @@ pub struct SplitSpec {
     pub val: f64,
     pub test: f64,
     pub gap: usize,
+    pub blocks: usize,
 }
 
 impl Default for SplitSpec {
@@ -43,6 +48,7 @@ impl Default for SplitSpec {
             val: 0.15,
             test: 0.15,
             gap: 2,
+            blocks: 1,
         }
     }
 }
@@ -69,6 +75,9 @@ impl DataSpec {
             .find(|(_, v)| !(v.is_finite() && *v >= 0.0))
         {
             return Err(format!("split.{k} = {v} must be >= 0"));
+        }
+        if s.blocks == 0 {
+            return Err("split.blocks must be at least 1".into());
         }
         if s.train <= 0.0 || s.test <= 0.0 {
             return Err("split.train and split.test must be > 0".into());
@@ -165,8 +174,26 @@ pub fn assign_splits(ids: &[SliceId], spec: &SplitSpec) -> Vec<Option<Split>> {
         .collect()
 }
 
-/// Cuts ascending distinct slice indices into train, val, test slabs.
+/// Cuts ascending distinct slice indices into `blocks` blocks of train,
+/// val, test slabs.
 fn slabs(indices: &[usize], spec: &SplitSpec) -> Vec<(usize, Split)> {
+    let n = indices.len();
+    let blocks = spec.blocks.clamp(1, n.max(1));
+    let mut out = Vec::new();
+    for b in 0..blocks {
+        let block = &indices[b * n / blocks..(b + 1) * n / blocks];
+        // Keep `gap` indices clear after the previous block's last slab.
+        let start = match out.last() {
+            Some(&(last, _)) => block.partition_point(|&i| i <= last + spec.gap),
+            None => 0,
+        };
+        out.extend(block_slabs(&block[start..], spec));
+    }
+    out
+}
+
+/// One block's train, val and test slabs.
+fn block_slabs(indices: &[usize], spec: &SplitSpec) -> Vec<(usize, Split)> {
     let total = spec.train + spec.val + spec.test;
     let wanted: Vec<(Split, f64)> = [
         (Split::Train, spec.train),
@@ -271,24 +298,34 @@ impl Manifest {
 
     /// The slab of each split from its samples.
     pub fn slabs_of(samples: &[SampleRecord]) -> Vec<SlabRecord> {
-        let mut slabs: BTreeMap<(&str, &str, Split), BTreeSet<usize>> = BTreeMap::new();
+        let mut of_slice: BTreeMap<(&str, &str, usize), Split> = BTreeMap::new();
         for s in samples {
-            slabs
-                .entry((&s.source, &s.axis, s.split))
-                .or_default()
-                .insert(s.index);
+            of_slice.insert((&s.source, &s.axis, s.index), s.split);
+        }
+        // Runs of consecutive indices of one split, in slice order.
+        let mut slabs: Vec<SlabRecord> = Vec::new();
+        for ((source, axis, index), split) in of_slice {
+            match slabs.last_mut() {
+                Some(s)
+                    if s.source == source
+                        && s.axis == axis
+                        && s.split == split
+                        && s.last + 1 == index =>
+                {
+                    s.last = index;
+                    s.slices += 1;
+                }
+                _ => slabs.push(SlabRecord {
+                    source: source.into(),
+                    axis: axis.into(),
+                    split,
+                    first: index,
+                    last: index,
+                    slices: 1,
+                }),
+            }
         }
         slabs
-            .into_iter()
-            .map(|((source, axis, split), indices)| SlabRecord {
-                source: source.into(),
-                axis: axis.into(),
-                split,
-                first: *indices.first().expect("a slab has a slice"),
-                last: *indices.last().expect("a slab has a slice"),
-                slices: indices.len(),
-            })
-            .collect()
     }
 }
 
@@ -320,6 +357,7 @@ mod tests {
             val: 0.2,
             test: 0.2,
             gap: 2,
+            blocks: 1,
         };
         let s = assign_splits(&all, &spec);
         let of = |split| -> Vec<usize> {
@@ -346,10 +384,54 @@ mod tests {
             val: 0.0,
             test: 0.5,
             gap: 1,
+            blocks: 1,
         };
         let s = assign_splits(&all, &spec);
         assert_eq!(s[10], Some(Split::Train));
         assert_eq!(s[11], None);
         assert_eq!(s[9], Some(Split::Test));
+    }
+
+    #[test]
+    fn blocks_repeat_the_slabs_along_the_volume_with_gaps_everywhere() {
+        let all = ids(0..40);
+        let spec = SplitSpec {
+            train: 0.5,
+            val: 0.25,
+            test: 0.25,
+            gap: 1,
+            blocks: 2,
+        };
+        let s = assign_splits(&all, &spec);
+        let samples: Vec<SampleRecord> = all
+            .iter()
+            .zip(&s)
+            .filter_map(|(id, split)| {
+                Some(SampleRecord {
+                    id: String::new(),
+                    source: id.source.clone(),
+                    axis: id.axis.clone(),
+                    index: id.index,
+                    split: (*split)?,
+                    augmented: None,
+                })
+            })
+            .collect();
+        let slabs = Manifest::slabs_of(&samples);
+        let order: Vec<(Split, usize, usize)> =
+            slabs.iter().map(|s| (s.split, s.first, s.last)).collect();
+        // Block 0..20: 18 usable -> 9 train, 5 val (4.5 rounded), rest test.
+        // Block 20..40 loses 20 to the gap after 19: 17 usable -> 9, 4, rest.
+        assert_eq!(
+            order,
+            [
+                (Split::Train, 0, 8),
+                (Split::Val, 10, 14),
+                (Split::Test, 16, 19),
+                (Split::Train, 21, 29),
+                (Split::Val, 31, 34),
+                (Split::Test, 36, 39),
+            ]
+        );
     }
 }
