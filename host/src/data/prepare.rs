@@ -180,11 +180,13 @@ pub fn load_splits(manifest_path: &Path, plugin: &Plugin) -> Result<Splits> {
         })?;
         kept.push(e);
     }
-    write_cache(&cache, &kept)?;
     m.plugin = plugin_record;
     m.files = records;
     m.cache_key = key;
-    write_manifest(manifest_path, &m)?;
+    // A read-only data folder still trains; it just decodes again next time.
+    if let Err(e) = write_cache(&cache, &kept).and_then(|()| write_manifest(manifest_path, &m)) {
+        eprintln!("note: {e:#}; the cache was not updated");
+    }
     splits_from(
         &m,
         kept.into_iter()
