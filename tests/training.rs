@@ -140,7 +140,7 @@ fn amat_margins_adapt_per_sample() {
 
     let cfg = config(
         "[run]\nmethod = \"amat\"\nthreads = 1\n[data.synthetic]\n[train]\nepochs = 26\nwarmup_epochs = 14\nbatch_size = 8\n\
-         [amat]\neps_max = 3.0\ngrow_epochs = 6\n",
+         [amat]\neps_max = 3.0\ngrow_epochs = 6\ntau = 0.6\n",
     );
     let mut t = Trainer::new(&cfg, &plugin, Device::Cpu, train.len()).unwrap();
     for _ in 0..cfg.train.epochs {
@@ -187,16 +187,27 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A small, fast run on 16 x 16 synthetic disks. `tau = 3` counts every
-/// sample as learned from the start, so AMAT's margins move at once.
+/// A small, fast run on 16 x 16 synthetic disks, with `extra` (TOML) merged
+/// over it key by key. `tau = 3` counts every sample as learned from the
+/// start, so AMAT's margins move at once.
 fn small_config(dir: &Path, name: &str, extra: &str) -> PathBuf {
-    let text = format!(
-        "[run]\nthreads = 1\nseed = 3\n[data.synthetic]\ntrain = 20\ntest = 6\nsize = 16\n\
+    let base = "[run]\nthreads = 1\nseed = 3\n[data.synthetic]\ntrain = 20\ntest = 6\nsize = 16\n\
          [model]\nwidth = 4\n[train]\nepochs = 4\nbatch_size = 8\n[amat]\ngrow_epochs = 3\ntau = 3.0\n\
-         [eval]\neps = [0.0, 0.5, 1.0]\nbatch_size = 4\n[eval.attack]\nsteps = 4\n{extra}"
-    );
+         [eval]\neps = [0.0, 0.5, 1.0]\nbatch_size = 4\n[eval.attack]\nsteps = 4\n";
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut table: toml::Table = base.parse().unwrap();
+    merge(&mut table, extra.parse().unwrap());
     let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, toml::to_string(&table).unwrap()).unwrap();
     path
 }
 
@@ -381,7 +392,7 @@ fn bad_configs_fail_in_one_line_before_any_work_and_leave_no_run_folder() {
     }
 
     // A good run (wasm plugin): whenever its folder exists, it holds a complete checkpoint.
-    let cfg = small_config(tmp.path(), "good.toml", "[train]\nepochs = 2\n".replace("[train]\n", "").as_str());
+    let cfg = small_config(tmp.path(), "good.toml", "[train]\nepochs = 2\n");
     let out_dir = tmp.path().join("good");
     let mut child = support::amat_host()
         .args(["run", "--plugin", s(&wasm), "--method", "amat", "--config", s(&cfg), "--out", s(&out_dir)])
