@@ -365,6 +365,23 @@ fn std_sat_and_amat_reduce_the_training_loss_and_sat_at_zero_is_std() {
     // ... and it is not trivially so: SAT at its default eps trains other weights.
     let (a, b) = (tensors(&latest_checkpoint(&std).join("weights.safetensors")), tensors(&latest_checkpoint(&tmp.path().join("sat")).join("weights.safetensors")));
     assert!(a.iter().zip(&b).any(|((_, x), (_, y))| !x.equal(y)));
+
+    // The three runs side by side: one row each, the same eps columns, a plot.
+    let cmp = tmp.path().join("cmp");
+    let runs: Vec<PathBuf> = ["std", "sat", "amat"].iter().map(|m| tmp.path().join(m)).collect();
+    let mut args = vec!["compare", "--out", s(&cmp)];
+    args.extend(runs.iter().map(|p| s(p)));
+    assert!(amat_host(&args).status.success());
+    let table = std::fs::read_to_string(cmp.join("comparison.md")).unwrap();
+    for m in ["std", "sat", "amat"] {
+        assert_eq!(table.lines().filter(|l| l.starts_with(&format!("| {m} | {m} |"))).count(), 1, "{table}");
+    }
+    assert!(table.contains("eps 0.5") && cmp.join("comparison.png").is_file());
+    // An unfinished run is refused with a one-line error naming it.
+    std::fs::remove_file(runs[1].join("robustness.json")).unwrap();
+    let o = amat_host(&["compare", "--out", s(&cmp), s(&runs[0]), s(&runs[1])]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("sat: no robustness.json"), "{err}");
 }
 
 // ---------------------------------------------------------------- 5. bad configs
