@@ -3,6 +3,15 @@ use anyhow::{Result, anyhow, bail};
 use std::collections::HashMap;
 use tch::Tensor;
 
+/// What one call created through the tensor API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TensorUsage {
+    /// Most tensors alive at once (the two lent ones included).
+    pub peak_live: usize,
+    /// Elements the budget granted, summed over the call's ops.
+    pub elements: u64,
+}
+
 /// Handles -> tensors for one plugin instance.
 ///
 /// Handles are never reused, so a handle kept from an earlier call is
@@ -14,6 +23,8 @@ pub struct TensorTable {
     budget: TensorBudget,
     created_elements: u64,
     peak_live: usize,
+    /// What the last finished call used.
+    last: TensorUsage,
     /// Why the last op failed (the native ABI returns only a null handle).
     last_error: Option<String>,
 }
@@ -26,6 +37,7 @@ impl TensorTable {
             budget,
             created_elements: 0,
             peak_live: 0,
+            last: TensorUsage::default(),
             last_error: None,
         }
     }
@@ -91,11 +103,27 @@ impl TensorTable {
         self.peak_live
     }
 
-    /// Frees every handle and resets the per-call counters.
-    pub fn end_call(&mut self) {
+    /// Frees every handle left from an interrupted call, without recording
+    /// it as a call: the start of a new one.
+    pub fn begin_call(&mut self) {
         self.slots.clear();
         self.created_elements = 0;
         self.peak_live = 0;
+    }
+
+    /// Frees every handle, records what the call used (see [`Self::last_call`])
+    /// and resets the per-call counters.
+    pub fn end_call(&mut self) {
+        self.last = TensorUsage {
+            peak_live: self.peak_live,
+            elements: self.created_elements,
+        };
+        self.begin_call();
+    }
+
+    /// What the last finished call used.
+    pub fn last_call(&self) -> TensorUsage {
+        self.last
     }
 
     pub fn set_error(&mut self, e: &anyhow::Error) {

@@ -1,0 +1,148 @@
+#![allow(unreachable_code, unused_variables, unused_imports)]
+//! A plugin that misbehaves on purpose, one way per build: the cargo feature
+//! picks the way (tests/support/hostile.rs builds one `.wasm` per feature).
+//! Without a feature it is a well-behaved segmentation-like task (8 classes,
+//! one input channel, per-sample cross-entropy), so a run trained with it can
+//! be resumed with the real segmentation plugin.
+
+use amat_plugin_sdk::{
+    DecodeRequest, Example, Metric, TargetKind, Task, TaskInfo, Tensor, export_task,
+};
+use std::hint::black_box;
+
+pub struct Hostile;
+
+const CLASSES: i64 = 8;
+
+/// Per-sample mean cross-entropy of logits [B, C, H, W] against a class map
+/// [B, H, W] stored as floats.
+fn cross_entropy(pred: &Tensor, target: &Tensor) -> Tensor {
+    let classes = pred.size(1);
+    let y = target.to_long().one_hot(classes).permute(&[0, 3, 1, 2]);
+    -(&pred.log_softmax(1) * &y).sum(&[1], false).mean(&[1, 2], false)
+}
+
+#[cfg(feature = "deep-recursion")]
+fn deep(n: u64) -> u64 {
+    // A frame that is not optimised away: a local array and a use after the call.
+    let pad = black_box([n; 16]);
+    black_box(deep(n + 1)).wrapping_add(pad[(n % 16) as usize])
+}
+
+#[cfg(feature = "stale-handle")]
+thread_local! {
+    static KEPT: std::cell::RefCell<Option<Tensor>> = const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(feature = "fail-after")]
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Loss calls that succeed before the `fail-after` build starts failing.
+#[cfg(feature = "fail-after")]
+const FAIL_AFTER: u64 = match option_env!("HOSTILE_FAIL_AFTER") {
+    Some(s) => parse(s),
+    None => 4,
+};
+
+#[cfg(feature = "fail-after")]
+const fn parse(s: &str) -> u64 {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut n = 0;
+    while i < b.len() {
+        n = n * 10 + (b[i] - b'0') as u64;
+        i += 1;
+    }
+    n
+}
+
+impl Task for Hostile {
+    fn describe() -> TaskInfo {
+        TaskInfo {
+            name: "hostile".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "A test plugin that misbehaves on purpose".into(),
+            input_channels: 1,
+            output_channels: CLASSES as u32,
+            target_kind: TargetKind::ClassMap,
+            tau: 0.35,
+            intensity_min: 0.0,
+            intensity_max: 1.0,
+            metric_names: vec!["accuracy".into()],
+        }
+    }
+
+    fn decode(_request: &DecodeRequest) -> Result<Vec<Example>, String> {
+        #[cfg(feature = "filesystem")]
+        {
+            let secret = std::fs::read("/etc/passwd").map_err(|e| e.to_string())?;
+            return Err(format!("read {} bytes it should not see", secret.len()));
+        }
+        #[allow(unreachable_code)]
+        Err("hostile: no decode".into())
+    }
+
+    fn loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
+        #[cfg(feature = "infinite-loop")]
+        loop {
+            black_box(());
+        }
+        #[cfg(feature = "memory-bomb")]
+        {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(black_box(vec![1u8; 16 << 20]));
+            }
+        }
+        #[cfg(feature = "tensor-bomb-full")]
+        return Ok(Tensor::full(1.0, &[1 << 20, 1 << 20, 1 << 10]));
+        #[cfg(feature = "tensor-bomb-one-hot")]
+        return Ok(target.to_long().one_hot(1 << 40));
+        #[cfg(feature = "deep-recursion")]
+        return Err(format!("recursion ended at {}", deep(0)));
+        #[cfg(feature = "panic")]
+        panic!("hostile plugin panics on purpose");
+        #[cfg(feature = "huge-error")]
+        return Err("x".repeat(4 << 20));
+        #[cfg(feature = "fail-after")]
+        {
+            let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            if n > FAIL_AFTER {
+                return Err(format!("hostile plugin fails on purpose at loss call {n}"));
+            }
+        }
+        let loss = cross_entropy(pred, target);
+        #[cfg(feature = "nan-loss")]
+        return Ok(loss * f64::NAN);
+        #[cfg(feature = "wrong-shape")]
+        return Ok(loss.sum(&[], false));
+        #[cfg(feature = "detached")]
+        return Ok(loss.detach());
+        #[cfg(feature = "stale-handle")]
+        {
+            // Keep a tensor of this call and hand it back in the next one.
+            let old = KEPT.with(|k| k.borrow_mut().take());
+            if let Some(old) = old {
+                return Ok(old);
+            }
+            KEPT.with(|k| *k.borrow_mut() = Some(&loss * 1.0));
+        }
+        Ok(loss)
+    }
+
+    fn metrics(pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, String> {
+        let hit = pred
+            .argmax(1, false)
+            .to_float()
+            .eq(target)
+            .to_float()
+            .mean(&[], false)
+            .to_vec();
+        Ok(vec![Metric {
+            name: "accuracy".into(),
+            value: hit[0] as f64,
+        }])
+    }
+}
+
+export_task!(Hostile);
