@@ -51,13 +51,16 @@ pub fn hostile_plugin(feature: &str) -> PathBuf {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
         cmd.args(["build", "-p", "hostile-plugin", "--target", "wasm32-wasip2"])
-            .current_dir(&root)
-            .stdout(std::process::Stdio::null());
+            .current_dir(&root);
         if feature != "good" {
             cmd.args(["--features", feature]);
         }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building hostile-plugin --features {feature} failed");
+        let out = cmd.output().expect("run cargo build");
+        assert!(
+            out.status.success(),
+            "building hostile-plugin --features {feature} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let built = target.join("wasm32-wasip2/debug/hostile_plugin.wasm");
         std::fs::copy(&built, &out).unwrap();
     }

@@ -513,6 +513,7 @@ fn check_shape(engine: &Engine, component: &Component) -> Result<()> {
         ))
         .into());
     }
+    let mut refused = Vec::new();
     for (name, item) in ty.imports(engine) {
         let bare = name.split('@').next().unwrap_or(name);
         let granted = match item.ty {
@@ -522,11 +523,15 @@ fn check_shape(engine: &Engine, component: &Component) -> Result<()> {
             _ => false,
         };
         if !granted {
-            return Err(Refusal(format!(
-                "imports `{name}`, which the amat sandbox does not grant (no filesystem, network, clock or randomness)"
-            ))
-            .into());
+            refused.push(format!("`{name}`"));
         }
+    }
+    if !refused.is_empty() {
+        return Err(Refusal(format!(
+            "imports {}, which the amat sandbox does not grant (no filesystem, network, clock or randomness)",
+            refused.join(", ")
+        ))
+        .into());
     }
     Ok(())
 }
@@ -675,16 +680,23 @@ fn classify(e: wasmtime::Error, limits: &SandboxLimits, stderr: &MemoryOutputPip
                 .trim()
                 .to_string();
             let panic_line = said.lines().find(|l| l.contains("panicked")).map(|l| {
+                // Rust prints the panic's message on the line after its location.
                 let rest = said
                     .split_once(l)
-                    .map(|(_, r)| r.lines().next().unwrap_or(""))
+                    .and_then(|(_, r)| r.lines().find(|x| !x.trim().is_empty()))
                     .unwrap_or("");
                 format!("{l} {rest}")
             });
             let root = e.root_cause().to_string();
+            // The innermost wasm frame, without the whole backtrace.
+            let frame = e
+                .downcast_ref::<wasmtime::WasmBacktrace>()
+                .and_then(|bt| bt.frames().first())
+                .and_then(|f| f.func_name().map(str::to_string));
+            let at = frame.map(|f| format!(" in {f}")).unwrap_or_default();
             match panic_line {
                 Some(p) => CallError::Trap(format!("{} ({root})", p.trim())),
-                None => CallError::Trap(format!("{e:#}")),
+                None => CallError::Trap(format!("{root}{at}")),
             }
         }
     }

@@ -22,11 +22,21 @@ fn cross_entropy(pred: &Tensor, target: &Tensor) -> Tensor {
     -(&pred.log_softmax(1) * &y).sum(&[1], false).mean(&[1, 2], false)
 }
 
+/// Unbounded recursion on the wasm stack itself: an indirect call (which
+/// cannot become a loop) whose state stays in wasm locals, not in the linear
+/// memory's shadow stack.
 #[cfg(feature = "deep-recursion")]
-fn deep(n: u64) -> u64 {
-    // A frame that is not optimised away: a local array and a use after the call.
-    let pad = black_box([n; 16]);
-    black_box(deep(n + 1)).wrapping_add(pad[(n % 16) as usize])
+fn deep(next: fn(Next, u64) -> u64, n: u64) -> u64 {
+    next(Next(next), n + 1).wrapping_mul(n | 1)
+}
+
+#[cfg(feature = "deep-recursion")]
+#[derive(Clone, Copy)]
+struct Next(fn(Next, u64) -> u64);
+
+#[cfg(feature = "deep-recursion")]
+fn step(next: Next, n: u64) -> u64 {
+    deep(next.0, n)
 }
 
 #[cfg(feature = "stale-handle")]
@@ -99,7 +109,7 @@ impl Task for Hostile {
         #[cfg(feature = "tensor-bomb-one-hot")]
         return Ok(target.to_long().one_hot(1 << 40));
         #[cfg(feature = "deep-recursion")]
-        return Err(format!("recursion ended at {}", deep(0)));
+        return Err(format!("recursion ended at {}", step(Next(black_box(step as fn(Next, u64) -> u64)), 0)));
         #[cfg(feature = "panic")]
         panic!("hostile plugin panics on purpose");
         #[cfg(feature = "huge-error")]
