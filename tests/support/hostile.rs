@@ -55,11 +55,11 @@ pub fn hostile_plugin(feature: &str) -> PathBuf {
         if feature != "good" {
             cmd.args(["--features", feature]);
         }
-        let out = cmd.output().expect("run cargo build");
+        let built = cmd.output().expect("run cargo build");
         assert!(
-            out.status.success(),
+            built.status.success(),
             "building hostile-plugin --features {feature} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&built.stderr)
         );
         let built = target.join("wasm32-wasip2/debug/hostile_plugin.wasm");
         std::fs::copy(&built, &out).unwrap();

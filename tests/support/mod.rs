@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-pub mod hostile;
+#[allow(unused_imports)]
 pub use hostile::hostile_plugin;
+pub mod hostile;
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
