@@ -208,6 +208,18 @@ fn components_of_another_world_or_asking_for_the_filesystem_are_refused() {
 }
 
 #[test]
+fn the_environment_is_empty_and_the_clock_is_refused() {
+    // Env and args are granted as interfaces (Rust's runtime imports them)
+    // but hold nothing of the host's.
+    let err = loss_error("environment");
+    assert_names(&err, "loss", &["HOME=Err(NotPresent)", "PATH=Err(NotPresent)", "args=[]"]);
+    let err = Plugin::load(support::hostile_plugin("clock"), &limits()).unwrap_err();
+    assert!(matches!(err.error, Some(CallError::Refused(_))), "{err}");
+    assert!(err.to_string().contains("wasi:clocks"), "{err}");
+    good_plugin_still_works();
+}
+
+#[test]
 fn a_plugin_that_fails_after_some_calls_reports_which() {
     let mut p = load("fail-after");
     let (pred, target) = case();

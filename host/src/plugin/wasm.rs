@@ -627,7 +627,18 @@ fn instantiate(
     limits: &SandboxLimits,
 ) -> Result<(Store<State>, bindings::Task, MemoryOutputPipe)> {
     let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-    let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+    let mut store = new_store(pre.engine(), limits, stderr.clone());
+    let task = pre
+        .instantiate(&mut store)
+        .map_err(|e| anyhow!("{}", classify(e, limits, &stderr)))?;
+    Ok((store, task, stderr))
+}
+
+/// A store under `limits`: memory limiter, call deadline, and a WASI context
+/// with nothing behind it but a captured stderr (no environment variables,
+/// arguments, stdin or stdout).
+fn new_store(engine: &Engine, limits: &SandboxLimits, stderr: MemoryOutputPipe) -> Store<State> {
+    let wasi = WasiCtxBuilder::new().stderr(stderr).build();
     let state = State {
         table: TensorTable::new(limits.tensors),
         device: Device::Cpu,
@@ -641,16 +652,13 @@ fn instantiate(
         wasi,
         resources: ResourceTable::new(),
     };
-    let mut store = Store::new(pre.engine(), state);
+    let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     if limits.call_timeout_ms > 0 {
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks(limits));
     }
-    let task = pre
-        .instantiate(&mut store)
-        .map_err(|e| anyhow!("{}", classify(e, limits, &stderr)))?;
-    Ok((store, task, stderr))
+    store
 }
 
 /// Names what stopped a call: a limit, a failed host op, or a trap (with the
@@ -800,5 +808,67 @@ impl Backend for WasmBackend {
 
     fn last_usage(&self) -> Usage {
         self.last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Instantiates a core module under `limits` and calls its `grow` export
+    /// when it has one.
+    fn run(limits: &SandboxLimits, wat: &str) -> wasmtime::Result<()> {
+        let engine = engine(EngineKey::of(limits));
+        let module = wasmtime::Module::new(&engine, wat::parse_str(wat).unwrap())?;
+        let mut store = new_store(&engine, limits, MemoryOutputPipe::new(64));
+        let instance = wasmtime::Instance::new(&mut store, &module, &[])?;
+        if let Ok(grow) = instance.get_typed_func::<(), i32>(&mut store, "grow") {
+            grow.call(&mut store, ())?;
+        }
+        Ok(())
+    }
+
+    fn refused(e: wasmtime::Error) -> String {
+        e.downcast_ref::<MemoryCapHit>()
+            .unwrap_or_else(|| panic!("not refused by the limiter: {e:?}"))
+            .0
+            .clone()
+    }
+
+    #[test]
+    fn the_limiter_refuses_memories_and_tables_past_their_caps() {
+        let limits = SandboxLimits {
+            max_memory_mib: 2,
+            max_table_elements: 1000,
+            ..SandboxLimits::default()
+        };
+        run(&limits, "(module (memory 16) (table 10 funcref))").unwrap();
+        // 48 pages of 64 KiB: 3 MiB from the start.
+        let m = refused(run(&limits, "(module (memory 48))").unwrap_err());
+        assert!(m.contains("cap 2 MiB"), "{m}");
+        let grow = r#"(module (memory 1)
+            (func (export "grow") (result i32) (memory.grow (i32.const 40))))"#;
+        let m = refused(run(&limits, grow).unwrap_err());
+        assert!(m.contains("to 2 MiB refused") || m.contains("refused (cap 2 MiB)"), "{m}");
+        let m = refused(run(&limits, "(module (table 5000 funcref))").unwrap_err());
+        assert!(m.contains("5000 elements refused (cap 1000)"), "{m}");
+    }
+
+    #[test]
+    fn the_stack_cap_and_the_deadline_pick_the_engine() {
+        let a = EngineKey::of(&SandboxLimits::default());
+        let b = EngineKey::of(&SandboxLimits {
+            max_stack_kib: 256,
+            ..SandboxLimits::default()
+        });
+        let c = EngineKey::of(&SandboxLimits {
+            call_timeout_ms: 0,
+            ..SandboxLimits::default()
+        });
+        assert_eq!(a.stack_bytes, 1024 << 10);
+        assert_eq!(b.stack_bytes, 256 << 10);
+        assert!(a.deadline && !c.deadline);
+        assert!(!Engine::same(&engine(a), &engine(b)));
+        assert!(Engine::same(&engine(a), &engine(a)));
     }
 }

@@ -112,6 +112,15 @@ impl Task for Hostile {
         return Err(format!("recursion ended at {}", step(Next(black_box(step as fn(Next, u64) -> u64)), 0)));
         #[cfg(feature = "panic")]
         panic!("hostile plugin panics on purpose");
+        #[cfg(feature = "environment")]
+        return Err(format!(
+            "HOME={:?} PATH={:?} args={:?}",
+            std::env::var("HOME"),
+            std::env::var("PATH"),
+            std::env::args().collect::<Vec<_>>()
+        ));
+        #[cfg(feature = "clock")]
+        return Err(format!("the time is {:?}", std::time::SystemTime::now()));
         #[cfg(feature = "huge-error")]
         return Err("x".repeat(4 << 20));
         #[cfg(feature = "fail-after")]
