@@ -141,6 +141,20 @@ fn deep_recursion_hits_the_stack_cap() {
 }
 
 #[test]
+fn handles_a_plugin_never_drops_count_against_the_budget_across_calls() {
+    // 100 leaked handles per call against 1000 live: refused by call 11.
+    let mut p = load("handle-leak");
+    let (pred, target) = case();
+    let (call, err) = (1..=20)
+        .find_map(|call| p.loss(&pred, &target).err().map(|e| (call, e)))
+        .expect("the leak was never refused");
+    assert!((9..=11).contains(&call), "refused at call {call}");
+    assert!(matches!(err.error, Some(CallError::Limit(_))), "{err}");
+    assert_names(&err, "loss", &["tensor budget", "never dropped"]);
+    good_plugin_still_works();
+}
+
+#[test]
 fn a_panic_is_a_trap_with_its_message() {
     let err = loss_error("panic");
     assert!(matches!(err.error, Some(CallError::Trap(_))), "{err}");
@@ -361,6 +375,27 @@ fn check_fails_each_broken_plugin_on_its_line() {
     }
     let (ok, report) = check(&support::hostile_plugin("good"), &tight);
     assert!(ok, "the well-behaved build must pass: {report:#}");
+}
+
+#[test]
+fn check_decodes_the_samples_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let square = dir.path().join("square.raw");
+    std::fs::write(&square, (0..=255u8).collect::<Vec<u8>>()).unwrap();
+    let plugin = support::hostile_plugin("good");
+    let (ok, report) = check(&plugin, &["--sample", square.to_str().unwrap()]);
+    assert!(ok, "{report:#}");
+    let (status, detail) = status_of(&report, "decode");
+    assert_eq!(status, "pass", "{detail}");
+    assert!(detail.contains("image [1, 16, 16]"), "{detail}");
+
+    let odd = dir.path().join("odd.raw");
+    std::fs::write(&odd, [1u8, 2, 3]).unwrap();
+    let (ok, report) = check(&plugin, &["--sample", odd.to_str().unwrap()]);
+    assert!(!ok);
+    let (status, detail) = status_of(&report, "decode");
+    assert_eq!(status, "fail");
+    assert!(detail.contains("3 bytes is not a square image"), "{detail}");
 }
 
 // ------------------------------------------------ a run whose plugin breaks

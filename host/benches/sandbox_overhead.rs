@@ -11,7 +11,7 @@
 //!
 //! Run: `bash host/scripts/build-plugins.sh release && cargo bench -p amat-host --bench sandbox_overhead`
 //! Sizes: AMAT_BENCH_SIZE (image side, 32), AMAT_BENCH_SAMPLES (32),
-//! AMAT_BENCH_ROUNDS (11), AMAT_BENCH_THREADS (libtorch threads, 1).
+//! AMAT_BENCH_ROUNDS (31), AMAT_BENCH_THREADS (libtorch threads, 1).
 
 use amat_host::plugin::{Plugin, SandboxLimits};
 use amat_host::tensor::TensorBudget;
@@ -66,7 +66,7 @@ fn main() {
     let (size, samples, rounds) = (
         env("AMAT_BENCH_SIZE", 32),
         env("AMAT_BENCH_SAMPLES", 32),
-        env("AMAT_BENCH_ROUNDS", 11),
+        env("AMAT_BENCH_ROUNDS", 31),
     );
     tch::set_num_threads(env("AMAT_BENCH_THREADS", 1) as i32);
     let path = plugin_path();
@@ -91,7 +91,7 @@ fn main() {
     );
 
     let start = Trainer::new(&cfg, &on, Device::Cpu, train.len()).unwrap();
-    let mut epoch = |plugin: &mut Plugin| {
+    let epoch = |plugin: &mut Plugin| {
         let mut t = Trainer::new(&cfg, plugin, Device::Cpu, train.len()).unwrap();
         t.vs.copy(&start.vs).unwrap();
         t.train_epoch(plugin, train, &bar).unwrap().seconds
@@ -116,7 +116,7 @@ fn main() {
     tch::manual_seed(0);
     let pred = Tensor::randn([8, 8, size as i64, size as i64], (Kind::Float, Device::Cpu)).set_requires_grad(true);
     let target = Tensor::randint(8, [8, size as i64, size as i64], (Kind::Int64, Device::Cpu)).to_kind(Kind::Float);
-    let mut call = |plugin: &mut Plugin| {
+    let call = |plugin: &mut Plugin| {
         let t = Instant::now();
         let l = plugin.loss(&pred, &target).unwrap().sum(Kind::Float);
         let _ = Tensor::run_backward(&[l], &[&pred], false, false);
@@ -127,7 +127,7 @@ fn main() {
         call(&mut on);
         call(&mut off);
     }
-    for _ in 0..200 {
+    for _ in 0..400 {
         c_on.push(call(&mut on).as_secs_f64());
         c_off.push(call(&mut off).as_secs_f64());
     }

@@ -74,8 +74,8 @@ impl NativeBackend {
     ) -> Result<(R, Vec<u8>), CallError> {
         self.ctx.table.begin_call();
         self.ctx.device = pred.device();
-        let p = self.ctx.table.insert(pred.shallow_clone()) as Handle;
-        let t = self.ctx.table.insert(target.shallow_clone()) as Handle;
+        let p = self.ctx.table.lend(pred.shallow_clone()) as Handle;
+        let t = self.ctx.table.lend(target.shallow_clone()) as Handle;
         let mut bytes = Vec::new();
         let sink = vec_sink(&mut bytes);
         let ctx = self.ctx_ptr();

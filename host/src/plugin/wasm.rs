@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 use wasmtime::component::{
     Component, HasSelf, Linker, Resource, ResourceTable, types::ComponentItem,
@@ -152,6 +152,8 @@ impl ResourceLimiter for Limiter {
 }
 
 struct State {
+    /// When the running call must stop; checked at every epoch tick.
+    call_deadline: Instant,
     table: TensorTable,
     device: Device,
     limiter: Limiter,
@@ -407,12 +409,36 @@ fn new_engine(key: EngineKey) -> Engine {
     engine
 }
 
-/// Epoch ticks of a call's deadline.
-fn deadline_ticks(limits: &SandboxLimits) -> u64 {
-    limits
-        .call_timeout_ms
-        .div_ceil(TICK.as_millis() as u64)
-        .max(1)
+/// The call ran past its wall-clock deadline.
+#[derive(Debug)]
+struct DeadlineHit;
+impl std::fmt::Display for DeadlineHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("call deadline passed")
+    }
+}
+impl std::error::Error for DeadlineHit {}
+
+/// Compares the clock with the call's deadline at every epoch tick, rather
+/// than counting ticks: a loaded machine that wakes the ticker late would
+/// stretch a count of ticks, but not the clock.
+fn check_deadline(
+    ctx: wasmtime::StoreContextMut<'_, State>,
+) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    if Instant::now() >= ctx.data().call_deadline {
+        Err(wasmtime::Error::new(DeadlineHit))
+    } else {
+        Ok(wasmtime::UpdateDeadline::Continue(1))
+    }
+}
+
+/// Starts a call's clock (a no-op without a deadline).
+fn start_clock(store: &mut Store<State>, limits: &SandboxLimits) {
+    if limits.call_timeout_ms > 0 {
+        store.data_mut().call_deadline =
+            Instant::now() + Duration::from_millis(limits.call_timeout_ms);
+        store.set_epoch_deadline(1);
+    }
 }
 
 /// Where compiled components are kept: `AMAT_CACHE_DIR`, else the user's cache.
@@ -584,9 +610,7 @@ impl WasmBackend {
         &mut self,
         f: impl FnOnce(&bindings::Task, &mut Store<State>) -> wasmtime::Result<Result<R, CallError>>,
     ) -> Result<R, CallError> {
-        if self.limits.call_timeout_ms > 0 {
-            self.store.set_epoch_deadline(deadline_ticks(&self.limits));
-        }
+        start_clock(&mut self.store, &self.limits);
         let r = f(&self.task, &mut self.store);
         let state = self.store.data_mut();
         state.table.end_call();
@@ -607,8 +631,8 @@ impl WasmBackend {
         state.table.begin_call();
         state.device = pred.device();
         (
-            state.table.insert(pred.shallow_clone()),
-            state.table.insert(target.shallow_clone()),
+            state.table.lend(pred.shallow_clone()),
+            state.table.lend(target.shallow_clone()),
         )
     }
 }
@@ -640,6 +664,7 @@ fn instantiate(
 fn new_store(engine: &Engine, limits: &SandboxLimits, stderr: MemoryOutputPipe) -> Store<State> {
     let wasi = WasiCtxBuilder::new().stderr(stderr).build();
     let state = State {
+        call_deadline: Instant::now(),
         table: TensorTable::new(limits.tensors),
         device: Device::Cpu,
         limiter: Limiter {
@@ -655,8 +680,8 @@ fn new_store(engine: &Engine, limits: &SandboxLimits, stderr: MemoryOutputPipe) 
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
     if limits.call_timeout_ms > 0 {
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(limits));
+        store.epoch_deadline_callback(check_deadline);
+        start_clock(&mut store, limits);
     }
     store
 }
@@ -674,7 +699,12 @@ fn classify(e: wasmtime::Error, limits: &SandboxLimits, stderr: &MemoryOutputPip
     if let Some(m) = e.downcast_ref::<MemoryCapHit>() {
         return CallError::Limit(format!("memory cap: {m}"));
     }
+    let deadline = e.downcast_ref::<DeadlineHit>().is_some();
     match e.downcast_ref::<Trap>() {
+        _ if deadline => CallError::Limit(format!(
+            "time limit: the call ran past its deadline of {} ms",
+            limits.call_timeout_ms
+        )),
         Some(Trap::Interrupt) => CallError::Limit(format!(
             "time limit: the call ran past its deadline of {} ms",
             limits.call_timeout_ms

@@ -16,13 +16,18 @@ pub struct TensorUsage {
 ///
 /// Handles are never reused, so a handle kept from an earlier call is
 /// recognised as stale instead of silently aliasing a newer tensor. Every
-/// handle is released when a call ends.
+/// tensor is released when a call ends; the handles the plugin has not
+/// dropped still count against `max_live`, because a wasm runtime keeps an
+/// entry per handle the guest holds (host memory, across calls).
 pub struct TensorTable {
     slots: HashMap<u32, Tensor>,
     next: u32,
     budget: TensorBudget,
     created_elements: u64,
     peak_live: usize,
+    /// Handles the plugin created and has neither dropped nor returned,
+    /// across calls.
+    held: usize,
     /// What the last finished call used.
     last: TensorUsage,
     /// Why the last op failed (the native ABI returns only a null handle).
@@ -37,6 +42,7 @@ impl TensorTable {
             budget,
             created_elements: 0,
             peak_live: 0,
+            held: 0,
             last: TensorUsage::default(),
             last_error: None,
         }
@@ -54,6 +60,13 @@ impl TensorTable {
                 self.budget.max_live
             );
         }
+        if self.held >= self.budget.max_live {
+            bail!(
+                "tensor budget: the plugin holds {} tensor handles it never dropped (limit {} live)",
+                self.held,
+                self.budget.max_live
+            );
+        }
         let total = self.created_elements.saturating_add(elements);
         if total > self.budget.max_elements_per_call {
             bail!(
@@ -65,8 +78,18 @@ impl TensorTable {
         Ok(())
     }
 
-    /// Stores a tensor whose elements were reserved (or that the host itself lends).
+    /// Stores a tensor the plugin created (its elements were reserved).
     pub fn insert(&mut self, t: Tensor) -> u32 {
+        self.held += 1;
+        self.store(t)
+    }
+
+    /// Stores a tensor the host lends to the call (the plugin only borrows it).
+    pub fn lend(&mut self, t: Tensor) -> u32 {
+        self.store(t)
+    }
+
+    fn store(&mut self, t: Tensor) -> u32 {
         let h = self.next;
         self.next = self.next.checked_add(1).expect("tensor handles exhausted");
         self.slots.insert(h, t);
@@ -80,14 +103,25 @@ impl TensorTable {
             .ok_or_else(|| anyhow!("tensor handle {h} is unknown or stale (from an earlier call?)"))
     }
 
+    /// Moves out the tensor a call returned: the plugin gave its handle up.
     pub fn take(&mut self, h: u32) -> Result<Tensor> {
-        self.slots
+        let t = self
+            .slots
             .remove(&h)
-            .ok_or_else(|| anyhow!("tensor handle {h} is unknown or stale (from an earlier call?)"))
+            .ok_or_else(|| anyhow!("tensor handle {h} is unknown or stale (from an earlier call?)"))?;
+        self.held = self.held.saturating_sub(1);
+        Ok(t)
     }
 
+    /// The plugin dropped a handle (perhaps of an earlier call's tensor).
     pub fn remove(&mut self, h: u32) {
         self.slots.remove(&h);
+        self.held = self.held.saturating_sub(1);
+    }
+
+    /// Handles the plugin created and still holds, across calls.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     pub fn live(&self) -> usize {

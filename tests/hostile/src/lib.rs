@@ -6,7 +6,7 @@
 //! be resumed with the real segmentation plugin.
 
 use amat_plugin_sdk::{
-    DecodeRequest, Example, Metric, TargetKind, Task, TaskInfo, Tensor, export_task,
+    DecodeRequest, Dense, Example, Metric, TargetKind, Task, TaskInfo, Tensor, export_task,
 };
 use std::hint::black_box;
 
@@ -82,14 +82,34 @@ impl Task for Hostile {
         }
     }
 
-    fn decode(_request: &DecodeRequest) -> Result<Vec<Example>, String> {
+    fn decode(request: &DecodeRequest) -> Result<Vec<Example>, String> {
         #[cfg(feature = "filesystem")]
         {
             let secret = std::fs::read("/etc/passwd").map_err(|e| e.to_string())?;
             return Err(format!("read {} bytes it should not see", secret.len()));
         }
-        #[allow(unreachable_code)]
-        Err("hostile: no decode".into())
+        // A square grey image of raw bytes; its class map is the intensity
+        // cut into `CLASSES` bands.
+        let file = request.files.first().ok_or("hostile decode: no file")?;
+        let n = (file.bytes.len() as f64).sqrt() as usize;
+        if n == 0 || n * n != file.bytes.len() {
+            return Err(format!(
+                "hostile decode: {} bytes is not a square image",
+                file.bytes.len()
+            ));
+        }
+        let image: Vec<f32> = file.bytes.iter().map(|&b| b as f32 / 255.0).collect();
+        let target: Vec<f32> = file
+            .bytes
+            .iter()
+            .map(|&b| (b as i64 * CLASSES / 256) as f32)
+            .collect();
+        let side = n as i64;
+        Ok(vec![Example {
+            id: file.name.clone(),
+            image: Dense::new(vec![1, side, side], image)?,
+            target: Dense::new(vec![side, side], target)?,
+        }])
     }
 
     fn loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
@@ -129,6 +149,11 @@ impl Task for Hostile {
             if n > FAIL_AFTER {
                 return Err(format!("hostile plugin fails on purpose at loss call {n}"));
             }
+        }
+        #[cfg(feature = "handle-leak")]
+        for _ in 0..100 {
+            // Never dropped: the handle stays in the runtime's table.
+            std::mem::forget(Tensor::full(0.0, &[1]));
         }
         let loss = cross_entropy(pred, target);
         #[cfg(feature = "nan-loss")]
