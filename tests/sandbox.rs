@@ -41,8 +41,11 @@ fn case() -> (Tensor, Tensor) {
 
 /// The good plugin loads and computes a sound loss in this process.
 fn good_plugin_still_works() {
-    let mut p = Plugin::load(support::wasm_plugin("segmentation"), &SandboxLimits::default())
-        .expect("the segmentation plugin loads after a hostile one");
+    let mut p = Plugin::load(
+        support::wasm_plugin("segmentation"),
+        &SandboxLimits::default(),
+    )
+    .expect("the segmentation plugin loads after a hostile one");
     let (pred, target) = case();
     let loss = p.loss(&pred, &target).expect("and its loss runs");
     assert_eq!(loss.size(), [2]);
@@ -57,10 +60,17 @@ fn load(feature: &str) -> Plugin {
 fn assert_names(err: &PluginError, call: &str, words: &[&str]) {
     let text = err.to_string();
     assert!(!text.contains('\n'), "not one line: {text}");
-    assert!(text.chars().count() < 1000, "too long: {} characters", text.len());
+    assert!(
+        text.chars().count() < 1000,
+        "too long: {} characters",
+        text.len()
+    );
     assert!(text.contains("hostile"), "does not name the plugin: {text}");
     assert_eq!(err.call, call, "{text}");
-    assert!(text.contains(&format!(", {call}:")), "does not name the call: {text}");
+    assert!(
+        text.contains(&format!(", {call}:")),
+        "does not name the call: {text}"
+    );
     for w in words {
         assert!(text.contains(w), "`{w}` missing from: {text}");
     }
@@ -69,7 +79,8 @@ fn assert_names(err: &PluginError, call: &str, words: &[&str]) {
 fn loss_error(feature: &str) -> PluginError {
     let mut p = load(feature);
     let (pred, target) = case();
-    p.loss(&pred, &target).expect_err("the hostile loss must fail")
+    p.loss(&pred, &target)
+        .expect_err("the hostile loss must fail")
 }
 
 #[test]
@@ -90,7 +101,10 @@ fn an_infinite_loop_is_stopped_within_twice_its_deadline() {
             elapsed < Duration::from_millis(2 * DEADLINE_MS),
             "stopped after {elapsed:?}, deadline {DEADLINE_MS} ms"
         );
-        assert!(elapsed >= Duration::from_millis(DEADLINE_MS), "stopped early: {elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(DEADLINE_MS),
+            "stopped early: {elapsed:?}"
+        );
     }
     good_plugin_still_works();
 }
@@ -101,10 +115,24 @@ fn the_memory_cap_refuses_the_grow_past_it() {
     let (pred, target) = case();
     let err = p.loss(&pred, &target).unwrap_err();
     assert!(matches!(err.error, Some(CallError::Limit(_))), "{err}");
-    assert_names(&err, "loss", &["memory cap", &format!("cap {MEMORY_MIB} MiB")]);
-    let memory = p.last_call().usage.memory_bytes.expect("wasm memory is measured");
-    assert!(memory <= MEMORY_MIB << 20, "linear memory reached {memory} bytes");
-    assert!(memory > (MEMORY_MIB << 20) / 2, "the bomb should have grown close to the cap: {memory}");
+    assert_names(
+        &err,
+        "loss",
+        &["memory cap", &format!("cap {MEMORY_MIB} MiB")],
+    );
+    let memory = p
+        .last_call()
+        .usage
+        .memory_bytes
+        .expect("wasm memory is measured");
+    assert!(
+        memory <= MEMORY_MIB << 20,
+        "linear memory reached {memory} bytes"
+    );
+    assert!(
+        memory > (MEMORY_MIB << 20) / 2,
+        "the bomb should have grown close to the cap: {memory}"
+    );
     good_plugin_still_works();
 }
 
@@ -114,8 +142,15 @@ fn the_tensor_budget_refuses_bombs_before_allocating_them() {
         let mut p = load(feature);
         let (pred, target) = case();
         let err = p.loss(&pred, &target).unwrap_err();
-        assert!(matches!(err.error, Some(CallError::Limit(_))), "{feature}: {err}");
-        assert_names(&err, "loss", &["tensor budget", &format!("limit of {ELEMENTS} per call")]);
+        assert!(
+            matches!(err.error, Some(CallError::Limit(_))),
+            "{feature}: {err}"
+        );
+        assert_names(
+            &err,
+            "loss",
+            &["tensor budget", &format!("limit of {ELEMENTS} per call")],
+        );
         // What the call was granted stays far below the bomb (2^60 or 2^48
         // elements): it was refused from its shape, never allocated.
         let used = p.last_call().usage.tensors;
@@ -170,7 +205,10 @@ fn broken_results_are_refused() {
         ("detached", "detached from the prediction"),
     ] {
         let err = loss_error(feature);
-        assert!(matches!(err.error, Some(CallError::BadResult(_))), "{feature}: {err}");
+        assert!(
+            matches!(err.error, Some(CallError::BadResult(_))),
+            "{feature}: {err}"
+        );
         assert_names(&err, "loss", &[words]);
     }
     good_plugin_still_works();
@@ -195,7 +233,11 @@ fn a_huge_error_string_is_cut_to_one_short_line() {
     let Some(CallError::Plugin(text)) = &err.error else {
         panic!("expected a plugin error: {err}");
     };
-    assert!(text.chars().count() < 1000, "the kept error holds {} characters", text.len());
+    assert!(
+        text.chars().count() < 1000,
+        "the kept error holds {} characters",
+        text.len()
+    );
     assert_names(&err, "loss", &["characters in all"]);
     good_plugin_still_works();
 }
@@ -217,7 +259,10 @@ fn components_of_another_world_or_asking_for_the_filesystem_are_refused() {
     std::fs::write(&other, wat::parse_str(wat).unwrap()).unwrap();
     let err = Plugin::load(&other, &limits()).unwrap_err();
     assert!(matches!(err.error, Some(CallError::Refused(_))), "{err}");
-    assert!(err.to_string().contains("a component of another world"), "{err}");
+    assert!(
+        err.to_string().contains("a component of another world"),
+        "{err}"
+    );
     good_plugin_still_works();
 }
 
@@ -226,7 +271,11 @@ fn the_environment_is_empty_and_the_clock_is_refused() {
     // Env and args are granted as interfaces (Rust's runtime imports them)
     // but hold nothing of the host's.
     let err = loss_error("environment");
-    assert_names(&err, "loss", &["HOME=Err(NotPresent)", "PATH=Err(NotPresent)", "args=[]"]);
+    assert_names(
+        &err,
+        "loss",
+        &["HOME=Err(NotPresent)", "PATH=Err(NotPresent)", "args=[]"],
+    );
     let err = Plugin::load(support::hostile_plugin("clock"), &limits()).unwrap_err();
     assert!(matches!(err.error, Some(CallError::Refused(_))), "{err}");
     assert!(err.to_string().contains("wasi:clocks"), "{err}");
@@ -238,7 +287,9 @@ fn a_plugin_that_fails_after_some_calls_reports_which() {
     let mut p = load("fail-after");
     let (pred, target) = case();
     for _ in 0..4 {
-        let _ = p.loss(&pred, &target).expect("the first four calls are sound");
+        let _ = p
+            .loss(&pred, &target)
+            .expect("the first four calls are sound");
     }
     let err = p.loss(&pred, &target).unwrap_err();
     assert!(matches!(err.error, Some(CallError::Plugin(_))), "{err}");
@@ -254,8 +305,15 @@ fn limits_come_from_the_sandbox_section_of_a_run_config() {
     assert_eq!(cfg.sandbox.call_timeout_ms, 250);
     assert_eq!(cfg.sandbox.max_stack_kib, 512);
     assert_eq!(cfg.sandbox.tensors.max_live, 77);
-    assert_eq!(cfg.sandbox.max_memory_mib, SandboxLimits::default().max_memory_mib);
-    let err = RunConfig::parse("[data.synthetic]\ntrain = 4\n[sandbox]\nfuel = 3\n", Path::new("x.toml")).unwrap_err();
+    assert_eq!(
+        cfg.sandbox.max_memory_mib,
+        SandboxLimits::default().max_memory_mib
+    );
+    let err = RunConfig::parse(
+        "[data.synthetic]\ntrain = 4\n[sandbox]\nfuel = 3\n",
+        Path::new("x.toml"),
+    )
+    .unwrap_err();
     assert!(err.contains("unknown field `fuel`"), "{err}");
     // A limit that cannot work is refused at load, naming it.
     let bad = SandboxLimits {
@@ -293,7 +351,10 @@ fn status_of<'a>(report: &'a serde_json::Value, name: &str) -> (&'a str, &'a str
         .iter()
         .find(|l| l["name"] == name)
         .unwrap_or_else(|| panic!("no `{name}` line in {report:#}"));
-    (line["status"].as_str().unwrap(), line["detail"].as_str().unwrap())
+    (
+        line["status"].as_str().unwrap(),
+        line["detail"].as_str().unwrap(),
+    )
 }
 
 #[test]
@@ -324,7 +385,10 @@ fn check_passes_the_segmentation_plugin_in_both_builds() {
         let (status, detail) = status_of(&report, "decode");
         assert_eq!(status, "skip");
         assert!(detail.contains("no --sample"), "{detail}");
-        assert!(status_of(&report, "gradient").1.starts_with("float64"), "{report:#}");
+        assert!(
+            status_of(&report, "gradient").1.starts_with("float64"),
+            "{report:#}"
+        );
         let note = report["note"].as_str().unwrap();
         if sandboxed {
             assert!(note.contains("sandboxed"), "{note}");
@@ -336,12 +400,7 @@ fn check_passes_the_segmentation_plugin_in_both_builds() {
 
 #[test]
 fn check_fails_each_broken_plugin_on_its_line() {
-    let tight = [
-        "--max-memory-mib",
-        "64",
-        "--max-tensor-elements",
-        "1000000",
-    ];
+    let tight = ["--max-memory-mib", "64", "--max-tensor-elements", "1000000"];
     for (feature, line, words) in [
         ("infinite-loop", "loss shape", "time limit"),
         ("memory-bomb", "loss shape", "memory cap"),
@@ -363,14 +422,23 @@ fn check_fails_each_broken_plugin_on_its_line() {
         assert!(!ok, "{feature} passed: {report:#}");
         assert_eq!(report["passed"], false);
         let (status, detail) = status_of(&report, line);
-        assert_eq!(status, "fail", "{feature}: `{line}` should fail: {report:#}");
-        assert!(detail.contains(words), "{feature}: `{words}` not in `{detail}`");
+        assert_eq!(
+            status, "fail",
+            "{feature}: `{line}` should fail: {report:#}"
+        );
+        assert!(
+            detail.contains(words),
+            "{feature}: `{words}` not in `{detail}`"
+        );
         // Lines before the broken one pass: the battery names the right one.
         for l in report["checks"].as_array().unwrap() {
             if l["name"] == line {
                 break;
             }
-            assert_ne!(l["status"], "fail", "{feature}: an earlier line failed: {l}");
+            assert_ne!(
+                l["status"], "fail",
+                "{feature}: an earlier line failed: {l}"
+            );
         }
     }
     let (ok, report) = check(&support::hostile_plugin("good"), &tight);
@@ -418,20 +486,37 @@ fn a_run_whose_plugin_starts_failing_stops_and_resumes_with_a_fixed_plugin() {
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let hostile = support::hostile_plugin("fail-after");
     let out = support::amat_host()
-        .args(["run", "--config", &s(&cfg), "--out", &s(&run), "--plugin", &s(&hostile)])
+        .args([
+            "run",
+            "--config",
+            &s(&cfg),
+            "--out",
+            &s(&run),
+            "--plugin",
+            &s(&hostile),
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the run should fail: {stderr}");
     let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(error.len(), 1, "{stderr}");
-    for w in ["plugin `hostile`", "loss", "fails on purpose at loss call 5"] {
+    for w in [
+        "plugin `hostile`",
+        "loss",
+        "fails on purpose at loss call 5",
+    ] {
         assert!(error[0].contains(w), "`{w}` not in {}", error[0]);
     }
     // The checkpoint of epoch 2 is the latest and complete.
     let latest = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
     assert!(latest.trim().ends_with("epoch-0002"), "{latest}");
-    assert!(run.join("checkpoints").join(latest.trim()).join("state.json").is_file());
+    assert!(
+        run.join("checkpoints")
+            .join(latest.trim())
+            .join("state.json")
+            .is_file()
+    );
 
     let good = support::wasm_plugin("segmentation");
     let out = support::amat_host()

@@ -35,7 +35,12 @@ fn plugin_path() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     ["release", "debug"]
         .iter()
-        .map(|p| target.join("wasm32-wasip2").join(p).join("amat_segmentation.wasm"))
+        .map(|p| {
+            target
+                .join("wasm32-wasip2")
+                .join(p)
+                .join("amat_segmentation.wasm")
+        })
         .find(|p| p.exists())
         .expect("no segmentation component: run `bash host/scripts/build-plugins.sh release` first")
 }
@@ -110,12 +115,17 @@ fn main() {
         }
     }
     let (e_on, e_off) = (median(t_on), median(t_off));
-    println!("median of {rounds} epochs: limits on {e_on:.4} s, off {e_off:.4} s, on/off = {:.4}", e_on / e_off);
+    println!(
+        "median of {rounds} epochs: limits on {e_on:.4} s, off {e_off:.4} s, on/off = {:.4}",
+        e_on / e_off
+    );
 
     // One loss call, forward + backward, on a training batch's shape.
     tch::manual_seed(0);
-    let pred = Tensor::randn([8, 8, size as i64, size as i64], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-    let target = Tensor::randint(8, [8, size as i64, size as i64], (Kind::Int64, Device::Cpu)).to_kind(Kind::Float);
+    let pred = Tensor::randn([8, 8, size as i64, size as i64], (Kind::Float, Device::Cpu))
+        .set_requires_grad(true);
+    let target = Tensor::randint(8, [8, size as i64, size as i64], (Kind::Int64, Device::Cpu))
+        .to_kind(Kind::Float);
     let call = |plugin: &mut Plugin| {
         let t = Instant::now();
         let l = plugin.loss(&pred, &target).unwrap().sum(Kind::Float);

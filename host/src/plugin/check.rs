@@ -149,9 +149,11 @@ pub fn check(path: &Path, samples: &[PathBuf], limits: &SandboxLimits) -> Report
             limits.tensors.max_live,
             limits.tensors.max_elements_per_call
         ),
-        PluginKind::Native => "native library: trusted code, NOT sandboxed (no time, memory or stack \
+        PluginKind::Native => {
+            "native library: trusted code, NOT sandboxed (no time, memory or stack \
              limits; only the tensor budget applies). Run only native plugins you trust."
-            .into(),
+                .into()
+        }
     });
     report.passed = lines.iter().all(|l| l.status != Status::Fail);
     report.checks = lines;
@@ -306,7 +308,8 @@ impl Battery<'_> {
 
     fn decode(&mut self, samples: &[PathBuf]) -> Option<Vec<Example>> {
         if samples.is_empty() {
-            self.lines.push(skip("decode", "skipped: no --sample FILE given"));
+            self.lines
+                .push(skip("decode", "skipped: no --sample FILE given"));
             return None;
         }
         let mut files = Vec::new();
@@ -349,7 +352,13 @@ impl Battery<'_> {
                         "example `{}` has image shape {:?}, expected [{channels}, H, W]",
                         e.id, e.image.shape
                     ))
-                } else if !e.image.data.iter().chain(&e.target.data).all(|v| v.is_finite()) {
+                } else if !e
+                    .image
+                    .data
+                    .iter()
+                    .chain(&e.target.data)
+                    .all(|v| v.is_finite())
+                {
                     Some(format!("example `{}` holds non-finite values", e.id))
                 } else {
                     None
@@ -400,9 +409,15 @@ impl Battery<'_> {
         });
         let v = values(&first);
         let bad = v.iter().filter(|x| !x.is_finite()).count();
-        let is_float = matches!(first.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
+        let is_float = matches!(
+            first.kind(),
+            Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+        );
         self.lines.push(if !is_float {
-            fail("loss finite", format!("a {:?} tensor, expected float", first.kind()))
+            fail(
+                "loss finite",
+                format!("a {:?} tensor, expected float", first.kind()),
+            )
         } else if bad > 0 || v.is_empty() {
             fail(
                 "loss finite",
@@ -412,10 +427,16 @@ impl Battery<'_> {
             let (lo, hi) = v
                 .iter()
                 .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
-            pass("loss finite", format!("{} values in [{lo:.4}, {hi:.4}]", v.len()))
+            pass(
+                "loss finite",
+                format!("{} values in [{lo:.4}, {hi:.4}]", v.len()),
+            )
         });
         self.lines.push(if first.requires_grad() {
-            pass("loss attached", "the loss is part of the prediction's autograd graph")
+            pass(
+                "loss attached",
+                "the loss is part of the prediction's autograd graph",
+            )
         } else {
             fail(
                 "loss attached",
@@ -426,8 +447,10 @@ impl Battery<'_> {
         if shape_ok && bad == 0 && is_float {
             self.per_sample(c, &first);
         } else {
-            self.lines
-                .push(skip("per-sample", "skipped: needs a finite loss of shape [B]"));
+            self.lines.push(skip(
+                "per-sample",
+                "skipped: needs a finite loss of shape [B]",
+            ));
         }
         self.gradient(info);
         self.input_gradient(info, c);
@@ -443,9 +466,10 @@ impl Battery<'_> {
                 format!("shape {:?} then {:?}", first.size(), again.size()),
             ),
             // NaN equals NaN here: a NaN loss fails its own line, not this one.
-            Ok(again) if again.detach().allclose(&first.detach(), 0.0, 0.0, true) => {
-                pass("deterministic", "the same input twice gave bitwise equal losses")
-            }
+            Ok(again) if again.detach().allclose(&first.detach(), 0.0, 0.0, true) => pass(
+                "deterministic",
+                "the same input twice gave bitwise equal losses",
+            ),
             Ok(again) => fail(
                 "deterministic",
                 format!(
@@ -468,7 +492,10 @@ impl Battery<'_> {
             &c.target.index_select(0, &perm),
         );
         let line = match permuted {
-            Err(e) => fail("per-sample", format!("loss of the permuted batch failed: {e}")),
+            Err(e) => fail(
+                "per-sample",
+                format!("loss of the permuted batch failed: {e}"),
+            ),
             Ok(p) if p.size() != expected.size() => fail(
                 "per-sample",
                 format!("the permuted batch gave shape {:?}", p.size()),
@@ -476,12 +503,15 @@ impl Battery<'_> {
             Ok(p) => {
                 let d_perm = max_diff(&p.detach(), &expected);
                 let changed = c.pred.copy();
-                let _ = changed.get(0).g_add_(&(Tensor::randn_like(&changed.get(0)) * 3.0));
+                let _ = changed
+                    .get(0)
+                    .g_add_(&(Tensor::randn_like(&changed.get(0)) * 3.0));
                 match self.loss(&changed, &c.target) {
                     Err(e) => fail("per-sample", format!("loss of a changed batch failed: {e}")),
-                    Ok(q) if q.size() != expected.size() => {
-                        fail("per-sample", format!("a changed batch gave shape {:?}", q.size()))
-                    }
+                    Ok(q) if q.size() != expected.size() => fail(
+                        "per-sample",
+                        format!("a changed batch gave shape {:?}", q.size()),
+                    ),
                     Ok(q) => {
                         let others = first.detach().narrow(0, 1, BATCH - 1);
                         let d_other = max_diff(&q.detach().narrow(0, 1, BATCH - 1), &others);
@@ -489,12 +519,16 @@ impl Battery<'_> {
                         if d_perm > t {
                             fail(
                                 "per-sample",
-                                format!("permuting the batch does not permute the losses (off by {d_perm:.3e})"),
+                                format!(
+                                    "permuting the batch does not permute the losses (off by {d_perm:.3e})"
+                                ),
                             )
                         } else if d_other > t {
                             fail(
                                 "per-sample",
-                                format!("changing sample 0 moved the other samples' losses by {d_other:.3e}"),
+                                format!(
+                                    "changing sample 0 moved the other samples' losses by {d_other:.3e}"
+                                ),
                             )
                         } else {
                             pass(
@@ -516,12 +550,10 @@ impl Battery<'_> {
     /// central differences at a few coordinates, in float64 when the plugin
     /// accepts it.
     fn gradient(&mut self, info: &TaskInfo) {
-        let double = case(info, None, 2, 4, Kind::Double)
-            .ok()
-            .filter(|c| {
-                let p = c.pred.set_requires_grad(true);
-                matches!(self.sound_loss(&p, &c.target), Ok(l) if l.kind() == Kind::Double)
-            });
+        let double = case(info, None, 2, 4, Kind::Double).ok().filter(|c| {
+            let p = c.pred.set_requires_grad(true);
+            matches!(self.sound_loss(&p, &c.target), Ok(l) if l.kind() == Kind::Double)
+        });
         let (c, step, tol, precision) = match double {
             Some(c) => (c, 1e-6, 1e-5, "float64"),
             None => match case(info, None, 2, 4, Kind::Float) {
@@ -573,13 +605,17 @@ impl Battery<'_> {
             "{precision}: largest error {rel:.2e} relative to the largest gradient {scale:.2e} over {FD_COORDS} \
              coordinates (step {step:e}, tolerance {tol:e})"
         );
-        self.lines.push(if rel.is_finite() && rel <= tol && scale > 0.0 {
-            pass("gradient", detail)
-        } else if scale == 0.0 {
-            fail("gradient", format!("{precision}: the gradient is zero at every coordinate tried"))
-        } else {
-            fail("gradient", detail)
-        });
+        self.lines
+            .push(if rel.is_finite() && rel <= tol && scale > 0.0 {
+                pass("gradient", detail)
+            } else if scale == 0.0 {
+                fail(
+                    "gradient",
+                    format!("{precision}: the gradient is zero at every coordinate tried"),
+                )
+            } else {
+                fail("gradient", detail)
+            });
     }
 
     /// A gradient reaches the input through a one-layer conv net.
@@ -604,7 +640,10 @@ impl Battery<'_> {
                 if !finite {
                     fail("input gradient", "non-finite gradient w.r.t. the input")
                 } else if norm == 0.0 {
-                    fail("input gradient", "zero gradient w.r.t. the input of a conv net")
+                    fail(
+                        "input gradient",
+                        "zero gradient w.r.t. the input of a conv net",
+                    )
                 } else {
                     pass(
                         "input gradient",
@@ -640,7 +679,9 @@ impl Battery<'_> {
             p = leaf.detach() - g * (0.1 / rms);
         }
         let first = first.unwrap_or(last);
-        let detail = format!("mean loss {first:.4} -> {last:.4} after {DESCENT_STEPS} gradient steps on the prediction");
+        let detail = format!(
+            "mean loss {first:.4} -> {last:.4} after {DESCENT_STEPS} gradient steps on the prediction"
+        );
         self.lines.push(if last < first {
             pass("loss decreases", detail)
         } else {
@@ -685,8 +726,18 @@ impl Battery<'_> {
             .max_by_key(|s| s.elapsed)
             .copied()
             .unwrap_or_default();
-        let live = self.stats.iter().map(|s| s.usage.tensors.peak_live).max().unwrap_or(0);
-        let elements = self.stats.iter().map(|s| s.usage.tensors.elements).max().unwrap_or(0);
+        let live = self
+            .stats
+            .iter()
+            .map(|s| s.usage.tensors.peak_live)
+            .max()
+            .unwrap_or(0);
+        let elements = self
+            .stats
+            .iter()
+            .map(|s| s.usage.tensors.elements)
+            .max()
+            .unwrap_or(0);
         let memory = self.stats.iter().filter_map(|s| s.usage.memory_bytes).max();
         let deadline = Duration::from_millis(limits.call_timeout_ms);
         let mut problems = Vec::new();
@@ -699,7 +750,10 @@ impl Battery<'_> {
             ));
         }
         if live > limits.tensors.max_live {
-            problems.push(format!("{live} live tensors, limit {}", limits.tensors.max_live));
+            problems.push(format!(
+                "{live} live tensors, limit {}",
+                limits.tensors.max_live
+            ));
         }
         if elements > limits.tensors.max_elements_per_call {
             problems.push(format!(
@@ -708,10 +762,18 @@ impl Battery<'_> {
             ));
         }
         if let Some(m) = memory.filter(|&m| m > limits.max_memory_mib << 20) {
-            problems.push(format!("{} MiB of linear memory, cap {}", m >> 20, limits.max_memory_mib));
+            problems.push(format!(
+                "{} MiB of linear memory, cap {}",
+                m >> 20,
+                limits.max_memory_mib
+            ));
         }
         let memory = match memory {
-            Some(m) => format!("linear memory {:.1} of {} MiB", m as f64 / (1 << 20) as f64, limits.max_memory_mib),
+            Some(m) => format!(
+                "linear memory {:.1} of {} MiB",
+                m as f64 / (1 << 20) as f64,
+                limits.max_memory_mib
+            ),
             None => "memory not measured (native)".into(),
         };
         let detail = format!(

@@ -92,7 +92,9 @@ impl Plugin {
                 PluginKind::Wasm,
                 Box::new(wasm::WasmBackend::load(&path, limits).map_err(|e| {
                     match e.downcast_ref::<wasm::Refusal>() {
-                        Some(r) => PluginError::call(&path, "load", CallError::Refused(r.0.clone())),
+                        Some(r) => {
+                            PluginError::call(&path, "load", CallError::Refused(r.0.clone()))
+                        }
                         None => load_err(format!("{e:#}")),
                     }
                 })?),
@@ -159,7 +161,11 @@ impl Plugin {
 
     /// The plugin's loss exactly as returned, before the contract's checks
     /// (for `plugin check`, which reports each check on its own line).
-    pub fn loss_unchecked(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, PluginError> {
+    pub fn loss_unchecked(
+        &mut self,
+        pred: &Tensor,
+        target: &Tensor,
+    ) -> Result<Tensor, PluginError> {
         self.timed("loss", |b| b.loss(pred, target))
     }
 
@@ -222,7 +228,8 @@ fn validate_info(info: &TaskInfo) -> Result<(), String> {
     if info.input_channels == 0 || info.output_channels == 0 {
         return Err("input and output channels must be positive".into());
     }
-    let ordered = info.intensity_min.partial_cmp(&info.intensity_max) == Some(std::cmp::Ordering::Less);
+    let ordered =
+        info.intensity_min.partial_cmp(&info.intensity_max) == Some(std::cmp::Ordering::Less);
     if !ordered {
         return Err(format!(
             "intensity range [{}, {}] is empty",

@@ -384,7 +384,10 @@ fn engine(key: EngineKey) -> Engine {
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    engines.entry(key).or_insert_with(|| new_engine(key)).clone()
+    engines
+        .entry(key)
+        .or_insert_with(|| new_engine(key))
+        .clone()
 }
 
 fn new_engine(key: EngineKey) -> Engine {
@@ -782,9 +785,8 @@ impl Backend for WasmBackend {
                 .collect(),
             options: request.options.clone(),
         };
-        let out = self.guarded(|task, store| {
-            Ok(task.call_decode(store, &req)?.map_err(CallError::Plugin))
-        })?;
+        let out = self
+            .guarded(|task, store| Ok(task.call_decode(store, &req)?.map_err(CallError::Plugin)))?;
         out.into_iter()
             .map(|e| {
                 Ok(Example {
@@ -800,7 +802,11 @@ impl Backend for WasmBackend {
         let (p, t) = self.lend(pred, target);
         self.guarded(|task, store| {
             Ok(
-                match task.call_loss(&mut *store, Resource::new_borrow(p), Resource::new_borrow(t))? {
+                match task.call_loss(
+                    &mut *store,
+                    Resource::new_borrow(p),
+                    Resource::new_borrow(t),
+                )? {
                     Ok(res) => take(store, res),
                     Err(msg) => Err(CallError::Plugin(msg)),
                 },
@@ -812,7 +818,11 @@ impl Backend for WasmBackend {
         let (p, t) = self.lend(pred, target);
         self.guarded(|task, store| {
             Ok(
-                match task.call_correct(&mut *store, Resource::new_borrow(p), Resource::new_borrow(t))? {
+                match task.call_correct(
+                    &mut *store,
+                    Resource::new_borrow(p),
+                    Resource::new_borrow(t),
+                )? {
                     Ok(Some(res)) => take(store, res).map(Some),
                     Ok(None) => Ok(None),
                     Err(msg) => Err(CallError::Plugin(msg)),
@@ -879,7 +889,10 @@ mod tests {
         let grow = r#"(module (memory 1)
             (func (export "grow") (result i32) (memory.grow (i32.const 40))))"#;
         let m = refused(run(&limits, grow).unwrap_err());
-        assert!(m.contains("to 2 MiB refused") || m.contains("refused (cap 2 MiB)"), "{m}");
+        assert!(
+            m.contains("to 2 MiB refused") || m.contains("refused (cap 2 MiB)"),
+            "{m}"
+        );
         let m = refused(run(&limits, "(module (table 5000 funcref))").unwrap_err());
         assert!(m.contains("5000 elements refused (cap 1000)"), "{m}");
     }

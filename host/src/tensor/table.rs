@@ -105,10 +105,9 @@ impl TensorTable {
 
     /// Moves out the tensor a call returned: the plugin gave its handle up.
     pub fn take(&mut self, h: u32) -> Result<Tensor> {
-        let t = self
-            .slots
-            .remove(&h)
-            .ok_or_else(|| anyhow!("tensor handle {h} is unknown or stale (from an earlier call?)"))?;
+        let t = self.slots.remove(&h).ok_or_else(|| {
+            anyhow!("tensor handle {h} is unknown or stale (from an earlier call?)")
+        })?;
         self.held = self.held.saturating_sub(1);
         Ok(t)
     }

@@ -19,7 +19,9 @@ const CLASSES: i64 = 8;
 fn cross_entropy(pred: &Tensor, target: &Tensor) -> Tensor {
     let classes = pred.size(1);
     let y = target.to_long().one_hot(classes).permute(&[0, 3, 1, 2]);
-    -(&pred.log_softmax(1) * &y).sum(&[1], false).mean(&[1, 2], false)
+    -(&pred.log_softmax(1) * &y)
+        .sum(&[1], false)
+        .mean(&[1, 2], false)
 }
 
 /// Unbounded recursion on the wasm stack itself: an indirect call (which
@@ -129,7 +131,10 @@ impl Task for Hostile {
         #[cfg(feature = "tensor-bomb-one-hot")]
         return Ok(target.to_long().one_hot(1 << 40));
         #[cfg(feature = "deep-recursion")]
-        return Err(format!("recursion ended at {}", step(Next(black_box(step as fn(Next, u64) -> u64)), 0)));
+        return Err(format!(
+            "recursion ended at {}",
+            step(Next(black_box(step as fn(Next, u64) -> u64)), 0)
+        ));
         #[cfg(feature = "panic")]
         panic!("hostile plugin panics on purpose");
         #[cfg(feature = "environment")]
