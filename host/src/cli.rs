@@ -158,6 +158,20 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Load a plugin under the sandbox's limits and run the check battery on
+    /// it, one line per check; exit 0 only when every check passes.
+    Check {
+        /// The plugin file.
+        plugin: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Files for the plugin's decode (one sample); without, decode is skipped.
+        #[arg(long = "sample", value_name = "FILE", num_args = 1..)]
+        samples: Vec<PathBuf>,
+        #[command(flatten)]
+        limits: crate::plugin::LimitArgs,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -253,6 +267,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 p.manifest.display()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::Check {
+            plugin,
+            json,
+            samples,
+            limits,
+        }) => {
+            let limits = limits.apply(SandboxLimits::default());
+            limits.validate().map_err(anyhow::Error::msg)?;
+            let report = crate::plugin::check::check(&plugin, &samples, &limits);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Plugin(PluginCommand::Info { plugin, json }) => {
             let p = Plugin::load(&plugin, &SandboxLimits::default())?;

@@ -5,6 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+#[allow(unused_imports)]
+pub use hostile::hostile_plugin;
+pub mod hostile;
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -12,7 +16,7 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"))

@@ -19,6 +19,25 @@ pub enum CallError {
     /// The plugin returned something the contract does not allow.
     #[error("bad result: {0}")]
     BadResult(String),
+    /// Refused at load by the sandbox's policy: a component of another world,
+    /// or one importing what the sandbox does not grant.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl CallError {
+    /// The same error with its text cut to one bounded line, so a plugin
+    /// cannot make the host hold or print megabytes of error text.
+    fn bounded(self) -> Self {
+        match self {
+            CallError::Plugin(s) => CallError::Plugin(one_line(&s)),
+            CallError::HostOp(s) => CallError::HostOp(one_line(&s)),
+            CallError::Limit(s) => CallError::Limit(one_line(&s)),
+            CallError::Trap(s) => CallError::Trap(one_line(&s)),
+            CallError::BadResult(s) => CallError::BadResult(one_line(&s)),
+            CallError::Refused(s) => CallError::Refused(one_line(&s)),
+        }
+    }
 }
 
 /// A plugin failure, naming the plugin and the call. Its message is one line
@@ -58,6 +77,7 @@ impl PluginError {
     }
 
     pub(crate) fn call(path: &Path, call: &'static str, error: CallError) -> Self {
+        let error = error.bounded();
         let message = one_line(&error.to_string());
         Self {
             path: path.to_path_buf(),

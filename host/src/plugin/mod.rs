@@ -5,6 +5,7 @@
 //! Every call's result is checked here, once for both kinds: a loss must be a
 //! finite float tensor of shape [B].
 
+pub mod check;
 mod error;
 mod limits;
 mod native;
@@ -12,11 +13,13 @@ mod wasm;
 
 pub use amat_plugin_sdk::types::{DecodeRequest, Example, File, Metric, TargetKind, TaskInfo};
 pub use error::{CallError, PluginError};
-pub use limits::SandboxLimits;
+pub use limits::{LimitArgs, SandboxLimits};
 pub use wasm::{CompileSource, cache_dir, compile as compile_component};
 
+use crate::tensor::TensorUsage;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,8 +30,27 @@ pub enum PluginKind {
     Native,
 }
 
+/// What a backend measured of its last call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub tensors: TensorUsage,
+    /// Linear memory of the wasm instance (its peak: memories never shrink);
+    /// None for a native plugin, whose memory the host cannot see.
+    pub memory_bytes: Option<u64>,
+}
+
+/// What the last plugin call cost; read by `plugin check` and the tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallStats {
+    pub call: &'static str,
+    pub elapsed: Duration,
+    pub usage: Usage,
+}
+
 /// What a loader provides. Tensors passed in are lent for the call only.
 trait Backend: Send {
+    /// What the last call used.
+    fn last_usage(&self) -> Usage;
     fn describe(&mut self) -> Result<TaskInfo, CallError>;
     fn decode(&mut self, request: &DecodeRequest) -> Result<Vec<Example>, CallError>;
     fn loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, CallError>;
@@ -40,6 +62,8 @@ pub struct Plugin {
     path: PathBuf,
     kind: PluginKind,
     info: TaskInfo,
+    limits: SandboxLimits,
+    last: CallStats,
     backend: Box<dyn Backend>,
 }
 
@@ -58,6 +82,7 @@ impl Plugin {
     pub fn load(path: impl AsRef<Path>, limits: &SandboxLimits) -> Result<Plugin, PluginError> {
         let path = path.as_ref().to_path_buf();
         let load_err = |message: String| PluginError::load(&path, message);
+        limits.validate().map_err(load_err)?;
         if !path.exists() {
             return Err(load_err("no such file".into()));
         }
@@ -65,10 +90,14 @@ impl Plugin {
         let (kind, mut backend): (PluginKind, Box<dyn Backend>) = match ext {
             "wasm" => (
                 PluginKind::Wasm,
-                Box::new(
-                    wasm::WasmBackend::load(&path, limits)
-                        .map_err(|e| load_err(format!("{e:#}")))?,
-                ),
+                Box::new(wasm::WasmBackend::load(&path, limits).map_err(|e| {
+                    match e.downcast_ref::<wasm::Refusal>() {
+                        Some(r) => {
+                            PluginError::call(&path, "load", CallError::Refused(r.0.clone()))
+                        }
+                        None => load_err(format!("{e:#}")),
+                    }
+                })?),
             ),
             "so" | "dylib" | "dll" => (
                 PluginKind::Native,
@@ -83,17 +112,61 @@ impl Plugin {
                 ));
             }
         };
+        let start = Instant::now();
         let info = backend
             .describe()
             .map_err(|e| PluginError::call(&path, "describe", e))?;
+        let last = CallStats {
+            call: "describe",
+            elapsed: start.elapsed(),
+            usage: backend.last_usage(),
+        };
         validate_info(&info)
             .map_err(|m| PluginError::call(&path, "describe", CallError::BadResult(m)))?;
         Ok(Plugin {
             path,
             kind,
             info,
+            limits: limits.clone(),
+            last,
             backend,
         })
+    }
+
+    /// The limits the plugin was loaded with.
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.limits
+    }
+
+    /// What the last call (finished or stopped) cost.
+    pub fn last_call(&self) -> CallStats {
+        self.last
+    }
+
+    /// Runs one backend call, timing it and recording what it used.
+    fn timed<R>(
+        &mut self,
+        call: &'static str,
+        f: impl FnOnce(&mut dyn Backend) -> Result<R, CallError>,
+    ) -> Result<R, PluginError> {
+        let start = Instant::now();
+        let r = f(self.backend.as_mut());
+        self.last = CallStats {
+            call,
+            elapsed: start.elapsed(),
+            usage: self.backend.last_usage(),
+        };
+        r.map_err(|e| self.err(call, e))
+    }
+
+    /// The plugin's loss exactly as returned, before the contract's checks
+    /// (for `plugin check`, which reports each check on its own line).
+    pub fn loss_unchecked(
+        &mut self,
+        pred: &Tensor,
+        target: &Tensor,
+    ) -> Result<Tensor, PluginError> {
+        self.timed("loss", |b| b.loss(pred, target))
     }
 
     pub fn info(&self) -> &TaskInfo {
@@ -111,17 +184,12 @@ impl Plugin {
     }
 
     pub fn decode(&mut self, request: &DecodeRequest) -> Result<Vec<Example>, PluginError> {
-        self.backend
-            .decode(request)
-            .map_err(|e| self.err("decode", e))
+        self.timed("decode", |b| b.decode(request))
     }
 
     /// Per-sample loss, shape [B], finite; differentiable where `pred` is.
     pub fn loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, PluginError> {
-        let out = self
-            .backend
-            .loss(pred, target)
-            .map_err(|e| self.err("loss", e))?;
+        let out = self.timed("loss", |b| b.loss(pred, target))?;
         check_per_sample(&out, pred, "loss", true)
             .map_err(|m| self.err("loss", CallError::BadResult(m)))?;
         Ok(out)
@@ -133,11 +201,7 @@ impl Plugin {
         pred: &Tensor,
         target: &Tensor,
     ) -> Result<Option<Tensor>, PluginError> {
-        let Some(out) = self
-            .backend
-            .correct(pred, target)
-            .map_err(|e| self.err("correct", e))?
-        else {
+        let Some(out) = self.timed("correct", |b| b.correct(pred, target))? else {
             return Ok(None);
         };
         check_per_sample(&out, pred, "correct", false)
@@ -146,10 +210,7 @@ impl Plugin {
     }
 
     pub fn metrics(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, PluginError> {
-        let m = self
-            .backend
-            .metrics(pred, target)
-            .map_err(|e| self.err("metrics", e))?;
+        let m = self.timed("metrics", |b| b.metrics(pred, target))?;
         if let Some(bad) = m.iter().find(|m| !m.value.is_finite()) {
             return Err(self.err(
                 "metrics",
@@ -167,7 +228,8 @@ fn validate_info(info: &TaskInfo) -> Result<(), String> {
     if info.input_channels == 0 || info.output_channels == 0 {
         return Err("input and output channels must be positive".into());
     }
-    let ordered = info.intensity_min.partial_cmp(&info.intensity_max) == Some(std::cmp::Ordering::Less);
+    let ordered =
+        info.intensity_min.partial_cmp(&info.intensity_max) == Some(std::cmp::Ordering::Less);
     if !ordered {
         return Err(format!(
             "intensity range [{}, {}] is empty",
@@ -178,6 +240,12 @@ fn validate_info(info: &TaskInfo) -> Result<(), String> {
         return Err(format!("tau is {}", info.tau));
     }
     Ok(())
+}
+
+/// The contract's checks of a loss: [B], float, finite, and attached to the
+/// graph when `pred` requires gradients.
+pub fn check_loss(out: &Tensor, pred: &Tensor) -> Result<(), String> {
+    check_per_sample(out, pred, "loss", true)
 }
 
 /// A per-sample result must be [B] and finite; a loss must also be float and,

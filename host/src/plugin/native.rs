@@ -3,7 +3,7 @@
 //! handles of a [`TensorTable`], never as `tch::Tensor`, so the plugin uses the
 //! host's libtorch and no Rust-ABI type crosses the boundary.
 
-use super::{Backend, CallError, SandboxLimits};
+use super::{Backend, CallError, SandboxLimits, Usage};
 use crate::plugin::{DecodeRequest, Example, Metric, TaskInfo};
 use crate::tensor::{Op, TensorTable};
 use amat_plugin_sdk::abi::{self, Bytes, Ctx, FileRef, Handle, HostApi, PluginApi, Sink};
@@ -72,10 +72,10 @@ impl NativeBackend {
         target: &Tensor,
         call: impl FnOnce(&PluginApi, Ctx, Handle, Handle, &Sink) -> (i32, R),
     ) -> Result<(R, Vec<u8>), CallError> {
-        self.ctx.table.end_call();
+        self.ctx.table.begin_call();
         self.ctx.device = pred.device();
-        let p = self.ctx.table.insert(pred.shallow_clone()) as Handle;
-        let t = self.ctx.table.insert(target.shallow_clone()) as Handle;
+        let p = self.ctx.table.lend(pred.shallow_clone()) as Handle;
+        let t = self.ctx.table.lend(target.shallow_clone()) as Handle;
         let mut bytes = Vec::new();
         let sink = vec_sink(&mut bytes);
         let ctx = self.ctx_ptr();
@@ -135,6 +135,13 @@ fn vec_sink(v: &mut Vec<u8>) -> Sink {
 }
 
 impl Backend for NativeBackend {
+    fn last_usage(&self) -> Usage {
+        Usage {
+            tensors: self.ctx.table.last_call(),
+            memory_bytes: None,
+        }
+    }
+
     fn describe(&mut self) -> Result<TaskInfo, CallError> {
         let mut bytes = Vec::new();
         let status = (self.api.describe)(&vec_sink(&mut bytes));

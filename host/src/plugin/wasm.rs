@@ -5,15 +5,16 @@
 //! imports anything else — filesystem, sockets, clocks, randomness — is refused
 //! at load.
 
-use super::{Backend, CallError, SandboxLimits};
+use super::{Backend, CallError, SandboxLimits, Usage};
 use crate::plugin::{DecodeRequest, Example, File, Metric, TargetKind, TaskInfo};
 use crate::tensor::{Op, TensorTable, dtype_of};
 use amat_plugin_sdk::types::{BinaryOp, DType, ReduceOp, ScalarOp, UnaryOp};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 use wasmtime::component::{
     Component, HasSelf, Linker, Resource, ResourceTable, types::ComponentItem,
@@ -88,11 +89,23 @@ impl std::fmt::Display for MemoryCapHit {
 }
 impl std::error::Error for MemoryCapHit {}
 
+/// The component refused at load: another world, or an import not granted.
+#[derive(Debug)]
+pub(super) struct Refusal(pub String);
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Refusal {}
+
 struct Limiter {
     max_memory: usize,
     max_tables: usize,
     max_table_elements: usize,
     max_instances: usize,
+    /// Largest linear memory granted so far (memories never shrink).
+    peak_memory: usize,
 }
 
 impl ResourceLimiter for Limiter {
@@ -110,6 +123,7 @@ impl ResourceLimiter for Limiter {
                 self.max_memory >> 20
             ))));
         }
+        self.peak_memory = self.peak_memory.max(desired);
         Ok(true)
     }
     fn table_growing(
@@ -138,6 +152,8 @@ impl ResourceLimiter for Limiter {
 }
 
 struct State {
+    /// When the running call must stop; checked at every epoch tick.
+    call_deadline: Instant,
     table: TensorTable,
     device: Device,
     limiter: Limiter,
@@ -345,13 +361,42 @@ fn same_case<T>(code: u32, from: fn(u32) -> Option<T>) -> wasmtime::Result<T> {
 
 impl wit::Host for State {}
 
-fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).expect("wasmtime engine");
+/// The engine settings that limits decide: the wasm stack cap and whether
+/// calls have a deadline (epoch interruption). One engine per distinct pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct EngineKey {
+    stack_bytes: usize,
+    deadline: bool,
+}
+
+impl EngineKey {
+    fn of(limits: &SandboxLimits) -> Self {
+        Self {
+            stack_bytes: (limits.max_stack_kib as usize) << 10,
+            deadline: limits.call_timeout_ms > 0,
+        }
+    }
+}
+
+fn engine(key: EngineKey) -> Engine {
+    static ENGINES: OnceLock<Mutex<HashMap<EngineKey, Engine>>> = OnceLock::new();
+    let mut engines = ENGINES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    engines
+        .entry(key)
+        .or_insert_with(|| new_engine(key))
+        .clone()
+}
+
+fn new_engine(key: EngineKey) -> Engine {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.max_wasm_stack(key.stack_bytes);
+    config.epoch_interruption(key.deadline);
+    let engine = Engine::new(&config).expect("wasmtime engine");
+    if key.deadline {
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("amat-epoch".into())
@@ -363,8 +408,40 @@ fn engine() -> &'static Engine {
                 }
             })
             .expect("epoch thread");
-        engine
-    })
+    }
+    engine
+}
+
+/// The call ran past its wall-clock deadline.
+#[derive(Debug)]
+struct DeadlineHit;
+impl std::fmt::Display for DeadlineHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("call deadline passed")
+    }
+}
+impl std::error::Error for DeadlineHit {}
+
+/// Compares the clock with the call's deadline at every epoch tick, rather
+/// than counting ticks: a loaded machine that wakes the ticker late would
+/// stretch a count of ticks, but not the clock.
+fn check_deadline(
+    ctx: wasmtime::StoreContextMut<'_, State>,
+) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+    if Instant::now() >= ctx.data().call_deadline {
+        Err(wasmtime::Error::new(DeadlineHit))
+    } else {
+        Ok(wasmtime::UpdateDeadline::Continue(1))
+    }
+}
+
+/// Starts a call's clock (a no-op without a deadline).
+fn start_clock(store: &mut Store<State>, limits: &SandboxLimits) {
+    if limits.call_timeout_ms > 0 {
+        store.data_mut().call_deadline =
+            Instant::now() + Duration::from_millis(limits.call_timeout_ms);
+        store.set_epoch_deadline(1);
+    }
 }
 
 /// Where compiled components are kept: `AMAT_CACHE_DIR`, else the user's cache.
@@ -385,11 +462,23 @@ pub enum CompileSource {
     Cached,
 }
 
-/// Compiles a component, or loads it compiled from `cache` (keyed by the
-/// bytes and the engine's settings), storing it there atomically.
+/// Compiles a component for the default limits' engine, or loads it compiled
+/// from `cache` (keyed by the bytes and the engine's settings), storing it
+/// there atomically.
 pub fn compile(bytes: &[u8], cache: Option<&Path>) -> Result<(Component, CompileSource)> {
+    compile_for(
+        &engine(EngineKey::of(&SandboxLimits::default())),
+        bytes,
+        cache,
+    )
+}
+
+fn compile_for(
+    engine: &Engine,
+    bytes: &[u8],
+    cache: Option<&Path>,
+) -> Result<(Component, CompileSource)> {
     check_magic(bytes)?;
-    let engine = engine();
     let key = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -437,9 +526,8 @@ fn check_magic(bytes: &[u8]) -> Result<()> {
 }
 
 /// Refuses components of another world or with imports the sandbox does not grant.
-fn check_shape(component: &Component) -> Result<()> {
+fn check_shape(engine: &Engine, component: &Component) -> Result<()> {
     let ty = component.component_type();
-    let engine = engine();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
     let missing: Vec<&str> = EXPORTS
         .iter()
@@ -447,12 +535,14 @@ fn check_shape(component: &Component) -> Result<()> {
         .filter(|e| !exports.iter().any(|x| x == e))
         .collect();
     if !missing.is_empty() {
-        bail!(
+        return Err(Refusal(format!(
             "a component of another world: it exports [{}], not the amat:task/task@0.1.0 functions (missing {})",
             exports.join(", "),
             missing.join(", ")
-        );
+        ))
+        .into());
     }
+    let mut refused = Vec::new();
     for (name, item) in ty.imports(engine) {
         let bare = name.split('@').next().unwrap_or(name);
         let granted = match item.ty {
@@ -462,10 +552,15 @@ fn check_shape(component: &Component) -> Result<()> {
             _ => false,
         };
         if !granted {
-            bail!(
-                "imports `{name}`, which the amat sandbox does not grant (no filesystem, network, clock or randomness)"
-            );
+            refused.push(format!("`{name}`"));
         }
+    }
+    if !refused.is_empty() {
+        return Err(Refusal(format!(
+            "imports {}, which the amat sandbox does not grant (no filesystem, network, clock or randomness)",
+            refused.join(", ")
+        ))
+        .into());
     }
     Ok(())
 }
@@ -476,14 +571,16 @@ pub(super) struct WasmBackend {
     task: bindings::Task,
     stderr: MemoryOutputPipe,
     limits: SandboxLimits,
+    last: Usage,
 }
 
 impl WasmBackend {
     pub(super) fn load(path: &Path, limits: &SandboxLimits) -> Result<Self> {
         let bytes = std::fs::read(path).context("cannot read file")?;
-        let (component, _) = compile(&bytes, cache_dir().as_deref())?;
-        check_shape(&component)?;
-        let mut linker = Linker::<State>::new(engine());
+        let engine = engine(EngineKey::of(limits));
+        let (component, _) = compile_for(&engine, &bytes, cache_dir().as_deref())?;
+        check_shape(&engine, &component)?;
+        let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::Task::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
         let pre = bindings::TaskPre::new(
@@ -499,6 +596,7 @@ impl WasmBackend {
             task,
             stderr,
             limits: limits.clone(),
+            last: Usage::default(),
         })
     }
 
@@ -509,42 +607,46 @@ impl WasmBackend {
         }
     }
 
-    /// Runs one export under the deadline; frees every tensor handle after.
+    /// Runs one export under the deadline; frees every tensor handle after
+    /// and records what the call used.
     fn guarded<R>(
         &mut self,
-        f: impl FnOnce(&bindings::Task, &mut Store<State>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&bindings::Task, &mut Store<State>) -> wasmtime::Result<Result<R, CallError>>,
     ) -> Result<R, CallError> {
-        let ticks = self
-            .limits
-            .call_timeout_ms
-            .div_ceil(TICK.as_millis() as u64)
-            .max(1);
-        self.store.set_epoch_deadline(ticks);
+        start_clock(&mut self.store, &self.limits);
         let r = f(&self.task, &mut self.store);
+        let state = self.store.data_mut();
+        state.table.end_call();
+        self.last = Usage {
+            tensors: state.table.last_call(),
+            memory_bytes: Some(state.limiter.peak_memory as u64),
+        };
         let r = r.map_err(|e| classify(e, &self.limits, &self.stderr));
         if r.is_err() {
             self.reset();
         }
-        r
+        r.and_then(|r| r)
     }
 
+    /// Lends `pred` and `target` to the call about to start.
     fn lend(&mut self, pred: &Tensor, target: &Tensor) -> (u32, u32) {
         let state = self.store.data_mut();
-        state.table.end_call();
+        state.table.begin_call();
         state.device = pred.device();
         (
-            state.table.insert(pred.shallow_clone()),
-            state.table.insert(target.shallow_clone()),
+            state.table.lend(pred.shallow_clone()),
+            state.table.lend(target.shallow_clone()),
         )
     }
+}
 
-    fn take(&mut self, r: Resource<TensorRep>) -> Result<Tensor, CallError> {
-        self.store
-            .data_mut()
-            .table
-            .take(r.rep())
-            .map_err(|e| CallError::BadResult(format!("{e:#}")))
-    }
+/// Moves the tensor a call returned out of the table (before the call ends).
+fn take(store: &mut Store<State>, r: Resource<TensorRep>) -> Result<Tensor, CallError> {
+    store
+        .data_mut()
+        .table
+        .take(r.rep())
+        .map_err(|e| CallError::BadResult(format!("{e:#}")))
 }
 
 fn instantiate(
@@ -552,8 +654,20 @@ fn instantiate(
     limits: &SandboxLimits,
 ) -> Result<(Store<State>, bindings::Task, MemoryOutputPipe)> {
     let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-    let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+    let mut store = new_store(pre.engine(), limits, stderr.clone());
+    let task = pre
+        .instantiate(&mut store)
+        .map_err(|e| anyhow!("{}", classify(e, limits, &stderr)))?;
+    Ok((store, task, stderr))
+}
+
+/// A store under `limits`: memory limiter, call deadline, and a WASI context
+/// with nothing behind it but a captured stderr (no environment variables,
+/// arguments, stdin or stdout).
+fn new_store(engine: &Engine, limits: &SandboxLimits, stderr: MemoryOutputPipe) -> Store<State> {
+    let wasi = WasiCtxBuilder::new().stderr(stderr).build();
     let state = State {
+        call_deadline: Instant::now(),
         table: TensorTable::new(limits.tensors),
         device: Device::Cpu,
         limiter: Limiter {
@@ -561,23 +675,18 @@ fn instantiate(
             max_tables: limits.max_tables as usize,
             max_table_elements: limits.max_table_elements,
             max_instances: limits.max_instances as usize,
+            peak_memory: 0,
         },
         wasi,
         resources: ResourceTable::new(),
     };
-    let mut store = Store::new(engine(), state);
+    let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
-    store.epoch_deadline_trap();
-    store.set_epoch_deadline(
-        limits
-            .call_timeout_ms
-            .div_ceil(TICK.as_millis() as u64)
-            .max(1),
-    );
-    let task = pre
-        .instantiate(&mut store)
-        .map_err(|e| anyhow!("{}", classify(e, limits, &stderr)))?;
-    Ok((store, task, stderr))
+    if limits.call_timeout_ms > 0 {
+        store.epoch_deadline_callback(check_deadline);
+        start_clock(&mut store, limits);
+    }
+    store
 }
 
 /// Names what stopped a call: a limit, a failed host op, or a trap (with the
@@ -593,29 +702,42 @@ fn classify(e: wasmtime::Error, limits: &SandboxLimits, stderr: &MemoryOutputPip
     if let Some(m) = e.downcast_ref::<MemoryCapHit>() {
         return CallError::Limit(format!("memory cap: {m}"));
     }
+    let deadline = e.downcast_ref::<DeadlineHit>().is_some();
     match e.downcast_ref::<Trap>() {
+        _ if deadline => CallError::Limit(format!(
+            "time limit: the call ran past its deadline of {} ms",
+            limits.call_timeout_ms
+        )),
         Some(Trap::Interrupt) => CallError::Limit(format!(
             "time limit: the call ran past its deadline of {} ms",
             limits.call_timeout_ms
         )),
-        Some(Trap::StackOverflow) => {
-            CallError::Limit("stack limit: wasm stack exhausted (deep recursion?)".into())
-        }
+        Some(Trap::StackOverflow) => CallError::Limit(format!(
+            "stack limit: the wasm stack ran past its cap of {} KiB (deep recursion?)",
+            limits.max_stack_kib
+        )),
         _ => {
             let said = String::from_utf8_lossy(&stderr.contents())
                 .trim()
                 .to_string();
             let panic_line = said.lines().find(|l| l.contains("panicked")).map(|l| {
+                // Rust prints the panic's message on the line after its location.
                 let rest = said
                     .split_once(l)
-                    .map(|(_, r)| r.lines().next().unwrap_or(""))
+                    .and_then(|(_, r)| r.lines().find(|x| !x.trim().is_empty()))
                     .unwrap_or("");
                 format!("{l} {rest}")
             });
             let root = e.root_cause().to_string();
+            // The innermost wasm frame, without the whole backtrace.
+            let frame = e
+                .downcast_ref::<wasmtime::WasmBacktrace>()
+                .and_then(|bt| bt.frames().first())
+                .and_then(|f| f.func_name().map(str::to_string));
+            let at = frame.map(|f| format!(" in {f}")).unwrap_or_default();
             match panic_line {
                 Some(p) => CallError::Trap(format!("{} ({root})", p.trim())),
-                None => CallError::Trap(format!("{e:#}")),
+                None => CallError::Trap(format!("{root}{at}")),
             }
         }
     }
@@ -647,7 +769,7 @@ fn dense(d: wit::Dense) -> Result<amat_plugin_sdk::types::Dense, CallError> {
 
 impl Backend for WasmBackend {
     fn describe(&mut self) -> Result<TaskInfo, CallError> {
-        self.guarded(|task, store| task.call_describe(store))
+        self.guarded(|task, store| Ok(Ok(task.call_describe(store)?)))
             .map(info_from_wit)
     }
 
@@ -664,8 +786,7 @@ impl Backend for WasmBackend {
             options: request.options.clone(),
         };
         let out = self
-            .guarded(|task, store| task.call_decode(store, &req))?
-            .map_err(CallError::Plugin)?;
+            .guarded(|task, store| Ok(task.call_decode(store, &req)?.map_err(CallError::Plugin)))?;
         out.into_iter()
             .map(|e| {
                 Ok(Example {
@@ -679,45 +800,118 @@ impl Backend for WasmBackend {
 
     fn loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, CallError> {
         let (p, t) = self.lend(pred, target);
-        let r = self.guarded(|task, store| {
-            task.call_loss(store, Resource::new_borrow(p), Resource::new_borrow(t))
-        });
-        let out = match r {
-            Ok(Ok(res)) => self.take(res),
-            Ok(Err(msg)) => Err(CallError::Plugin(msg)),
-            Err(e) => Err(e),
-        };
-        self.store.data_mut().table.end_call();
-        out
+        self.guarded(|task, store| {
+            Ok(
+                match task.call_loss(
+                    &mut *store,
+                    Resource::new_borrow(p),
+                    Resource::new_borrow(t),
+                )? {
+                    Ok(res) => take(store, res),
+                    Err(msg) => Err(CallError::Plugin(msg)),
+                },
+            )
+        })
     }
 
     fn correct(&mut self, pred: &Tensor, target: &Tensor) -> Result<Option<Tensor>, CallError> {
         let (p, t) = self.lend(pred, target);
-        let r = self.guarded(|task, store| {
-            task.call_correct(store, Resource::new_borrow(p), Resource::new_borrow(t))
-        });
-        let out = match r {
-            Ok(Ok(Some(res))) => self.take(res).map(Some),
-            Ok(Ok(None)) => Ok(None),
-            Ok(Err(msg)) => Err(CallError::Plugin(msg)),
-            Err(e) => Err(e),
-        };
-        self.store.data_mut().table.end_call();
-        out
+        self.guarded(|task, store| {
+            Ok(
+                match task.call_correct(
+                    &mut *store,
+                    Resource::new_borrow(p),
+                    Resource::new_borrow(t),
+                )? {
+                    Ok(Some(res)) => take(store, res).map(Some),
+                    Ok(None) => Ok(None),
+                    Err(msg) => Err(CallError::Plugin(msg)),
+                },
+            )
+        })
     }
 
     fn metrics(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, CallError> {
         let (p, t) = self.lend(pred, target);
-        let r = self.guarded(|task, store| {
-            task.call_metrics(store, Resource::new_borrow(p), Resource::new_borrow(t))
-        });
-        self.store.data_mut().table.end_call();
-        let m = r?.map_err(CallError::Plugin)?;
+        let m = self.guarded(|task, store| {
+            Ok(task
+                .call_metrics(store, Resource::new_borrow(p), Resource::new_borrow(t))?
+                .map_err(CallError::Plugin))
+        })?;
         Ok(m.into_iter()
             .map(|m| Metric {
                 name: m.name,
                 value: m.value,
             })
             .collect())
+    }
+
+    fn last_usage(&self) -> Usage {
+        self.last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Instantiates a core module under `limits` and calls its `grow` export
+    /// when it has one.
+    fn run(limits: &SandboxLimits, wat: &str) -> wasmtime::Result<()> {
+        let engine = engine(EngineKey::of(limits));
+        let module = wasmtime::Module::new(&engine, wat::parse_str(wat).unwrap())?;
+        let mut store = new_store(&engine, limits, MemoryOutputPipe::new(64));
+        let instance = wasmtime::Instance::new(&mut store, &module, &[])?;
+        if let Ok(grow) = instance.get_typed_func::<(), i32>(&mut store, "grow") {
+            grow.call(&mut store, ())?;
+        }
+        Ok(())
+    }
+
+    fn refused(e: wasmtime::Error) -> String {
+        e.downcast_ref::<MemoryCapHit>()
+            .unwrap_or_else(|| panic!("not refused by the limiter: {e:?}"))
+            .0
+            .clone()
+    }
+
+    #[test]
+    fn the_limiter_refuses_memories_and_tables_past_their_caps() {
+        let limits = SandboxLimits {
+            max_memory_mib: 2,
+            max_table_elements: 1000,
+            ..SandboxLimits::default()
+        };
+        run(&limits, "(module (memory 16) (table 10 funcref))").unwrap();
+        // 48 pages of 64 KiB: 3 MiB from the start.
+        let m = refused(run(&limits, "(module (memory 48))").unwrap_err());
+        assert!(m.contains("cap 2 MiB"), "{m}");
+        let grow = r#"(module (memory 1)
+            (func (export "grow") (result i32) (memory.grow (i32.const 40))))"#;
+        let m = refused(run(&limits, grow).unwrap_err());
+        assert!(
+            m.contains("to 2 MiB refused") || m.contains("refused (cap 2 MiB)"),
+            "{m}"
+        );
+        let m = refused(run(&limits, "(module (table 5000 funcref))").unwrap_err());
+        assert!(m.contains("5000 elements refused (cap 1000)"), "{m}");
+    }
+
+    #[test]
+    fn the_stack_cap_and_the_deadline_pick_the_engine() {
+        let a = EngineKey::of(&SandboxLimits::default());
+        let b = EngineKey::of(&SandboxLimits {
+            max_stack_kib: 256,
+            ..SandboxLimits::default()
+        });
+        let c = EngineKey::of(&SandboxLimits {
+            call_timeout_ms: 0,
+            ..SandboxLimits::default()
+        });
+        assert_eq!(a.stack_bytes, 1024 << 10);
+        assert_eq!(b.stack_bytes, 256 << 10);
+        assert!(a.deadline && !c.deadline);
+        assert!(!Engine::same(&engine(a), &engine(b)));
+        assert!(Engine::same(&engine(a), &engine(a)));
     }
 }

@@ -8,4 +8,4 @@ mod table;
 
 pub use budget::TensorBudget;
 pub use ops::{Op, dtype_of, kind_of};
-pub use table::TensorTable;
+pub use table::{TensorTable, TensorUsage};

@@ -323,6 +323,24 @@ mod tests {
     }
 
     #[test]
+    fn handles_never_dropped_count_across_calls() {
+        let mut table = TensorTable::new(TensorBudget {
+            max_live: 3,
+            max_elements_per_call: 1000,
+        });
+        let mut first = None;
+        for _ in 0..3 {
+            first.get_or_insert(table.full(1.0, &[2], Device::Cpu).unwrap());
+            table.end_call();
+        }
+        let err = table.full(1.0, &[2], Device::Cpu).unwrap_err();
+        assert!(format!("{err:#}").contains("never dropped"), "{err:#}");
+        // Dropping a stale handle gives its entry back.
+        table.remove(first.unwrap());
+        table.full(1.0, &[2], Device::Cpu).unwrap();
+    }
+
+    #[test]
     fn stale_handles_are_refused() {
         let mut table = TensorTable::new(TensorBudget::default());
         let h = table.full(1.0, &[2], Device::Cpu).unwrap();

@@ -3,17 +3,33 @@ use anyhow::{Result, anyhow, bail};
 use std::collections::HashMap;
 use tch::Tensor;
 
+/// What one call created through the tensor API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TensorUsage {
+    /// Most tensors alive at once (the two lent ones included).
+    pub peak_live: usize,
+    /// Elements the budget granted, summed over the call's ops.
+    pub elements: u64,
+}
+
 /// Handles -> tensors for one plugin instance.
 ///
 /// Handles are never reused, so a handle kept from an earlier call is
 /// recognised as stale instead of silently aliasing a newer tensor. Every
-/// handle is released when a call ends.
+/// tensor is released when a call ends; the handles the plugin has not
+/// dropped still count against `max_live`, because a wasm runtime keeps an
+/// entry per handle the guest holds (host memory, across calls).
 pub struct TensorTable {
     slots: HashMap<u32, Tensor>,
     next: u32,
     budget: TensorBudget,
     created_elements: u64,
     peak_live: usize,
+    /// Handles the plugin created and has neither dropped nor returned,
+    /// across calls.
+    held: usize,
+    /// What the last finished call used.
+    last: TensorUsage,
     /// Why the last op failed (the native ABI returns only a null handle).
     last_error: Option<String>,
 }
@@ -26,6 +42,8 @@ impl TensorTable {
             budget,
             created_elements: 0,
             peak_live: 0,
+            held: 0,
+            last: TensorUsage::default(),
             last_error: None,
         }
     }
@@ -42,6 +60,13 @@ impl TensorTable {
                 self.budget.max_live
             );
         }
+        if self.held >= self.budget.max_live {
+            bail!(
+                "tensor budget: the plugin holds {} tensor handles it never dropped (limit {} live)",
+                self.held,
+                self.budget.max_live
+            );
+        }
         let total = self.created_elements.saturating_add(elements);
         if total > self.budget.max_elements_per_call {
             bail!(
@@ -53,8 +78,18 @@ impl TensorTable {
         Ok(())
     }
 
-    /// Stores a tensor whose elements were reserved (or that the host itself lends).
+    /// Stores a tensor the plugin created (its elements were reserved).
     pub fn insert(&mut self, t: Tensor) -> u32 {
+        self.held += 1;
+        self.store(t)
+    }
+
+    /// Stores a tensor the host lends to the call (the plugin only borrows it).
+    pub fn lend(&mut self, t: Tensor) -> u32 {
+        self.store(t)
+    }
+
+    fn store(&mut self, t: Tensor) -> u32 {
         let h = self.next;
         self.next = self.next.checked_add(1).expect("tensor handles exhausted");
         self.slots.insert(h, t);
@@ -68,14 +103,24 @@ impl TensorTable {
             .ok_or_else(|| anyhow!("tensor handle {h} is unknown or stale (from an earlier call?)"))
     }
 
+    /// Moves out the tensor a call returned: the plugin gave its handle up.
     pub fn take(&mut self, h: u32) -> Result<Tensor> {
-        self.slots
-            .remove(&h)
-            .ok_or_else(|| anyhow!("tensor handle {h} is unknown or stale (from an earlier call?)"))
+        let t = self.slots.remove(&h).ok_or_else(|| {
+            anyhow!("tensor handle {h} is unknown or stale (from an earlier call?)")
+        })?;
+        self.held = self.held.saturating_sub(1);
+        Ok(t)
     }
 
+    /// The plugin dropped a handle (perhaps of an earlier call's tensor).
     pub fn remove(&mut self, h: u32) {
         self.slots.remove(&h);
+        self.held = self.held.saturating_sub(1);
+    }
+
+    /// Handles the plugin created and still holds, across calls.
+    pub fn held(&self) -> usize {
+        self.held
     }
 
     pub fn live(&self) -> usize {
@@ -91,11 +136,27 @@ impl TensorTable {
         self.peak_live
     }
 
-    /// Frees every handle and resets the per-call counters.
-    pub fn end_call(&mut self) {
+    /// Frees every handle left from an interrupted call, without recording
+    /// it as a call: the start of a new one.
+    pub fn begin_call(&mut self) {
         self.slots.clear();
         self.created_elements = 0;
         self.peak_live = 0;
+    }
+
+    /// Frees every handle, records what the call used (see [`Self::last_call`])
+    /// and resets the per-call counters.
+    pub fn end_call(&mut self) {
+        self.last = TensorUsage {
+            peak_live: self.peak_live,
+            elements: self.created_elements,
+        };
+        self.begin_call();
+    }
+
+    /// What the last finished call used.
+    pub fn last_call(&self) -> TensorUsage {
+        self.last
     }
 
     pub fn set_error(&mut self, e: &anyhow::Error) {

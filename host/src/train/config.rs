@@ -46,6 +46,9 @@ pub struct RunConfig {
     pub amat: AmatConfig,
     #[serde(default)]
     pub eval: EvalConfig,
+    /// Limits on every call of a wasm plugin.
+    #[serde(default)]
+    pub sandbox: crate::plugin::SandboxLimits,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -340,15 +343,18 @@ impl RunConfig {
             return Err(bad(format!("eval.split = `{}` must be train, val or test", e.split)));
         }
         e.attack.validate("eval.attack")?;
+        self.sandbox.validate()?;
         Ok(())
     }
 
     /// What a checkpoint must agree with to be resumed: everything but where
-    /// the plugin file lies and which device runs it.
+    /// the plugin file lies, which device runs it and the sandbox's limits
+    /// (none of which changes the results).
     pub fn hash(&self) -> String {
         let mut c = self.clone();
         c.run.plugin = None;
         c.run.device = DeviceChoice::Auto;
+        c.sandbox = Default::default();
         hex(&Sha256::digest(c.to_toml().as_bytes()))
     }
 
@@ -380,6 +386,7 @@ mod tests {
             sat: Default::default(),
             amat: Default::default(),
             eval: Default::default(),
+            sandbox: Default::default(),
         };
         // The example names a method and a plugin; everything else is a default.
         let mut cfg_no_names = cfg.clone();

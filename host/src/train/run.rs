@@ -9,7 +9,7 @@ use super::{Trainer, report};
 use crate::data::Splits;
 use crate::eval::{self, Curve};
 use crate::model::DeviceChoice;
-use crate::plugin::{Plugin, SandboxLimits};
+use crate::plugin::Plugin;
 use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -161,7 +161,7 @@ pub struct Session {
 impl Session {
     pub fn open(cfg: &RunConfig) -> Result<Self> {
         let path = cfg.run.plugin.as_ref().context("no plugin")?;
-        let mut plugin = Plugin::load(path, &SandboxLimits::default())?;
+        let mut plugin = Plugin::load(path, &cfg.sandbox)?;
         let splits = cfg.data.load(&mut plugin)?;
         let channels = plugin.info().input_channels as i64;
         for set in [&splits.train, &splits.val, &splits.test] {
