@@ -106,7 +106,7 @@ pub fn python() -> Result<PathBuf, String> {
         .args(["-c", "import torch, numpy; print(torch.__version__)"])
         .output()
         .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    if !out.status.success() {
+    if !out.status.success() || out.stdout.trim_ascii().is_empty() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(format!(
             "{} cannot import torch and numpy: {}",

@@ -317,10 +317,13 @@ def run_epoch(cfg, weights, device, method, images, targets, order, seed):
     trainer = Trainer(cfg, weights, device)
     torch.manual_seed(seed)
     sync(device)
-    start = time.perf_counter()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    cpu, start = time.process_time(), time.perf_counter()
     clean, adv = trainer.epoch(method, images, targets, order)
     sync(device)
     seconds = time.perf_counter() - start
+    trainer.cpu_seconds = time.process_time() - cpu
+    trainer.minor_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     return trainer, seconds, clean, adv
 
 
@@ -342,10 +345,12 @@ def worker(args):
             reply(
                 {
                     "seconds": seconds,
+                    "cpu_seconds": t.cpu_seconds,
                     "steps": -(-len(cfg["order"]) // cfg["train"]["batch_size"]),
                     "clean_loss": clean / len(cfg["order"]),
                     "adv_loss": adv / len(cfg["order"]),
                     "search_forwards": t.search_forwards,
+                    "minor_faults": t.minor_faults,
                     "peak_rss_mib": peak_rss_mib(),
                 }
             )
@@ -358,13 +363,14 @@ def worker(args):
             local = dict(cfg)
             local["train"] = dict(cfg["train"], batch_size=batch)
             local["amat"] = dict(cfg["amat"], margins=[cfg["sat"]["eps"]] * batch)
-            times = []
+            times, cpu = [], []
             for _ in range(cmd["reps"]):
-                _, seconds, _, _ = run_epoch(
+                t, seconds, _, _ = run_epoch(
                     local, weights, device, cmd["method"], imgs, tgts, list(range(batch)), cfg["torch_seed"]
                 )
                 times.append(seconds)
-            reply({"seconds": times, "peak_rss_mib": peak_rss_mib()})
+                cpu.append(t.cpu_seconds)
+            reply({"seconds": times, "cpu_seconds": cpu, "peak_rss_mib": peak_rss_mib()})
         else:
             reply({"error": f"unknown command {cmd['cmd']!r}"})
 

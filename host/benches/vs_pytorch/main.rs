@@ -7,8 +7,8 @@
 //! the same plugin as a wasm component, and the Python reference
 //! (`reference/amat_reference.py`). Rounds are interleaved: in each round
 //! every worker times one epoch of STD, SAT and AMAT from the same weights,
-//! margins and order; round 0 is a warm-up. Medians over rounds are reported
-//! as seconds per step, with the ratios of BENCHMARKS.md and each process's
+//! margins and order; round 0 is a warm-up. The best round of each is
+//! reported as seconds per step (medians go to results.json), with the ratios of BENCHMARKS.md and each process's
 //! peak memory. A scaling sweep (image size, batch size) follows, plotted to
 //! `scaling.png`.
 //!
@@ -223,8 +223,8 @@ fn prepare(cfg: &RunConfig, device: tch::Device, dir: &Path, threads: usize) -> 
     };
     let mut pre = Trainer::new(&with(Method::Std), &plugin, device, train.len())?;
     let tau = pre.judge.tau;
-    for _ in 0..40 {
-        if pre.train_epoch(&mut plugin, train, &bar)?.clean_loss < 0.5 * tau {
+    for _ in 0..60 {
+        if pre.train_epoch(&mut plugin, train, &bar)?.clean_loss < 0.7 * tau {
             break;
         }
     }
@@ -316,24 +316,21 @@ fn main() -> Result<()> {
     println!("  batch assembly (Dataset::batch): {:.1} us per batch", 1e6 * batch_seconds);
     let mut procs = spawn_all(&a, &state, &python)?;
 
-    // times[impl][method] = epoch seconds per timed round.
     let n = procs.len();
-    let mut times = vec![vec![Vec::new(); METHODS.len()]; n];
-    let mut forwards = vec![Vec::new(); n];
+    let mut m = Measured::new(n);
     for round in 0..=a.rounds {
-        for (m, method) in METHODS.iter().enumerate() {
-            for k in 0..n {
-                let i = (k + round) % n;
+        for (k, method) in METHODS.iter().enumerate() {
+            for j in 0..n {
+                let i = (j + round) % n;
                 let r = procs[i].ask(json!({ "cmd": "epoch", "method": method }))?;
+                print!(" {}/{method} {:.2}s", procs[i].kind, r["seconds"].as_f64().unwrap_or(f64::NAN));
+                std::io::stdout().flush()?;
                 if round > 0 {
-                    times[i][m].push(r["seconds"].as_f64().unwrap_or(f64::NAN));
-                    if *method == "amat" {
-                        forwards[i].push(r["search_forwards"].as_u64().unwrap_or(0));
-                    }
+                    m.record(i, k, &r);
                 }
             }
         }
-        println!("  round {round}{} done", if round == 0 { " (warm-up)" } else { "" });
+        println!("\n  round {round}{} done", if round == 0 { " (warm-up)" } else { "" });
     }
 
     let mut scaling = Vec::new();
@@ -352,8 +349,11 @@ fn main() -> Result<()> {
                 p.ask(json!({ "cmd": "scale", "method": "std", "size": size, "batch": batch, "reps": 1, "seed": 1 }))?;
                 for (method, reps) in [("std", 3), ("sat", 1)] {
                     let r = p.ask(json!({ "cmd": "scale", "method": method, "size": size, "batch": batch, "reps": reps, "seed": 1 }))?;
-                    let secs: Vec<f64> = r["seconds"].as_array().map_or(vec![], |v| v.iter().filter_map(Value::as_f64).collect());
-                    row[format!("{}_{method}", IMPLS[i])] = json!(median(secs));
+                    for key in ["seconds", "cpu_seconds"] {
+                        let v: Vec<f64> = r[key].as_array().map_or(vec![], |v| v.iter().filter_map(Value::as_f64).collect());
+                        let suffix = if key == "seconds" { "_wall" } else { "" };
+                        row[format!("{}_{method}{suffix}", IMPLS[i])] = json!(median(v));
+                    }
                 }
             }
             println!("  scaling {size}x{size} batch {batch}: {row}");
@@ -367,62 +367,107 @@ fn main() -> Result<()> {
         p.child.wait()?;
     }
 
-    let per_step: Vec<Vec<f64>> = times.iter().map(|t| t.iter().map(|v| median(v.clone()) / steps as f64).collect()).collect();
     let results = json!({
         "device": format!("{device:?}"), "threads": threads, "samples": a.samples, "size": a.size, "batch": a.batch,
         "steps_per_epoch": steps, "depth": a.depth, "width": a.width, "pgd_steps": a.pgd_steps, "rounds": a.rounds,
         "implementations": &IMPLS[..n], "methods": METHODS,
-        "epoch_seconds": times, "seconds_per_step": per_step, "search_forwards": forwards, "peak_rss_mib": rss,
-        "batch_assembly_seconds": batch_seconds,
+        "epoch_seconds": m.wall, "epoch_cpu_seconds": m.cpu, "minor_faults_per_epoch": m.faults,
+        "search_forwards": m.forwards, "peak_rss_mib": rss, "batch_assembly_seconds": batch_seconds,
         "scaling": scaling,
     });
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
-    let table = report(&per_step, &rss, &forwards);
+    let table = m.report(steps, &rss, device.is_cuda());
     std::fs::write(out.join("results.md"), &table)?;
     println!("\n{table}");
     if !scaling.is_empty() {
-        plot::scaling(&out.join("scaling.png"), &scaling, a.scale_batch, a.size, &format!("{device:?}, {threads} threads"))?;
+        // Wall-clock time on a GPU; CPU time of the process on the CPU (see BENCHMARKS.md).
+        let (what, suffix) = if device.is_cuda() { ("wall-clock", "_wall") } else { ("CPU", "") };
+        let caption = format!("{what} seconds per training step, {device:?}, {threads} threads");
+        plot::scaling(&out.join("scaling.png"), &scaling, suffix, a.scale_batch, a.size, &caption)?;
         println!("scaling plot: {}", out.join("scaling.png").display());
     }
     println!("results: {}", out.join("results.json").display());
     Ok(())
 }
 
-/// The tables of BENCHMARKS.md, in Markdown.
-fn report(per_step: &[Vec<f64>], rss: &[f64], forwards: &[Vec<u64>]) -> String {
-    let py = &per_step[3];
-    let mut s = String::new();
-    s += "| implementation | STD s/step | SAT s/step | AMAT s/step | AMAT/SAT per epoch | search forwards / AMAT epoch | peak RSS MiB |\n";
-    s += "|---|---:|---:|---:|---:|---:|---:|\n";
-    for (i, kind) in IMPLS.iter().enumerate().take(per_step.len()) {
-        let t = &per_step[i];
-        let f = forwards[i].first().copied().unwrap_or(0);
-        s += &format!(
-            "| {} | {:.4} | {:.4} | {:.4} | {:.3} | {f} | {:.0} |\n",
-            label(kind),
-            t[0],
-            t[1],
-            t[2],
-            t[2] / t[1],
-            rss[i]
-        );
+/// What the rounds measured, per implementation and method.
+struct Measured {
+    /// [impl][method] = wall-clock seconds per timed epoch.
+    wall: Vec<Vec<Vec<f64>>>,
+    /// [impl][method] = CPU seconds of the worker process per timed epoch.
+    cpu: Vec<Vec<Vec<f64>>>,
+    /// [impl][method] = minor page faults per timed epoch.
+    faults: Vec<Vec<Vec<f64>>>,
+    /// [impl] = AMAT boundary-search forwards per timed epoch.
+    forwards: Vec<Vec<u64>>,
+}
+
+/// The median over rounds of the paired ratio a[r] / b[r]: epochs of one
+/// round run back to back, so a pair shares the machine's load at the time.
+fn paired(a: &[f64], b: &[f64]) -> f64 {
+    median(a.iter().zip(b).map(|(x, y)| x / y).collect())
+}
+
+impl Measured {
+    fn new(n: usize) -> Self {
+        let grid = || vec![vec![Vec::new(); METHODS.len()]; n];
+        Self { wall: grid(), cpu: grid(), faults: grid(), forwards: vec![Vec::new(); n] }
     }
-    s += "\n| amat / PyTorch per step | STD | SAT (target <= 0.90) | AMAT (target <= 0.90) |\n|---|---:|---:|---:|\n";
-    for (i, kind) in IMPLS.iter().enumerate().take(3) {
-        let t = &per_step[i];
-        s += &format!("| {} | {:.3} | {:.3} | {:.3} |\n", label(kind), t[0] / py[0], t[1] / py[1], t[2] / py[2]);
+
+    fn record(&mut self, i: usize, m: usize, r: &Value) {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        self.wall[i][m].push(f("seconds"));
+        self.cpu[i][m].push(f("cpu_seconds"));
+        self.faults[i][m].push(f("minor_faults"));
+        if METHODS[m] == "amat" {
+            self.forwards[i].push(r["search_forwards"].as_u64().unwrap_or(0));
+        }
     }
-    s += "\n| plugin overhead vs built-in loss, % of a step | STD | SAT | AMAT |\n|---|---:|---:|---:|\n";
-    for (i, kind) in IMPLS.iter().enumerate().skip(1).take(2) {
-        let (t, b) = (&per_step[i], &per_step[0]);
-        let pct = |m: usize| 100.0 * (t[m] - b[m]) / b[m];
-        s += &format!("| {} (target wasm <= 2 %) | {:+.1} % | {:+.1} % | {:+.1} % |\n", label(kind), pct(0), pct(1), pct(2));
+
+    /// The tables of BENCHMARKS.md, in Markdown. Ratios use CPU time on the
+    /// CPU, wall-clock time on a GPU.
+    fn report(&self, steps: usize, rss: &[f64], cuda: bool) -> String {
+        let n = self.wall.len();
+        let per_step = |t: &Vec<f64>| median(t.clone()) / steps as f64;
+        let clock = if cuda { &self.wall } else { &self.cpu };
+        let unit = if cuda { "wall-clock" } else { "CPU time" };
+        let mut s = String::new();
+        s += "| implementation | STD s/step | SAT s/step | AMAT s/step | STD | SAT | AMAT | AMAT/SAT per epoch | search forwards / AMAT epoch | page faults / SAT step | peak RSS MiB |\n";
+        s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        s += "| (median of rounds) | wall | wall | wall | CPU | CPU | CPU | | | | |\n";
+        for i in 0..n {
+            let (w, c) = (&self.wall[i], &self.cpu[i]);
+            s += &format!(
+                "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.3} | {} | {:.0} | {:.0} |\n",
+                label(IMPLS[i]),
+                per_step(&w[0]),
+                per_step(&w[1]),
+                per_step(&w[2]),
+                per_step(&c[0]),
+                per_step(&c[1]),
+                per_step(&c[2]),
+                paired(&clock[i][2], &clock[i][1]),
+                self.forwards[i].first().copied().unwrap_or(0),
+                median(self.faults[i][1].clone()) / steps as f64,
+                rss[i]
+            );
+        }
+        s += &format!("\n| amat / PyTorch per step ({unit}, paired by round) | STD | SAT (target <= 0.90) | AMAT (target <= 0.90) |\n|---|---:|---:|---:|\n");
+        for i in 0..3 {
+            let r = |m: usize| paired(&clock[i][m], &clock[3][m]);
+            s += &format!("| {} | {:.3} | {:.3} | {:.3} |\n", label(IMPLS[i]), r(0), r(1), r(2));
+        }
+        s += &format!("\n| plugin overhead vs built-in loss, % of a step ({unit}, paired) | STD | SAT | AMAT |\n|---|---:|---:|---:|\n");
+        for i in 1..3 {
+            let pct = |m: usize| 100.0 * (paired(&clock[i][m], &clock[0][m]) - 1.0);
+            s += &format!("| {} (target wasm <= 2 %) | {:+.1} % | {:+.1} % | {:+.1} % |\n", label(IMPLS[i]), pct(0), pct(1), pct(2));
+        }
+        if n > 4 {
+            let r = |m: usize| paired(&clock[0][m], &clock[4][m]);
+            s += &format!("\n| built-in loss: this build / baseline build ({unit}, paired) | STD | SAT | AMAT |\n|---|---:|---:|---:|\n");
+            s += &format!("| ratio | {:.3} | {:.3} | {:.3} |\n", r(0), r(1), r(2));
+        }
+        s
     }
-    if let Some(before) = per_step.get(4) {
-        let now = &per_step[0];
-        s += "\n| built-in loss: this build / baseline build, per step | STD | SAT | AMAT |\n|---|---:|---:|---:|\n";
-        s += &format!("| ratio | {:.3} | {:.3} | {:.3} |\n", now[0] / before[0], now[1] / before[1], now[2] / before[2]);
-    }
-    s
 }

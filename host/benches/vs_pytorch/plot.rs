@@ -15,12 +15,13 @@ const SERIES: [Series; 4] = [
     ("pytorch_std", "PyTorch STD", RGBColor(40, 80, 200), false),
 ];
 
-pub fn scaling(path: &Path, rows: &[Value], batch: usize, size: i64, caption: &str) -> Result<()> {
+/// `suffix` picks the clock of each series' key ("" CPU time, "_wall" wall-clock).
+pub fn scaling(path: &Path, rows: &[Value], suffix: &str, batch: usize, size: i64, caption: &str) -> Result<()> {
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, epaint_default_fonts::UBUNTU_LIGHT);
     let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
     let root = BitMapBackend::new(path, (1100, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
-    let root = root.titled(&format!("seconds per training step ({caption})"), ("sans-serif", 22)).map_err(e)?;
+    let root = root.titled(caption, ("sans-serif", 22)).map_err(e)?;
     let panels = root.split_evenly((1, 2));
     let by_size: Vec<&Value> = rows.iter().filter(|r| r["batch"] == batch).collect();
     let by_batch: Vec<&Value> = rows.iter().filter(|r| r["size"] == size).collect();
@@ -34,7 +35,7 @@ pub fn scaling(path: &Path, rows: &[Value], batch: usize, size: i64, caption: &s
         let xmax = pts.iter().map(|r| x(r)).fold(1.0, f64::max) * 1.05;
         let ymax = pts
             .iter()
-            .flat_map(|r| SERIES.iter().filter_map(move |s| r[s.0].as_f64()))
+            .flat_map(|r| SERIES.iter().filter_map(move |s| r[format!("{}{suffix}", s.0)].as_f64()))
             .fold(1e-3, f64::max)
             * 1.1;
         let mut chart = ChartBuilder::on(area)
@@ -45,7 +46,8 @@ pub fn scaling(path: &Path, rows: &[Value], batch: usize, size: i64, caption: &s
             .map_err(e)?;
         chart.configure_mesh().x_desc(xlabel).y_desc("s / step").draw().map_err(e)?;
         for (k, name, color, solid) in SERIES {
-            let line: Vec<(f64, f64)> = pts.iter().filter_map(|r| Some((x(r), r[k].as_f64()?))).collect();
+            let key = format!("{k}{suffix}");
+            let line: Vec<(f64, f64)> = pts.iter().filter_map(|r| Some((x(r), r[&key].as_f64()?))).collect();
             let style = color.stroke_width(if solid { 3 } else { 1 });
             chart
                 .draw_series(LineSeries::new(line.clone(), style))

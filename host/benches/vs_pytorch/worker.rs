@@ -27,6 +27,32 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// Minor page faults of this process so far (Linux `/proc/self/stat`, field 10).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace().nth(7).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// CPU time this process has used, in seconds (all its threads): less
+/// disturbed by other processes on a shared machine than wall-clock time.
+fn cpu_seconds() -> f64 {
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: i64,
+        tv_nsec: i64,
+    }
+    unsafe extern "C" {
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+    let mut t = Timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec to the pointer it is given.
+    let rc = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    if rc == 0 { t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9 } else { f64::NAN }
+}
+
 pub fn parse_method(s: &str) -> Result<Method> {
     Ok(match s {
         "std" => Method::Std,
@@ -58,13 +84,17 @@ impl Worker {
         if let Some(m) = &mut t.margins {
             m.values = margins.to_vec();
         }
+        let (faults, cpu) = (minor_faults(), cpu_seconds());
         let r = t.train_epoch(&mut self.plugin, data, &ProgressBar::hidden())?;
+        let (faults, cpu) = (minor_faults() - faults, cpu_seconds() - cpu);
         Ok(json!({
             "seconds": r.seconds,
+            "cpu_seconds": cpu,
             "steps": data.len().div_ceil(batch),
             "clean_loss": r.clean_loss,
             "adv_loss": r.adv_loss.unwrap_or(0.0),
             "search_forwards": r.search_forwards,
+            "minor_faults": faults,
             "peak_rss_mib": peak_rss_mib(),
         }))
     }
@@ -96,11 +126,13 @@ impl Worker {
                     .collect();
                 let data = Dataset { name: "scale".into(), samples };
                 let margins = vec![self.cfg.sat.eps as f32; batch];
-                let mut seconds = Vec::new();
+                let (mut seconds, mut cpu) = (Vec::new(), Vec::new());
                 for _ in 0..reps {
-                    seconds.push(self.epoch(method, &data, batch, &margins)?["seconds"].clone());
+                    let r = self.epoch(method, &data, batch, &margins)?;
+                    seconds.push(r["seconds"].clone());
+                    cpu.push(r["cpu_seconds"].clone());
                 }
-                Ok(Some(json!({ "seconds": seconds, "peak_rss_mib": peak_rss_mib() })))
+                Ok(Some(json!({ "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": peak_rss_mib() })))
             }
             other => bail!("unknown command `{other}`"),
         }
