@@ -25,7 +25,11 @@ use tch::{Device, Kind, Tensor};
 const TOLERANCE: f64 = 1e-4;
 
 fn floats(t: &Tensor) -> Vec<f64> {
-    Vec::<f32>::try_from(t.detach().to_kind(Kind::Float)).unwrap().into_iter().map(f64::from).collect()
+    Vec::<f32>::try_from(t.detach().to_kind(Kind::Float))
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
 }
 
 /// One SAT step in amat and in the reference from the same state; returns
@@ -50,7 +54,10 @@ fn compare(python: &Path, norm: Norm, eps: f64, model_norm: NormKind) {
             target: Tensor::randint(3, [16, 16], (Kind::Float, Device::Cpu)),
         })
         .collect();
-    let data = Dataset { name: "parity".into(), samples };
+    let data = Dataset {
+        name: "parity".into(),
+        samples,
+    };
     let mut t = Trainer::new(&cfg, &plugin, Device::Cpu, data.len()).unwrap();
     assert_eq!(t.method, Method::Sat);
 
@@ -69,13 +76,29 @@ fn compare(python: &Path, norm: Norm, eps: f64, model_norm: NormKind) {
     // amat: the quantities before the step, then one SAT step (one batch).
     let (x, y) = data.batch(&[0, 1, 2, 3], Device::Cpu);
     let eps_t = Tensor::full([4], eps, (Kind::Float, Device::Cpu));
-    let delta = attack::pgd(&t.model, &mut plugin, &x, &y, &eps_t, &cfg.train.attack, t.range).unwrap();
+    let delta = attack::pgd(
+        &t.model,
+        &mut plugin,
+        &x,
+        &y,
+        &eps_t,
+        &cfg.train.attack,
+        t.range,
+    )
+    .unwrap();
     let clean = plugin.loss(&t.model.forward_t(&x, true), &y).unwrap();
-    let adv = plugin.loss(&t.model.forward_t(&(&x + &delta), true), &y).unwrap();
-    let ours_before = [floats(&clean), floats(&sample_norms(&delta, norm)), floats(&adv)];
+    let adv = plugin
+        .loss(&t.model.forward_t(&(&x + &delta), true), &y)
+        .unwrap();
+    let ours_before = [
+        floats(&clean),
+        floats(&sample_norms(&delta, norm)),
+        floats(&adv),
+    ];
     // The statistics of batch norm move in the forwards above: start the step from the exported state.
     reference::read_weights(&t.vs, &dir.path().join("weights.npz")).unwrap();
-    t.train_epoch(&mut plugin, &data, &ProgressBar::hidden()).unwrap();
+    t.train_epoch(&mut plugin, &data, &ProgressBar::hidden())
+        .unwrap();
     let after = {
         let _guard = tch::no_grad_guard();
         floats(&plugin.loss(&t.model.forward_t(&x, true), &y).unwrap())
@@ -87,23 +110,51 @@ fn compare(python: &Path, norm: Norm, eps: f64, model_norm: NormKind) {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{case}: the reference failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{case}: the reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let get = |k: &str| -> Vec<f64> { theirs[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect() };
+    let get = |k: &str| -> Vec<f64> {
+        theirs[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
 
     let names = ["clean_loss", "delta_norm", "adv_loss", "loss_after_step"];
     let ours = [&ours_before[0], &ours_before[1], &ours_before[2], &after];
     for (name, ours) in names.iter().zip(ours) {
         let theirs = get(name);
         assert_eq!(theirs.len(), 4, "{case}: {name}");
-        let diff = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let diff = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         println!("{case}: {name} amat {ours:.6?} reference {theirs:.6?} max diff {diff:.2e}");
-        assert!(diff <= TOLERANCE, "{case}: {name} differs by {diff:e}: amat {ours:?}, reference {theirs:?}");
+        assert!(
+            diff <= TOLERANCE,
+            "{case}: {name} differs by {diff:e}: amat {ours:?}, reference {theirs:?}"
+        );
     }
     // The comparison is not vacuous: the attack moved the input and the step moved the loss.
-    assert!(ours_before[1].iter().all(|&n| n > 0.5 * eps), "{case}: PGD noise {:?}", ours_before[1]);
-    let (before, after_mean) = (ours_before[0].iter().sum::<f64>(), after.iter().sum::<f64>());
-    assert!((before - after_mean).abs() > 1e-3, "{case}: the step did not change the loss");
+    assert!(
+        ours_before[1].iter().all(|&n| n > 0.5 * eps),
+        "{case}: PGD noise {:?}",
+        ours_before[1]
+    );
+    let (before, after_mean) = (
+        ours_before[0].iter().sum::<f64>(),
+        after.iter().sum::<f64>(),
+    );
+    assert!(
+        (before - after_mean).abs() > 1e-3,
+        "{case}: the step did not change the loss"
+    );
 }
 
 #[test]

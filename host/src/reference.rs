@@ -35,8 +35,13 @@ pub struct StateInputs<'a> {
 pub fn write_state(dir: &Path, cfg: &RunConfig, s: &StateInputs) -> Result<()> {
     let t = &cfg.train;
     // The reference implements what the benchmark and the parity test use.
-    if t.optimizer != OptimizerKind::Adam || t.weight_decay != 0.0 || t.schedule != Schedule::Constant {
-        bail!("reference state: only Adam without weight decay at a constant rate is mirrored in Python");
+    if t.optimizer != OptimizerKind::Adam
+        || t.weight_decay != 0.0
+        || t.schedule != Schedule::Constant
+    {
+        bail!(
+            "reference state: only Adam without weight decay at a constant rate is mirrored in Python"
+        );
     }
     std::fs::create_dir_all(dir).with_context(|| format!("reference state {}", dir.display()))?;
     let a = &cfg.amat;
@@ -58,23 +63,46 @@ pub fn write_state(dir: &Path, cfg: &RunConfig, s: &StateInputs) -> Result<()> {
         "order": s.order,
         "torch_seed": s.torch_seed,
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
-    let vars: Vec<(String, Tensor)> = s.weights.variables().into_iter().map(|(n, v)| (n, v.to(Device::Cpu))).collect();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    let vars: Vec<(String, Tensor)> = s
+        .weights
+        .variables()
+        .into_iter()
+        .map(|(n, v)| (n, v.to(Device::Cpu)))
+        .collect();
     Tensor::write_npz(&vars, dir.join("weights.npz")).context("writing weights.npz")?;
-    let (images, targets) = s.data.batch(&(0..s.data.len()).collect::<Vec<_>>(), Device::Cpu);
-    Tensor::write_npz(&[("images", images), ("targets", targets)], dir.join("data.npz")).context("writing data.npz")?;
+    let (images, targets) = s
+        .data
+        .batch(&(0..s.data.len()).collect::<Vec<_>>(), Device::Cpu);
+    Tensor::write_npz(
+        &[("images", images), ("targets", targets)],
+        dir.join("data.npz"),
+    )
+    .context("writing data.npz")?;
     Ok(())
 }
 
 /// Loads `weights.npz` into the variables of `vs` (every variable must be there).
 pub fn read_weights(vs: &VarStore, path: &Path) -> Result<()> {
-    let named: HashMap<String, Tensor> =
-        Tensor::read_npz(path).with_context(|| format!("reading {}", path.display()))?.into_iter().collect();
+    let named: HashMap<String, Tensor> = Tensor::read_npz(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .into_iter()
+        .collect();
     let _guard = tch::no_grad_guard();
     for (name, mut var) in vs.variables() {
-        let src = named.get(&name).with_context(|| format!("{}: no variable `{name}`", path.display()))?;
+        let src = named
+            .get(&name)
+            .with_context(|| format!("{}: no variable `{name}`", path.display()))?;
         if src.size() != var.size() {
-            bail!("{}: `{name}` has shape {:?}, the model {:?}", path.display(), src.size(), var.size());
+            bail!(
+                "{}: `{name}` has shape {:?}, the model {:?}",
+                path.display(),
+                src.size(),
+                var.size()
+            );
         }
         var.copy_(src);
     }
@@ -83,14 +111,30 @@ pub fn read_weights(vs: &VarStore, path: &Path) -> Result<()> {
 
 /// Loads `data.npz` as a dataset (one sample per row).
 pub fn read_dataset(path: &Path) -> Result<Dataset> {
-    let named: HashMap<String, Tensor> =
-        Tensor::read_npz(path).with_context(|| format!("reading {}", path.display()))?.into_iter().collect();
-    let get = |k: &str| named.get(k).with_context(|| format!("{}: no `{k}`", path.display()));
-    let (images, targets) = (get("images")?.to_kind(Kind::Float), get("targets")?.to_kind(Kind::Float));
-    let samples = (0..images.size()[0])
-        .map(|i| Sample { id: format!("reference-{i:05}"), image: images.get(i), target: targets.get(i) })
+    let named: HashMap<String, Tensor> = Tensor::read_npz(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .into_iter()
         .collect();
-    Ok(Dataset { name: "reference".into(), samples })
+    let get = |k: &str| {
+        named
+            .get(k)
+            .with_context(|| format!("{}: no `{k}`", path.display()))
+    };
+    let (images, targets) = (
+        get("images")?.to_kind(Kind::Float),
+        get("targets")?.to_kind(Kind::Float),
+    );
+    let samples = (0..images.size()[0])
+        .map(|i| Sample {
+            id: format!("reference-{i:05}"),
+            image: images.get(i),
+            target: targets.get(i),
+        })
+        .collect();
+    Ok(Dataset {
+        name: "reference".into(),
+        samples,
+    })
 }
 
 /// The reference script.
@@ -101,7 +145,9 @@ pub fn script() -> PathBuf {
 /// A Python that can run the reference: `$AMAT_PYTHON`, else `python3` on the
 /// PATH, provided it imports torch and numpy. Err says why not.
 pub fn python() -> Result<PathBuf, String> {
-    let python = std::env::var_os("AMAT_PYTHON").map(PathBuf::from).unwrap_or_else(|| "python3".into());
+    let python = std::env::var_os("AMAT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "python3".into());
     let out = Command::new(&python)
         .args(["-c", "import torch, numpy; print(torch.__version__)"])
         .output()

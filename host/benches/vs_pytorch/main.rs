@@ -36,7 +36,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "amat vs PyTorch-Python: STD / SAT / AMAT step times, plugin overhead, memory, scaling")]
+#[command(
+    about = "amat vs PyTorch-Python: STD / SAT / AMAT step times, plugin overhead, memory, scaling"
+)]
 struct Args {
     /// cpu or cuda (the first GPU) for every implementation.
     #[arg(long, value_enum, default_value = "cpu")]
@@ -105,7 +107,10 @@ fn target_dir() -> PathBuf {
 fn plugin_file(kind: &str) -> Result<PathBuf> {
     let t = target_dir();
     let candidates = match kind {
-        "native" => [t.join("release/libamat_segmentation.so"), t.join("debug/libamat_segmentation.so")],
+        "native" => [
+            t.join("release/libamat_segmentation.so"),
+            t.join("debug/libamat_segmentation.so"),
+        ],
         _ => [
             t.join("wasm32-wasip2/release/amat_segmentation.wasm"),
             t.join("wasm32-wasip2/debug/amat_segmentation.wasm"),
@@ -114,7 +119,11 @@ fn plugin_file(kind: &str) -> Result<PathBuf> {
     candidates
         .into_iter()
         .find(|p| p.exists())
-        .with_context(|| format!("no {kind} segmentation plugin: run `bash host/scripts/build-plugins.sh release`"))
+        .with_context(|| {
+            format!(
+                "no {kind} segmentation plugin: run `bash host/scripts/build-plugins.sh release`"
+            )
+        })
 }
 
 fn load_plugin(kind: &str) -> Result<Plugin> {
@@ -158,7 +167,12 @@ impl Process {
             .with_context(|| format!("cannot start the {kind} worker"))?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
-        let mut p = Self { kind: kind.into(), child, stdin, stdout };
+        let mut p = Self {
+            kind: kind.into(),
+            child,
+            stdin,
+            stdout,
+        };
         p.read()?;
         Ok(p)
     }
@@ -191,7 +205,11 @@ impl Process {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
 }
 
 /// The run config every implementation trains with.
@@ -205,7 +223,11 @@ fn base_config(a: &Args, threads: usize) -> Result<RunConfig> {
         a.samples, a.size, a.batch, a.pgd_steps
     );
     let mut cfg = RunConfig::parse(&text, Path::new("vs_pytorch")).map_err(anyhow::Error::msg)?;
-    cfg.model = ModelConfig { depth: a.depth, width: a.width, norm: NormKind::Instance };
+    cfg.model = ModelConfig {
+        depth: a.depth,
+        width: a.width,
+        norm: NormKind::Instance,
+    };
     Ok(cfg)
 }
 
@@ -256,7 +278,11 @@ fn prepare(cfg: &RunConfig, device: tch::Device, dir: &Path, threads: usize) -> 
     std::fs::write(dir.join("run.toml"), cfg.to_toml())?;
     // Data loading on the training path: the batches of one epoch, assembled.
     let start = std::time::Instant::now();
-    let batches = order.chunks(cfg.train.batch_size).map(|idx| train.batch(idx, device)).count();
+    let mut batches = 0;
+    for idx in order.chunks(cfg.train.batch_size) {
+        let _batch = train.batch(idx, device);
+        batches += 1;
+    }
     Ok(start.elapsed().as_secs_f64() / batches as f64)
 }
 
@@ -265,21 +291,32 @@ fn spawn_all(a: &Args, state: &Path, python: &Path) -> Result<Vec<Process>> {
         DeviceChoice::Cuda => "cuda",
         _ => "cpu",
     };
-    let impls = if a.baseline.is_some() { &IMPLS[..] } else { &IMPLS[..4] };
+    let impls = if a.baseline.is_some() {
+        &IMPLS[..]
+    } else {
+        &IMPLS[..4]
+    };
     impls
         .iter()
         .map(|&kind| {
             let cmd = if kind == "baseline" {
                 let mut c = Command::new(a.baseline.as_ref().expect("baseline"));
-                c.args(["--worker", "builtin", "--state"]).arg(state).args(["--device", device]);
+                c.args(["--worker", "builtin", "--state"])
+                    .arg(state)
+                    .args(["--device", device]);
                 c
             } else if kind == "pytorch" {
                 let mut c = Command::new(python);
-                c.arg(reference::script()).args(["worker", "--state"]).arg(state).args(["--device", device]);
+                c.arg(reference::script())
+                    .args(["worker", "--state"])
+                    .arg(state)
+                    .args(["--device", device]);
                 c
             } else {
                 let mut c = Command::new(std::env::current_exe()?);
-                c.args(["--worker", kind, "--state"]).arg(state).args(["--device", device]);
+                c.args(["--worker", kind, "--state"])
+                    .arg(state)
+                    .args(["--device", device]);
                 c
             };
             Process::spawn(kind, cmd)
@@ -294,26 +331,43 @@ fn main() -> Result<()> {
         let state = a.state.as_ref().context("--worker needs --state")?;
         return worker::run(load_plugin(kind)?, state, device);
     }
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     tch::set_num_threads(threads as i32);
     let python = match &a.python {
         Some(p) => p.clone(),
-        None => reference::python().map_err(|why| anyhow::anyhow!("the PyTorch reference cannot run: {why}"))?,
+        None => reference::python()
+            .map_err(|why| anyhow::anyhow!("the PyTorch reference cannot run: {why}"))?,
     };
-    let out = a.out.clone().unwrap_or_else(|| target_dir().join("vs-pytorch"));
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| target_dir().join("vs-pytorch"));
     let state = out.join("state");
     let cfg = base_config(&a, threads)?;
     let steps = a.samples.div_ceil(a.batch);
     println!(
         "amat vs PyTorch-Python on {device:?}, {threads} threads each: {} images {}x{}, batch {} ({steps} steps/epoch), \
          U-Net depth {} width {} (instance norm), PGD {} {} steps, AMAT search {} steps",
-        a.samples, a.size, a.size, a.batch, a.depth, a.width, cfg.train.attack.norm, a.pgd_steps, cfg.amat.search_steps
+        a.samples,
+        a.size,
+        a.size,
+        a.batch,
+        a.depth,
+        a.width,
+        cfg.train.attack.norm,
+        a.pgd_steps,
+        cfg.amat.search_steps
     );
     for kind in ["native", "wasm"] {
         println!("  {kind} plugin: {}", plugin_file(kind)?.display());
     }
     let batch_seconds = prepare(&cfg, device, &state, threads)?;
-    println!("  batch assembly (Dataset::batch): {:.1} us per batch", 1e6 * batch_seconds);
+    println!(
+        "  batch assembly (Dataset::batch): {:.1} us per batch",
+        1e6 * batch_seconds
+    );
     let mut procs = spawn_all(&a, &state, &python)?;
 
     let n = procs.len();
@@ -323,19 +377,27 @@ fn main() -> Result<()> {
             for j in 0..n {
                 let i = (j + round) % n;
                 let r = procs[i].ask(json!({ "cmd": "epoch", "method": method }))?;
-                print!(" {}/{method} {:.2}s", procs[i].kind, r["seconds"].as_f64().unwrap_or(f64::NAN));
+                print!(
+                    " {}/{method} {:.2}s",
+                    procs[i].kind,
+                    r["seconds"].as_f64().unwrap_or(f64::NAN)
+                );
                 std::io::stdout().flush()?;
                 if round > 0 {
                     m.record(i, k, &r);
                 }
             }
         }
-        println!("\n  round {round}{} done", if round == 0 { " (warm-up)" } else { "" });
+        println!(
+            "\n  round {round}{} done",
+            if round == 0 { " (warm-up)" } else { "" }
+        );
     }
 
     let mut scaling = Vec::new();
     if !a.no_scale {
-        let mut points: Vec<(i64, usize)> = a.scale_sizes.iter().map(|&s| (s, a.scale_batch)).collect();
+        let mut points: Vec<(i64, usize)> =
+            a.scale_sizes.iter().map(|&s| (s, a.scale_batch)).collect();
         for &b in &a.scale_batches {
             if !points.contains(&(a.size, b)) {
                 points.push((a.size, b));
@@ -350,7 +412,9 @@ fn main() -> Result<()> {
                 for (method, reps) in [("std", 3), ("sat", 1)] {
                     let r = p.ask(json!({ "cmd": "scale", "method": method, "size": size, "batch": batch, "reps": reps, "seed": 1 }))?;
                     for key in ["seconds", "cpu_seconds"] {
-                        let v: Vec<f64> = r[key].as_array().map_or(vec![], |v| v.iter().filter_map(Value::as_f64).collect());
+                        let v: Vec<f64> = r[key]
+                            .as_array()
+                            .map_or(vec![], |v| v.iter().filter_map(Value::as_f64).collect());
                         let suffix = if key == "seconds" { "_wall" } else { "" };
                         row[format!("{}_{method}{suffix}", IMPLS[i])] = json!(median(v));
                     }
@@ -363,7 +427,11 @@ fn main() -> Result<()> {
 
     let mut rss = Vec::new();
     for p in &mut procs {
-        rss.push(p.ask(json!({ "cmd": "quit" }))?["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
+        rss.push(
+            p.ask(json!({ "cmd": "quit" }))?["peak_rss_mib"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
         p.child.wait()?;
     }
 
@@ -376,15 +444,29 @@ fn main() -> Result<()> {
         "scaling": scaling,
     });
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
     let table = m.report(steps, &rss, device.is_cuda());
     std::fs::write(out.join("results.md"), &table)?;
     println!("\n{table}");
     if !scaling.is_empty() {
         // Wall-clock time on a GPU; CPU time of the process on the CPU (see BENCHMARKS.md).
-        let (what, suffix) = if device.is_cuda() { ("wall-clock", "_wall") } else { ("CPU", "") };
+        let (what, suffix) = if device.is_cuda() {
+            ("wall-clock", "_wall")
+        } else {
+            ("CPU", "")
+        };
         let caption = format!("{what} seconds per training step, {device:?}, {threads} threads");
-        plot::scaling(&out.join("scaling.png"), &scaling, suffix, a.scale_batch, a.size, &caption)?;
+        plot::scaling(
+            &out.join("scaling.png"),
+            &scaling,
+            suffix,
+            a.scale_batch,
+            a.size,
+            &caption,
+        )?;
         println!("scaling plot: {}", out.join("scaling.png").display());
     }
     println!("results: {}", out.join("results.json").display());
@@ -412,7 +494,12 @@ fn paired(a: &[f64], b: &[f64]) -> f64 {
 impl Measured {
     fn new(n: usize) -> Self {
         let grid = || vec![vec![Vec::new(); METHODS.len()]; n];
-        Self { wall: grid(), cpu: grid(), faults: grid(), forwards: vec![Vec::new(); n] }
+        Self {
+            wall: grid(),
+            cpu: grid(),
+            faults: grid(),
+            forwards: vec![Vec::new(); n],
+        }
     }
 
     fn record(&mut self, i: usize, m: usize, r: &Value) {
@@ -453,19 +540,37 @@ impl Measured {
                 rss[i]
             );
         }
-        s += &format!("\n| amat / PyTorch per step ({unit}, paired by round) | STD | SAT (target <= 0.90) | AMAT (target <= 0.90) |\n|---|---:|---:|---:|\n");
+        s += &format!(
+            "\n| amat / PyTorch per step ({unit}, paired by round) | STD | SAT (target <= 0.90) | AMAT (target <= 0.90) |\n|---|---:|---:|---:|\n"
+        );
         for i in 0..3 {
             let r = |m: usize| paired(&clock[i][m], &clock[3][m]);
-            s += &format!("| {} | {:.3} | {:.3} | {:.3} |\n", label(IMPLS[i]), r(0), r(1), r(2));
+            s += &format!(
+                "| {} | {:.3} | {:.3} | {:.3} |\n",
+                label(IMPLS[i]),
+                r(0),
+                r(1),
+                r(2)
+            );
         }
-        s += &format!("\n| plugin overhead vs built-in loss, % of a step ({unit}, paired) | STD | SAT | AMAT |\n|---|---:|---:|---:|\n");
+        s += &format!(
+            "\n| plugin overhead vs built-in loss, % of a step ({unit}, paired) | STD | SAT | AMAT |\n|---|---:|---:|---:|\n"
+        );
         for i in 1..3 {
             let pct = |m: usize| 100.0 * (paired(&clock[i][m], &clock[0][m]) - 1.0);
-            s += &format!("| {} (target wasm <= 2 %) | {:+.1} % | {:+.1} % | {:+.1} % |\n", label(IMPLS[i]), pct(0), pct(1), pct(2));
+            s += &format!(
+                "| {} (target wasm <= 2 %) | {:+.1} % | {:+.1} % | {:+.1} % |\n",
+                label(IMPLS[i]),
+                pct(0),
+                pct(1),
+                pct(2)
+            );
         }
         if n > 4 {
             let r = |m: usize| paired(&clock[0][m], &clock[4][m]);
-            s += &format!("\n| built-in loss: this build / baseline build ({unit}, paired) | STD | SAT | AMAT |\n|---|---:|---:|---:|\n");
+            s += &format!(
+                "\n| built-in loss: this build / baseline build ({unit}, paired) | STD | SAT | AMAT |\n|---|---:|---:|---:|\n"
+            );
             s += &format!("| ratio | {:.3} | {:.3} | {:.3} |\n", r(0), r(1), r(2));
         }
         s

@@ -16,8 +16,19 @@ const SERIES: [Series; 4] = [
 ];
 
 /// `suffix` picks the clock of each series' key ("" CPU time, "_wall" wall-clock).
-pub fn scaling(path: &Path, rows: &[Value], suffix: &str, batch: usize, size: i64, caption: &str) -> Result<()> {
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, epaint_default_fonts::UBUNTU_LIGHT);
+pub fn scaling(
+    path: &Path,
+    rows: &[Value],
+    suffix: &str,
+    batch: usize,
+    size: i64,
+    caption: &str,
+) -> Result<()> {
+    let _ = plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        epaint_default_fonts::UBUNTU_LIGHT,
+    );
     let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
     let root = BitMapBackend::new(path, (1100, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
@@ -27,7 +38,11 @@ pub fn scaling(path: &Path, rows: &[Value], suffix: &str, batch: usize, size: i6
     let by_batch: Vec<&Value> = rows.iter().filter(|r| r["size"] == size).collect();
     for (area, (pts, key, xlabel)) in panels.iter().zip([
         (by_size, "size", format!("image side (batch {batch})")),
-        (by_batch, "batch", format!("batch size (image {size}x{size})")),
+        (
+            by_batch,
+            "batch",
+            format!("batch size (image {size}x{size})"),
+        ),
     ]) {
         let mut pts = pts;
         pts.sort_by_key(|r| r[key].as_i64().unwrap_or(0));
@@ -35,7 +50,11 @@ pub fn scaling(path: &Path, rows: &[Value], suffix: &str, batch: usize, size: i6
         let xmax = pts.iter().map(|r| x(r)).fold(1.0, f64::max) * 1.05;
         let ymax = pts
             .iter()
-            .flat_map(|r| SERIES.iter().filter_map(move |s| r[format!("{}{suffix}", s.0)].as_f64()))
+            .flat_map(|r| {
+                SERIES
+                    .iter()
+                    .filter_map(move |s| r[format!("{}{suffix}", s.0)].as_f64())
+            })
             .fold(1e-3, f64::max)
             * 1.1;
         let mut chart = ChartBuilder::on(area)
@@ -44,17 +63,27 @@ pub fn scaling(path: &Path, rows: &[Value], suffix: &str, batch: usize, size: i6
             .y_label_area_size(56)
             .build_cartesian_2d(0.0..xmax, 0.0..ymax)
             .map_err(e)?;
-        chart.configure_mesh().x_desc(xlabel).y_desc("s / step").draw().map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc(xlabel)
+            .y_desc("s / step")
+            .draw()
+            .map_err(e)?;
         for (k, name, color, solid) in SERIES {
             let key = format!("{k}{suffix}");
-            let line: Vec<(f64, f64)> = pts.iter().filter_map(|r| Some((x(r), r[&key].as_f64()?))).collect();
+            let line: Vec<(f64, f64)> = pts
+                .iter()
+                .filter_map(|r| Some((x(r), r[&key].as_f64()?)))
+                .collect();
             let style = color.stroke_width(if solid { 3 } else { 1 });
             chart
                 .draw_series(LineSeries::new(line.clone(), style))
                 .map_err(e)?
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-            chart.draw_series(line.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(e)?;
+            chart
+                .draw_series(line.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(e)?;
         }
         chart
             .configure_series_labels()

@@ -3,12 +3,12 @@
 //! shared state directory, answering the driver's JSON commands one per line.
 //! Each implementation runs in its own process so that its peak memory is its own.
 
+use amat_host::data::{Dataset, Sample};
 use amat_host::model::UNet;
 use amat_host::plugin::Plugin;
 use amat_host::reference::{read_dataset, read_weights};
 use amat_host::train::Trainer;
 use amat_host::train::config::{Method, RunConfig};
-use amat_host::data::{Dataset, Sample};
 use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
 use serde_json::{Value, json};
@@ -32,7 +32,10 @@ fn minor_faults() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    rest.split_whitespace().nth(7).and_then(|v| v.parse().ok()).unwrap_or(0)
+    rest.split_whitespace()
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// CPU time this process has used, in seconds (all its threads): less
@@ -47,10 +50,17 @@ fn cpu_seconds() -> f64 {
         fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
     }
     const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
-    let mut t = Timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut t = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec to the pointer it is given.
     let rc = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut t) };
-    if rc == 0 { t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9 } else { f64::NAN }
+    if rc == 0 {
+        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+    } else {
+        f64::NAN
+    }
 }
 
 pub fn parse_method(s: &str) -> Result<Method> {
@@ -75,7 +85,13 @@ struct Worker {
 impl Worker {
     /// One epoch of `method` over `data` from the initial weights (and
     /// margins, for AMAT) with batch size `batch`.
-    fn epoch(&mut self, method: Method, data: &Dataset, batch: usize, margins: &[f32]) -> Result<Value> {
+    fn epoch(
+        &mut self,
+        method: Method,
+        data: &Dataset,
+        batch: usize,
+        margins: &[f32],
+    ) -> Result<Value> {
         let mut cfg = self.cfg.clone();
         cfg.run.method = Some(method);
         cfg.train.batch_size = batch;
@@ -100,8 +116,15 @@ impl Worker {
     }
 
     fn command(&mut self, cmd: &Value) -> Result<Option<Value>> {
-        let field = |k: &str| cmd.get(k).with_context(|| format!("command without `{k}`: {cmd}"));
-        let int = |k: &str| -> Result<usize> { Ok(field(k)?.as_u64().with_context(|| format!("`{k}` is not a count"))? as usize) };
+        let field = |k: &str| {
+            cmd.get(k)
+                .with_context(|| format!("command without `{k}`: {cmd}"))
+        };
+        let int = |k: &str| -> Result<usize> {
+            Ok(field(k)?
+                .as_u64()
+                .with_context(|| format!("`{k}` is not a count"))? as usize)
+        };
         match field("cmd")?.as_str().unwrap_or("") {
             "quit" => Ok(None),
             "epoch" => {
@@ -124,7 +147,10 @@ impl Worker {
                         target: Tensor::randint(2, [size, size], (Kind::Float, Device::Cpu)),
                     })
                     .collect();
-                let data = Dataset { name: "scale".into(), samples };
+                let data = Dataset {
+                    name: "scale".into(),
+                    samples,
+                };
                 let margins = vec![self.cfg.sat.eps as f32; batch];
                 let (mut seconds, mut cpu) = (Vec::new(), Vec::new());
                 for _ in 0..reps {
@@ -132,7 +158,9 @@ impl Worker {
                     seconds.push(r["seconds"].clone());
                     cpu.push(r["cpu_seconds"].clone());
                 }
-                Ok(Some(json!({ "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": peak_rss_mib() })))
+                Ok(Some(
+                    json!({ "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": peak_rss_mib() }),
+                ))
             }
             other => bail!("unknown command `{other}`"),
         }
@@ -147,12 +175,28 @@ pub fn run(plugin: Plugin, state: &Path, device: Device) -> Result<()> {
     let margins: Vec<f32> = serde_json::from_value(config["amat"]["margins"].clone())?;
     let info = plugin.info().clone();
     let init = VarStore::new(device);
-    let _net = UNet::new(&init.root(), &cfg.model, info.input_channels as i64, info.output_channels as i64);
+    let _net = UNet::new(
+        &init.root(),
+        &cfg.model,
+        info.input_channels as i64,
+        info.output_channels as i64,
+    );
     read_weights(&init, &state.join("weights.npz"))?;
     let data = read_dataset(&state.join("data.npz"))?;
-    let mut w = Worker { cfg, plugin, device, data, init, margins };
+    let mut w = Worker {
+        cfg,
+        plugin,
+        device,
+        data,
+        init,
+        margins,
+    };
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", json!({ "ready": true, "threads": tch::get_num_threads() }))?;
+    writeln!(
+        out,
+        "{}",
+        json!({ "ready": true, "threads": tch::get_num_threads() })
+    )?;
     out.flush()?;
     for line in std::io::stdin().lock().lines() {
         let cmd: Value = serde_json::from_str(&line?)?;

@@ -17,7 +17,9 @@ impl Backend for BuiltinSegmentation {
         Ok(TaskInfo {
             name: "segmentation-builtin".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "Built-in per-pixel classes; loss = cross-entropy + (1 - soft Dice) per sample".into(),
+            description:
+                "Built-in per-pixel classes; loss = cross-entropy + (1 - soft Dice) per sample"
+                    .into(),
             input_channels: 1,
             output_channels: self.classes,
             target_kind: TargetKind::ClassMap,
@@ -29,7 +31,9 @@ impl Backend for BuiltinSegmentation {
     }
 
     fn decode(&mut self, _request: &DecodeRequest) -> Result<Vec<Example>, CallError> {
-        Err(CallError::Plugin("the built-in segmentation loss decodes no files".into()))
+        Err(CallError::Plugin(
+            "the built-in segmentation loss decodes no files".into(),
+        ))
     }
 
     fn loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, CallError> {
@@ -51,15 +55,28 @@ impl Backend for BuiltinSegmentation {
     fn metrics(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, CallError> {
         let classes = pred.size()[1];
         let spatial: &[i64] = &[0, 2, 3];
-        let hard = pred.argmax(1, false).one_hot(classes).permute([0, 3, 1, 2]).to_kind(Kind::Float);
-        let y = target.to_kind(Kind::Int64).one_hot(classes).permute([0, 3, 1, 2]).to_kind(Kind::Float);
-        let sum = |t: &Tensor| Vec::<f32>::try_from(t.sum_dim_intlist(spatial, false, Kind::Float)).unwrap_or_default();
+        let hard = pred
+            .argmax(1, false)
+            .one_hot(classes)
+            .permute([0, 3, 1, 2])
+            .to_kind(Kind::Float);
+        let y = target
+            .to_kind(Kind::Int64)
+            .one_hot(classes)
+            .permute([0, 3, 1, 2])
+            .to_kind(Kind::Float);
+        let sum = |t: &Tensor| {
+            Vec::<f32>::try_from(t.sum_dim_intlist(spatial, false, Kind::Float)).unwrap_or_default()
+        };
         let (inter, ph, py) = (sum(&(&hard * &y)), sum(&hard), sum(&y));
         let present: Vec<f64> = (0..classes as usize)
             .filter(|&c| py[c] > 0.0)
             .map(|c| 2.0 * inter[c] as f64 / (ph[c] as f64 + py[c] as f64))
             .collect();
         let mean = present.iter().sum::<f64>() / present.len().max(1) as f64;
-        Ok(vec![Metric { name: "dice_mean".into(), value: mean }])
+        Ok(vec![Metric {
+            name: "dice_mean".into(),
+            value: mean,
+        }])
     }
 }

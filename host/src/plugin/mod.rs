@@ -105,7 +105,9 @@ impl Plugin {
     pub fn builtin_segmentation(classes: u32) -> Plugin {
         let path = PathBuf::from("<built-in segmentation>");
         let mut backend = builtin::BuiltinSegmentation { classes };
-        let info = backend.describe().expect("the built-in task describes itself");
+        let info = backend
+            .describe()
+            .expect("the built-in task describes itself");
         Plugin {
             path,
             kind: PluginKind::Builtin,
