@@ -286,11 +286,8 @@ fn prepare(cfg: &RunConfig, device: tch::Device, dir: &Path, threads: usize) -> 
     Ok(start.elapsed().as_secs_f64() / batches as f64)
 }
 
-fn spawn_all(a: &Args, state: &Path, python: &Path) -> Result<Vec<Process>> {
-    let device = match a.device {
-        DeviceChoice::Cuda => "cuda",
-        _ => "cpu",
-    };
+fn spawn_all(a: &Args, device: tch::Device, state: &Path, python: &Path) -> Result<Vec<Process>> {
+    let device = if device.is_cuda() { "cuda" } else { "cpu" };
     let impls = if a.baseline.is_some() {
         &IMPLS[..]
     } else {
@@ -368,7 +365,7 @@ fn main() -> Result<()> {
         "  batch assembly (Dataset::batch): {:.1} us per batch",
         1e6 * batch_seconds
     );
-    let mut procs = spawn_all(&a, &state, &python)?;
+    let mut procs = spawn_all(&a, device, &state, &python)?;
 
     let n = procs.len();
     let mut m = Measured::new(n);
