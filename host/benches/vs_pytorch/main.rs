@@ -43,9 +43,11 @@ struct Args {
     /// cpu or cuda (the first GPU) for every implementation.
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceChoice,
-    /// Intra-op threads of libtorch, the same for every implementation (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    /// Intra-op threads of libtorch, the same for every implementation. One by
+    /// default: with several, the four worker processes' OpenMP threads fight
+    /// for the cores of a shared machine and the timings measure the scheduler.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Timed rounds (after one warm-up round).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -328,9 +330,7 @@ fn main() -> Result<()> {
         let state = a.state.as_ref().context("--worker needs --state")?;
         return worker::run(load_plugin(kind)?, state, device);
     }
-    let threads = a
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = a.threads.max(1);
     tch::set_num_threads(threads as i32);
     let python = match &a.python {
         Some(p) => p.clone(),
