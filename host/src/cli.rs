@@ -297,6 +297,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let kind = match p.kind() {
                     PluginKind::Wasm => "wasm component (sandboxed)",
                     PluginKind::Native => "native library (trusted, not sandboxed)",
+                    PluginKind::Builtin => "built into the host",
+                    PluginKind::Builtin => "built into the host",
                 };
                 println!("plugin:          {}", plugin.display());
                 println!("kind:            {kind}");

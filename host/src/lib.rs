@@ -11,5 +11,6 @@ pub mod data;
 pub mod eval;
 pub mod model;
 pub mod plugin;
+pub mod reference;
 pub mod tensor;
 pub mod train;

@@ -133,6 +133,7 @@ pub fn check(path: &Path, samples: &[PathBuf], limits: &SandboxLimits) -> Report
     report.kind = Some(match plugin.kind() {
         PluginKind::Wasm => "wasm",
         PluginKind::Native => "native",
+        PluginKind::Builtin => "built-in",
     });
     report.sandboxed = plugin.kind() == PluginKind::Wasm;
     report.note = Some(match plugin.kind() {
@@ -154,6 +155,7 @@ pub fn check(path: &Path, samples: &[PathBuf], limits: &SandboxLimits) -> Report
              limits; only the tensor budget applies). Run only native plugins you trust."
                 .into()
         }
+        PluginKind::Builtin => "built into the host: trusted code, not sandboxed".into(),
     });
     report.passed = lines.iter().all(|l| l.status != Status::Fail);
     report.checks = lines;

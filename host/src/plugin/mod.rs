@@ -5,6 +5,7 @@
 //! Every call's result is checked here, once for both kinds: a loss must be a
 //! finite float tensor of shape [B].
 
+mod builtin;
 pub mod check;
 mod error;
 mod limits;
@@ -28,6 +29,8 @@ pub enum PluginKind {
     Wasm,
     /// Trusted native dylib: not sandboxed.
     Native,
+    /// A loss compiled into the host (`Plugin::builtin_segmentation`).
+    Builtin,
 }
 
 /// What a backend measured of its last call.
@@ -167,6 +170,25 @@ impl Plugin {
         target: &Tensor,
     ) -> Result<Tensor, PluginError> {
         self.timed("loss", |b| b.loss(pred, target))
+    }
+
+    /// The segmentation task with the host's built-in loss
+    /// (`crate::builtin::dice_ce_loss`) and `classes` output channels: no
+    /// file, no sandbox; the yardstick for the plugins' overhead.
+    pub fn builtin_segmentation(classes: u32) -> Plugin {
+        let path = PathBuf::from("<built-in segmentation>");
+        let mut backend = builtin::BuiltinSegmentation { classes };
+        let info = backend
+            .describe()
+            .expect("the built-in task describes itself");
+        Plugin {
+            path,
+            kind: PluginKind::Builtin,
+            info,
+            limits: SandboxLimits::default(),
+            last: CallStats::default(),
+            backend: Box::new(backend),
+        }
     }
 
     pub fn info(&self) -> &TaskInfo {

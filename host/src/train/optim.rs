@@ -74,14 +74,17 @@ impl Optimizer {
                     }
                 }
                 OptimizerKind::Adam => {
+                    // torch.optim.Adam's update, in place: two temporaries per parameter.
                     let [b1, b2] = self.betas;
                     let (m, v) = (&mut self.first[i], &mut self.second[i]);
-                    let _ = m.g_mul_scalar_(b1).g_add_(&(&g * (1.0 - b1)));
-                    let _ = v.g_mul_scalar_(b2).g_add_(&(g.square() * (1.0 - b2)));
+                    let _ = m.lerp_(&g, 1.0 - b1);
+                    let _ = v.g_mul_scalar_(b2).g_add_(&g.square().g_mul_scalar_(1.0 - b2));
                     let c1 = 1.0 - b1.powi(self.steps as i32);
                     let c2 = 1.0 - b2.powi(self.steps as i32);
-                    let denom = (&*v / c2).sqrt() + self.eps;
-                    let _ = p.g_sub_(&(&*m / denom * (lr / c1)));
+                    // p -= lr / c1 * m / (sqrt(v) / sqrt(c2) + eps), the factor folded into the divisor.
+                    let mut denom = v.sqrt();
+                    let _ = denom.g_div_scalar_(c2.sqrt()).g_add_scalar_(self.eps).g_mul_scalar_(-c1 / lr);
+                    let _ = p.addcdiv_(m, &denom);
                 }
             }
         }
