@@ -298,7 +298,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     PluginKind::Wasm => "wasm component (sandboxed)",
                     PluginKind::Native => "native library (trusted, not sandboxed)",
                     PluginKind::Builtin => "built into the host",
-                    PluginKind::Builtin => "built into the host",
                 };
                 println!("plugin:          {}", plugin.display());
                 println!("kind:            {kind}");

@@ -97,6 +97,7 @@ pub fn worst_case(
 
 /// The robustness curve of `model` on `data`. Seeds torch with `seed` so
 /// that random starts, and so the curve, are reproducible.
+#[allow(clippy::too_many_arguments)] // each is one independent input of the evaluation
 pub fn robustness(
     model: &dyn ModuleT,
     plugin: &mut Plugin,

@@ -321,10 +321,10 @@ impl RunConfig {
             return Err(bad("amat.grow_epochs must be at least 1"));
         }
         non_negative("amat.search_tolerance", a.search_tolerance)?;
-        if let Some(tau) = a.tau {
-            if !tau.is_finite() {
-                return Err(bad(format!("amat.tau = {tau} must be finite")));
-            }
+        if let Some(tau) = a.tau
+            && !tau.is_finite()
+        {
+            return Err(bad(format!("amat.tau = {tau} must be finite")));
         }
         let e = &self.eval;
         for (i, &v) in e.eps.iter().enumerate() {

@@ -129,10 +129,10 @@ impl Trainer {
 
     /// One epoch over `data` (the training split). `bar` counts batches.
     pub fn train_epoch(&mut self, plugin: &mut Plugin, data: &Dataset, bar: &ProgressBar) -> Result<EpochRecord> {
-        if let Some(m) = &self.margins {
-            if m.values.len() != data.len() {
-                bail!("the margins hold {} samples, the training split {}", m.values.len(), data.len());
-            }
+        if let Some(m) = &self.margins
+            && m.values.len() != data.len()
+        {
+            bail!("the margins hold {} samples, the training split {}", m.values.len(), data.len());
         }
         let start = Instant::now();
         let epoch = self.epoch;

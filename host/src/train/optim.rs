@@ -164,7 +164,7 @@ mod tests {
         }
         let got = w.double_value(&[0]);
         assert!((got - x).abs() < 1e-6, "{got} vs {x}");
-        assert!(w.grad().defined() == false || w.grad().abs().sum(Kind::Float).double_value(&[]) == 0.0);
+        assert!(!w.grad().defined() || w.grad().abs().sum(Kind::Float).double_value(&[]) == 0.0);
     }
 
     #[test]
