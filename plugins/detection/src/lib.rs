@@ -75,14 +75,14 @@ pub fn centernet_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> 
     let neg = 1.0 - &pos;
     let pos_term = p.log() * (1.0 - &p).pow(FOCAL_ALPHA) * &pos;
     let neg_term = (1.0 - &p).log() * p.pow(FOCAL_ALPHA) * (1.0 - &y).pow(FOCAL_BETA) * &neg;
-    let objects = pos.sum(&all, false).clamp(1.0, f64::MAX);
+    let objects = pos.sum(&all, false).clamp(1.0, f32::MAX as f64);
     let focal = -(pos_term + neg_term).sum(&all, false) / &objects;
 
     let centres = target.narrow(1, c + 4, 1).gt(0.5).to_float();
     let l1 = |from: i64| {
         ((pred.narrow(1, from, 2) - target.narrow(1, from, 2)).abs() * &centres).sum(&all, false)
     };
-    let at_centres = centres.sum(&all, false).clamp(1.0, f64::MAX);
+    let at_centres = centres.sum(&all, false).clamp(1.0, f32::MAX as f64);
     Ok(focal + (l1(c) * SIZE_WEIGHT + l1(c + 2) * OFFSET_WEIGHT) / at_centres)
 }
 

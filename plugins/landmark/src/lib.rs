@@ -71,7 +71,7 @@ pub fn heatmap_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
         .reshape(&[b, k]);
     let mass = std::f64::consts::PI * SIGMA_PX * SIGMA_PX;
     let per_landmark = (pred - gaussians(target, b, h, w)).square().sum(&[2, 3], false) / mass;
-    let count = present.sum(&[1], false).clamp(1.0, f64::MAX);
+    let count = present.sum(&[1], false).clamp(1.0, f32::MAX as f64);
     Ok((per_landmark * &present).sum(&[1], false) / count)
 }
 
