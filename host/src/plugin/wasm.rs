@@ -3,7 +3,9 @@
 //! budget, and only the WASI interfaces Rust's runtime needs for stdio (with
 //! no environment, arguments or real streams behind them). A component that
 //! imports anything else — filesystem, sockets, clocks, randomness — is refused
-//! at load.
+//! at load. The one exception is `wasi:random/insecure-seed`, which Rust's
+//! `HashMap` asks for (e.g. inside the `tiff` crate): it gets a fixed seed,
+//! so it grants no entropy and keeps plugins deterministic.
 
 use super::{Backend, CallError, SandboxLimits};
 use crate::plugin::{DecodeRequest, Example, File, Metric, TargetKind, TaskInfo};
@@ -55,7 +57,12 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:io/error",
     "wasi:io/streams",
     "wasi:io/poll",
+    // Fixed (see `HASH_SEED`): a hash seed, not a source of randomness.
+    "wasi:random/insecure-seed",
 ];
+
+/// The value of `wasi:random/insecure-seed` for every instance.
+const HASH_SEED: u128 = 0x616d_6174;
 
 const EXPORTS: &[&str] = &["describe", "decode", "loss", "correct", "metrics"];
 
@@ -552,7 +559,10 @@ fn instantiate(
     limits: &SandboxLimits,
 ) -> Result<(Store<State>, bindings::Task, MemoryOutputPipe)> {
     let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-    let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).build();
+    let wasi = WasiCtxBuilder::new()
+        .stderr(stderr.clone())
+        .insecure_random_seed(HASH_SEED)
+        .build();
     let state = State {
         table: TensorTable::new(limits.tensors),
         device: Device::Cpu,

@@ -41,7 +41,8 @@ pub fn average_precision(
     ranked.sort_by(|a, b| b.1.score.total_cmp(&a.1.score));
     let mut used: Vec<Vec<bool>> = truths.iter().map(|t| vec![false; t.len()]).collect();
     let (mut tp, mut fp) = (0usize, 0usize);
-    let mut curve = Vec::with_capacity(ranked.len()); // (recall, precision)
+    // (precision after this detection, whether it was a true positive)
+    let mut ranks = Vec::with_capacity(ranked.len());
     for (image, det) in ranked {
         let best = truths[image]
             .iter()
@@ -50,6 +51,7 @@ pub fn average_precision(
             .map(|(j, t)| (j, det.bbox.iou(t)))
             .filter(|&(_, iou)| iou >= iou_threshold)
             .max_by(|a, b| a.1.total_cmp(&b.1));
+        let hit = best.is_some();
         match best {
             Some((j, _)) => {
                 used[image][j] = true;
@@ -57,18 +59,20 @@ pub fn average_precision(
             }
             None => fp += 1,
         }
-        curve.push((tp as f64 / positives as f64, tp as f64 / (tp + fp) as f64));
+        ranks.push((tp as f64 / (tp + fp) as f64, hit));
     }
-    // Area under the monotone envelope of precision, summed over recall steps.
-    let mut ap = 0.0;
-    let mut best_precision = 0.0f64;
-    let mut next_recall = curve.last().map_or(0.0, |c| c.0);
-    for &(recall, precision) in curve.iter().rev() {
-        ap += (next_recall - recall) * best_precision;
-        best_precision = best_precision.max(precision);
-        next_recall = recall;
+    // Each true positive raises recall by 1 / positives; the area under the
+    // monotone envelope of precision is the mean of that envelope at the true
+    // positives (summed as such, so a perfect ranking gives exactly 1).
+    let mut envelope = 0.0f64;
+    let mut area = 0.0;
+    for &(precision, hit) in ranks.iter().rev() {
+        envelope = envelope.max(precision);
+        if hit {
+            area += envelope;
+        }
     }
-    ap += next_recall * best_precision;
+    let ap = area / positives as f64;
     Some(ap)
 }
 
