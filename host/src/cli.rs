@@ -34,6 +34,26 @@ pub enum Command {
     Eval(EvalCommand),
     /// Attack one sample of a checkpoint's data; save the noise and the predictions as .npy.
     Attack(AttackCommand),
+    /// Prepare datasets: decode through the task plugin, split, cache.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Decode a data spec's files once through the plugin, split them by slab,
+    /// and write DIR/manifest.json with the decoded tensors cached beside it.
+    Prepare {
+        /// The task plugin (.wasm or native library).
+        #[arg(long)]
+        plugin: PathBuf,
+        /// The data spec (TOML: name, files, [decode] options, [split]).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Output folder [default: data/prepared/<spec name>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -187,6 +207,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{:<16} clean {:.4} -> attacked {:.4}", c.name, c.value, a.value);
             }
             println!("files: {}", r.dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Data(DataCommand::Prepare { plugin, spec, out }) => {
+            let p = crate::data::prepare::prepare(&crate::data::prepare::PrepareArgs { plugin, spec, out })?;
+            for slab in &p.slabs {
+                println!(
+                    "{:<5} {:>4} slices  {} {} {}..={}",
+                    slab.split.name(),
+                    slab.slices,
+                    slab.source,
+                    slab.axis,
+                    slab.first,
+                    slab.last
+                );
+            }
+            let counts: Vec<String> = p.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("samples: {}", counts.join(", "));
+            println!(
+                "decoded in {:.1} s, {:.1} s in all; manifest: {}",
+                p.decode_seconds,
+                p.total_seconds,
+                p.manifest.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCommand::Info { plugin, json }) => {

@@ -2,6 +2,8 @@
 //! tensors (decoded once by the task plugin, then cached), split into train /
 //! validation / test.
 
+pub mod manifest;
+pub mod prepare;
 pub mod source;
 pub mod synthetic;
 

@@ -4,7 +4,7 @@
 use super::synthetic::{self, SyntheticConfig};
 use super::{DataConfig, Splits};
 use crate::plugin::Plugin;
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The `[data]` section: `synthetic = { ... }` alone, or the manifest loader's keys.
@@ -35,12 +35,9 @@ impl DataSource {
     }
 }
 
-/// The real-data hook: the manifest loader of `host/src/data` goes here.
-pub fn load_splits(cfg: &DataConfig, _plugin: &mut Plugin) -> Result<Splits> {
-    bail!(
-        "data manifest {}: data manifests are not supported yet (use [data] synthetic = {{ ... }})",
-        cfg.manifest.display()
-    )
+/// The splits of a prepared manifest (see [`super::prepare::load_splits`]).
+pub fn load_splits(cfg: &DataConfig, plugin: &mut Plugin) -> Result<Splits> {
+    super::prepare::load_splits(&cfg.manifest, plugin)
 }
 
 impl Serialize for DataSource {

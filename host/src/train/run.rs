@@ -139,6 +139,9 @@ pub fn effective_config(path: &Path, plugin: Option<&Path>, method: Option<Metho
         Some(p) => Some(absolute(p)),
         None => cfg.run.plugin.map(|p| absolute(&relative_to(path, &p))),
     };
+    if let crate::data::source::DataSource::Manifest(m) = &mut cfg.data {
+        m.manifest = absolute(&relative_to(path, &m.manifest));
+    }
     if let Some(m) = method {
         cfg.run.method = Some(m);
     }

@@ -3,6 +3,12 @@
 //!
 //! Loss per sample: cross-entropy (mean over pixels) + (1 - soft Dice, mean
 //! over classes). Metrics: hard Dice per class and their mean.
+//!
+//! Data: Colin27 (`ch2`) slices; targets are AAL's regions grouped into lobes
+//! (8 classes, the default) or the brain mask (a 2-class coarse variant on the
+//! same 8 output channels). See [`decode`] for the options.
+
+pub mod decode;
 
 use amat_plugin_sdk::{
     DecodeRequest, Example, Metric, TargetKind, Task, TaskInfo, Tensor, export_task,
@@ -10,8 +16,9 @@ use amat_plugin_sdk::{
 
 pub struct Segmentation;
 
-/// Classes of the default label set (background + seven AAL groups).
-pub const CLASSES: u32 = 8;
+/// Classes of the default label set (background + seven AAL groups, see
+/// [`decode::CLASS_NAMES`]).
+pub const CLASSES: u32 = decode::CLASS_NAMES.len() as u32;
 const SMOOTH: f64 = 1.0;
 
 /// Target as a long [B, H, W] class map.
@@ -54,8 +61,8 @@ impl Task for Segmentation {
         }
     }
 
-    fn decode(_request: &DecodeRequest) -> Result<Vec<Example>, String> {
-        Err("segmentation decode: no data source is wired yet".into())
+    fn decode(request: &DecodeRequest) -> Result<Vec<Example>, String> {
+        decode::decode(request)
     }
 
     fn loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {

@@ -1,0 +1,345 @@
+//! The data spec a user writes (`examples/data/*.toml`) and the manifest
+//! `amat-host data prepare` writes from it: every sample with its source
+//! volume, axis, slice index and split, the input files with their sha256,
+//! the decode options and the plugin, so every number can be traced back.
+//!
+//! Splits are slabs: contiguous ranges of slice indices in the order train,
+//! validation, test, with `gap` slice indices dropped between neighbours, so
+//! near-identical adjacent slices never straddle a split.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A dataset spec (TOML). Relative file paths are relative to the spec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub name: String,
+    /// Every input file; the plugin sees each under its file name.
+    pub files: Vec<PathBuf>,
+    /// The plugin's decode options (passed to it as JSON).
+    #[serde(default)]
+    pub decode: toml::Table,
+    #[serde(default)]
+    pub split: SplitSpec,
+}
+
+/// `[split]`: fractions of the labelled slices (normalised by their sum) and
+/// the gap, in slice indices, left out between neighbouring splits.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitSpec {
+    pub train: f64,
+    pub val: f64,
+    pub test: f64,
+    pub gap: usize,
+}
+
+impl Default for SplitSpec {
+    fn default() -> Self {
+        Self {
+            train: 0.7,
+            val: 0.15,
+            test: 0.15,
+            gap: 2,
+        }
+    }
+}
+
+impl DataSpec {
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("data spec {}: {e}", path.display()))?;
+        let spec: DataSpec = toml::from_str(&text)
+            .map_err(|e| format!("data spec {}: {}", path.display(), e.message().trim()))?;
+        spec.validate()
+            .map_err(|e| format!("data spec {}: {e}", path.display()))?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.files.is_empty() {
+            return Err("`files` is empty".into());
+        }
+        let s = &self.split;
+        let fractions = [("train", s.train), ("val", s.val), ("test", s.test)];
+        if let Some((k, v)) = fractions.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+            return Err(format!("split.{k} = {v} must be >= 0"));
+        }
+        if s.train <= 0.0 || s.test <= 0.0 {
+            return Err("split.train and split.test must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+}
+
+impl Split {
+    pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Val => "val",
+            Split::Test => "test",
+        }
+    }
+}
+
+/// Where an example id (`<source>:<axis>:<index>[:aug<k>]`) comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceId {
+    pub source: String,
+    pub axis: String,
+    pub index: usize,
+    /// `k` of an augmented copy `:aug<k>`.
+    pub augmented: Option<usize>,
+}
+
+impl SliceId {
+    pub fn parse(id: &str) -> Result<Self, String> {
+        let bad = || format!("example id `{id}` is not `<source>:<axis>:<index>[:aug<k>]`");
+        let parts: Vec<&str> = id.split(':').collect();
+        let augmented = match parts.len() {
+            3 => None,
+            4 => Some(
+                parts[3]
+                    .strip_prefix("aug")
+                    .and_then(|k| k.parse().ok())
+                    .ok_or_else(bad)?,
+            ),
+            _ => return Err(bad()),
+        };
+        if parts[0].is_empty() || parts[1].is_empty() {
+            return Err(bad());
+        }
+        Ok(Self {
+            source: parts[0].into(),
+            axis: parts[1].into(),
+            index: parts[2].parse().map_err(|_| bad())?,
+            augmented,
+        })
+    }
+}
+
+/// Split of each example (same order as `ids`), or `None` for dropped ones
+/// (the gaps, and augmented copies outside the training split).
+pub fn assign_splits(ids: &[SliceId], spec: &SplitSpec) -> Vec<Option<Split>> {
+    // Slabs are cut per (source, axis): a slice index means something only there.
+    let mut groups: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
+    for id in ids {
+        groups
+            .entry((&id.source, &id.axis))
+            .or_default()
+            .push(id.index);
+    }
+    let mut of_slice: BTreeMap<(&str, &str, usize), Split> = BTreeMap::new();
+    for ((source, axis), mut indices) in groups {
+        indices.sort_unstable();
+        indices.dedup();
+        for (index, split) in slabs(&indices, spec) {
+            of_slice.insert((source, axis, index), split);
+        }
+    }
+    ids.iter()
+        .map(|id| {
+            let split = of_slice.get(&(id.source.as_str(), id.axis.as_str(), id.index)).copied();
+            match (split, id.augmented) {
+                (Some(Split::Train), _) | (Some(_), None) => split,
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Cuts ascending distinct slice indices into train, val, test slabs.
+fn slabs(indices: &[usize], spec: &SplitSpec) -> Vec<(usize, Split)> {
+    let total = spec.train + spec.val + spec.test;
+    let wanted: Vec<(Split, f64)> = [
+        (Split::Train, spec.train),
+        (Split::Val, spec.val),
+        (Split::Test, spec.test),
+    ]
+    .into_iter()
+    .filter(|(_, f)| *f > 0.0)
+    .collect();
+    // Slices left after the gaps, shared out by fraction (the last split takes the rest).
+    let usable = indices
+        .len()
+        .saturating_sub(spec.gap * (wanted.len() - 1));
+    let mut out = Vec::new();
+    let mut next = 0;
+    let mut after: Option<usize> = None;
+    for (k, (split, fraction)) in wanted.iter().enumerate() {
+        if let Some(last) = after {
+            // Drop slices within `gap` indices of the previous slab.
+            while next < indices.len() && indices[next] <= last + spec.gap {
+                next += 1;
+            }
+        }
+        let count = if k + 1 == wanted.len() {
+            indices.len() - next
+        } else {
+            ((usable as f64 * fraction / total).round() as usize).min(indices.len() - next)
+        };
+        for &index in &indices[next..next + count] {
+            out.push((index, *split));
+        }
+        next += count;
+        if count > 0 {
+            after = Some(indices[next - 1]);
+        }
+    }
+    out
+}
+
+/// One input file as prepared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The name the plugin saw (the file name).
+    pub name: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    pub name: String,
+    pub version: String,
+}
+
+/// One sample of the manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampleRecord {
+    pub id: String,
+    pub source: String,
+    pub axis: String,
+    pub index: usize,
+    pub split: Split,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augmented: Option<usize>,
+}
+
+/// First and last slice index of a split's slab, per (source, axis).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlabRecord {
+    pub source: String,
+    pub axis: String,
+    pub split: Split,
+    pub first: usize,
+    pub last: usize,
+    pub slices: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub plugin: PluginRecord,
+    pub files: Vec<FileRecord>,
+    /// The decode options exactly as passed to the plugin.
+    pub options: serde_json::Value,
+    pub split: SplitSpec,
+    /// Samples per split (augmented copies included), and examples dropped.
+    pub counts: BTreeMap<String, usize>,
+    pub slabs: Vec<SlabRecord>,
+    /// The decoded tensors, relative to the manifest's folder.
+    pub cache: PathBuf,
+    /// What the cache was decoded from (see `cache::key`).
+    pub cache_key: String,
+    pub samples: Vec<SampleRecord>,
+}
+
+impl Manifest {
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("data manifest {}: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("data manifest {}: not a manifest ({e})", path.display()))
+    }
+
+    /// The slab of each split from its samples.
+    pub fn slabs_of(samples: &[SampleRecord]) -> Vec<SlabRecord> {
+        let mut slabs: BTreeMap<(String, String, Split), (usize, usize, Vec<usize>)> =
+            BTreeMap::new();
+        for s in samples {
+            let e = slabs
+                .entry((s.source.clone(), s.axis.clone(), s.split))
+                .or_insert((usize::MAX, 0, Vec::new()));
+            e.0 = e.0.min(s.index);
+            e.1 = e.1.max(s.index);
+            e.2.push(s.index);
+        }
+        slabs
+            .into_iter()
+            .map(|((source, axis, split), (first, last, mut all))| {
+                all.sort_unstable();
+                all.dedup();
+                SlabRecord {
+                    source,
+                    axis,
+                    split,
+                    first,
+                    last,
+                    slices: all.len(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(indices: impl IntoIterator<Item = usize>) -> Vec<SliceId> {
+        indices
+            .into_iter()
+            .map(|i| SliceId::parse(&format!("ch2:axial:{i}")).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn ids_parse_and_reject() {
+        let s = SliceId::parse("ch2:axial:17:aug3").unwrap();
+        assert_eq!((s.index, s.augmented), (17, Some(3)));
+        for bad in ["ch2:axial", "ch2:axial:x", "ch2:axial:1:copy", ":axial:1"] {
+            assert!(SliceId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn slabs_are_contiguous_ordered_and_gapped() {
+        let all = ids(10..30);
+        let spec = SplitSpec { train: 0.6, val: 0.2, test: 0.2, gap: 2 };
+        let s = assign_splits(&all, &spec);
+        let of = |split| -> Vec<usize> {
+            all.iter().zip(&s).filter(|(_, x)| **x == Some(split)).map(|(i, _)| i.index).collect()
+        };
+        // 20 slices, 2 gaps of 2: 16 usable -> 10 train, 3 val, rest test.
+        assert_eq!(of(Split::Train), (10..20).collect::<Vec<_>>());
+        assert_eq!(of(Split::Val), vec![22, 23, 24]);
+        assert_eq!(of(Split::Test), vec![27, 28, 29]);
+        assert_eq!(s.iter().filter(|x| x.is_none()).count(), 4);
+    }
+
+    #[test]
+    fn augmented_copies_stay_only_in_train() {
+        let mut all = ids(0..10);
+        all.push(SliceId::parse("ch2:axial:0:aug1").unwrap());
+        all.push(SliceId::parse("ch2:axial:9:aug1").unwrap());
+        let spec = SplitSpec { train: 0.5, val: 0.0, test: 0.5, gap: 1 };
+        let s = assign_splits(&all, &spec);
+        assert_eq!(s[10], Some(Split::Train));
+        assert_eq!(s[11], None);
+        assert_eq!(s[9], Some(Split::Test));
+    }
+}

@@ -1,0 +1,375 @@
+//! Decoding Colin27 (`ch2`) slices with class maps from the AAL atlas
+//! ("lobes", the default) or from the brain-extracted scan ("brain").
+//!
+//! Options (JSON, every key optional):
+//! - `axis`: "axial" (default) | "coronal" | "sagittal"
+//! - `size`: side of the square output in pixels (default 64)
+//! - `labels`: "lobes" (default): the 8 classes of [`CLASS_NAMES`] from AAL's
+//!   116 regions grouped by name ([`LOBE_OF_REGION`]); "brain": 0 = outside,
+//!   1 = inside the brain (`ch2bet > 0`), a coarse variant that uses 2 of the
+//!   model's 8 output channels (the others never occur in its targets).
+//! - `slices`: `[first, end)` to keep only those slice indices
+//! - `augment`: extra warped copies per slice (default 0), `seed` (default 0)
+//! - `image`, `brain`, `atlas`, `atlas_names`: which request file is which
+//!   (defaults: the mricron names `ch2.nii.gz`, `ch2bet.nii.gz`, `aal.nii.gz`,
+//!   `aal.nii.txt`)
+//!
+//! Images are scaled to [0, 1] by the whole volume's 0.5 and 99.5
+//! percentiles (so slices stay comparable), then fitted into the square
+//! (aspect kept, zero padding); labels are resampled by nearest neighbour.
+//! Slices whose label map is all background are left out.
+
+use amat_plugin_sdk::{DecodeRequest, Dense, Example};
+use medimg::{Affine2, Axis, Image2D, Interp, Volume, nifti};
+use serde::Deserialize;
+
+/// Class index = position. "Deep grey" is the basal ganglia and thalamus.
+pub const CLASS_NAMES: [&str; 8] = [
+    "background",
+    "frontal",
+    "temporal",
+    "parietal",
+    "occipital",
+    "limbic_insula",
+    "deep_grey",
+    "cerebellum",
+];
+
+/// AAL region name prefix -> class index in [`CLASS_NAMES`]. Every region in
+/// the atlas's name table must match exactly one rule (checked when decoding).
+pub const LOBE_OF_REGION: &[(&str, u8)] = &[
+    ("Precentral", 1),
+    ("Frontal", 1),
+    ("Rolandic_Oper", 1),
+    ("Supp_Motor_Area", 1),
+    ("Olfactory", 1),
+    ("Rectus", 1),
+    ("Paracentral_Lobule", 1),
+    ("Temporal", 2),
+    ("Heschl", 2),
+    ("Fusiform", 2),
+    ("Postcentral", 3),
+    ("Parietal", 3),
+    ("SupraMarginal", 3),
+    ("Angular", 3),
+    ("Precuneus", 3),
+    ("Calcarine", 4),
+    ("Cuneus", 4),
+    ("Lingual", 4),
+    ("Occipital", 4),
+    ("Insula", 5),
+    ("Cingulum", 5),
+    ("Hippocampus", 5),
+    ("ParaHippocampal", 5),
+    ("Amygdala", 5),
+    ("Caudate", 6),
+    ("Putamen", 6),
+    ("Pallidum", 6),
+    ("Thalamus", 6),
+    ("Cerebelum", 7),
+    ("Vermis", 7),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Labels {
+    Lobes,
+    Brain,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    pub axis: String,
+    pub size: usize,
+    pub labels: Labels,
+    pub slices: Option<[usize; 2]>,
+    pub augment: usize,
+    pub seed: u64,
+    pub image: String,
+    pub brain: String,
+    pub atlas: String,
+    pub atlas_names: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            axis: "axial".into(),
+            size: 64,
+            labels: Labels::Lobes,
+            slices: None,
+            augment: 0,
+            seed: 0,
+            image: "ch2.nii.gz".into(),
+            brain: "ch2bet.nii.gz".into(),
+            atlas: "aal.nii.gz".into(),
+            atlas_names: "aal.nii.txt".into(),
+        }
+    }
+}
+
+impl Options {
+    pub fn parse(json: &str) -> Result<Self, String> {
+        let json = if json.trim().is_empty() { "{}" } else { json };
+        let o: Options =
+            serde_json::from_str(json).map_err(|e| format!("segmentation decode options: {e}"))?;
+        if !(8..=1024).contains(&o.size) {
+            return Err(format!(
+                "segmentation decode options: size {} is not between 8 and 1024",
+                o.size
+            ));
+        }
+        Axis::parse(&o.axis).map_err(|e| format!("segmentation decode options: {e}"))?;
+        Ok(o)
+    }
+}
+
+/// Class of each AAL label value (index = value), from the atlas's name
+/// table (`<value> <name> [...]` per line) and [`LOBE_OF_REGION`].
+pub fn lobe_table(file: &str, text: &str) -> Result<Vec<u8>, String> {
+    let mut table = vec![0u8; 1];
+    for (n, line) in text.lines().enumerate() {
+        let mut words = line.split_whitespace();
+        let (Some(value), Some(name)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let value: usize = value
+            .parse()
+            .map_err(|_| format!("{file}: line {}: `{value}` is not a label value", n + 1))?;
+        let class = LOBE_OF_REGION
+            .iter()
+            .find(|(prefix, _)| name.starts_with(prefix))
+            .map(|&(_, c)| c)
+            .ok_or_else(|| {
+                format!(
+                    "{file}: line {}: region `{name}` belongs to no class group",
+                    n + 1
+                )
+            })?;
+        if value == 0 || value > u16::MAX as usize {
+            return Err(format!(
+                "{file}: line {}: label value {value} is out of range",
+                n + 1
+            ));
+        }
+        if table.len() <= value {
+            table.resize(value + 1, 0);
+        }
+        table[value] = class;
+    }
+    if table.len() == 1 {
+        return Err(format!("{file}: no `<value> <name>` lines"));
+    }
+    Ok(table)
+}
+
+/// A per-voxel class volume: atlas values mapped through `table`.
+fn classes_from_atlas(
+    atlas: &Volume,
+    table: &[u8],
+    atlas_file: &str,
+    names_file: &str,
+) -> Result<Volume, String> {
+    let mut data = Vec::with_capacity(atlas.data.len());
+    for &v in &atlas.data {
+        let i = v as usize;
+        if v < 0.0 || v.fract() != 0.0 || i >= table.len() || (i > 0 && table[i] == 0) {
+            return Err(format!(
+                "{atlas_file}: label value {v} has no name in {names_file}"
+            ));
+        }
+        data.push(table[i] as f32);
+    }
+    Ok(Volume {
+        data,
+        ..atlas.clone()
+    })
+}
+
+fn load(request: &DecodeRequest, file: &str) -> Result<Volume, String> {
+    nifti::read(file, request.file(file)?)
+}
+
+/// `ch2.nii.gz` -> `ch2`.
+fn source_name(file: &str) -> &str {
+    let base = file.rsplit('/').next().unwrap_or(file);
+    let base = base.strip_suffix(".gz").unwrap_or(base);
+    base.strip_suffix(".nii").unwrap_or(base)
+}
+
+pub fn decode(request: &DecodeRequest) -> Result<Vec<Example>, String> {
+    let o = Options::parse(&request.options)?;
+    let axis = Axis::parse(&o.axis)?;
+    let image = load(request, &o.image)?;
+    let labels = match o.labels {
+        Labels::Brain => {
+            let brain = load(request, &o.brain)?;
+            image.check_same_grid(&o.image, &brain, &o.brain)?;
+            let data = brain.data.iter().map(|&v| f32::from(v > 0.0)).collect();
+            Volume { data, ..brain }
+        }
+        Labels::Lobes => {
+            let names = std::str::from_utf8(request.file(&o.atlas_names)?)
+                .map_err(|e| format!("{}: not UTF-8 text ({e})", o.atlas_names))?;
+            let table = lobe_table(&o.atlas_names, names)?;
+            let atlas = load(request, &o.atlas)?;
+            image.check_same_grid(&o.image, &atlas, &o.atlas)?;
+            classes_from_atlas(&atlas, &table, &o.atlas, &o.atlas_names)?
+        }
+    };
+
+    let (lo, hi) = image.quantiles(0.005, 0.995);
+    let n = image.slices(axis);
+    let [first, end] = o.slices.unwrap_or([0, n]);
+    if first >= end || end > n {
+        return Err(format!(
+            "segmentation decode options: slices [{first}, {end}) do not fit the {n} {} slices of {}",
+            axis.name(),
+            o.image
+        ));
+    }
+    let source = source_name(&o.image);
+    let mut rng = fastrand::Rng::with_seed(o.seed);
+    let mut out = Vec::new();
+    for index in first..end {
+        let label = labels.slice(axis, index)?;
+        if label.data.iter().all(|&v| v == 0.0) {
+            continue;
+        }
+        let img = image.slice(axis, index)?.rescale(lo, hi);
+        let (img, _) = img.fit_square(o.size, Interp::Bilinear, 0.0);
+        let (label, _) = label.fit_square(o.size, Interp::Nearest, 0.0);
+        let id = format!("{source}:{}:{index}", axis.name());
+        out.push(example(id.clone(), &img, &label)?);
+        for k in 1..=o.augment {
+            let (a, gamma) = random_warp(&mut rng, o.size);
+            let warped = img.warp(&a, Interp::Bilinear, 0.0);
+            let warped = Image2D {
+                data: warped.data.iter().map(|v| v.powf(gamma)).collect(),
+                ..warped
+            };
+            let lab = label.warp(&a, Interp::Nearest, 0.0);
+            out.push(example(format!("{id}:aug{k}"), &warped, &lab)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A small random rotation (±10°), scale (±8 %) and shift (±4 % of the
+/// side) about the centre, and an intensity gamma in [0.8, 1.25].
+fn random_warp(rng: &mut fastrand::Rng, size: usize) -> (Affine2, f32) {
+    let mut uniform = |a: f64| (rng.f64() * 2.0 - 1.0) * a;
+    let c = (size as f64 - 1.0) / 2.0;
+    let angle = uniform(10f64.to_radians());
+    let scale = 1.0 + uniform(0.08);
+    let shift = (uniform(0.04 * size as f64), uniform(0.04 * size as f64));
+    let gamma = 1.25f64.powf(uniform(1.0)) as f32;
+    (Affine2::about((c, c), angle, scale, shift), gamma)
+}
+
+fn example(id: String, image: &Image2D, label: &Image2D) -> Result<Example, String> {
+    let (h, w) = (image.h as i64, image.w as i64);
+    Ok(Example {
+        id,
+        image: Dense::new(vec![1, h, w], image.data.clone())?,
+        target: Dense::new(vec![h, w], label.data.clone())?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amat_plugin_sdk::File;
+
+    const NAMES: &str =
+        "1 Precentral_L 2001\n2 Precuneus_R 2002\n3 Cuneus_L 5001\n4 Vermis_3 9001\n";
+
+    #[test]
+    fn lobe_table_groups_by_name() {
+        let t = lobe_table("names.txt", NAMES).unwrap();
+        assert_eq!(t, vec![0, 1, 3, 4, 7]);
+        let e = lobe_table("names.txt", "5 Brainstem 1\n").unwrap_err();
+        assert!(
+            e.starts_with("names.txt: line 1") && e.contains("Brainstem"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_real_aal_region_has_a_class() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../data/raw/mricron/aal.nii.txt"
+        );
+        let text = std::fs::read_to_string(path).expect("run host/scripts/fetch-data.sh");
+        let t = lobe_table("aal.nii.txt", &text).unwrap();
+        assert_eq!(t.len(), 117);
+        assert!(t[1..].iter().all(|&c| (1..8).contains(&c)));
+        // Hippocampus (37/38) is limbic, thalamus (77/78) deep grey.
+        assert_eq!((t[37], t[38], t[77], t[78]), (5, 5, 6, 6));
+        for c in 1..8u8 {
+            assert!(
+                t.contains(&c),
+                "class {} has no region",
+                CLASS_NAMES[c as usize]
+            );
+        }
+    }
+
+    /// A 4 x 4 x 3 image whose atlas labels only the middle z slice.
+    fn request(options: &str) -> DecodeRequest {
+        let affine = [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+        ];
+        let img: Vec<u8> = (0..48).map(|v| v as u8 * 5).collect();
+        let mut atlas = vec![0u8; 48];
+        atlas[16 + 5] = 1;
+        atlas[16 + 10] = 4;
+        let file = |name: &str, bytes: Vec<u8>| File {
+            name: name.into(),
+            bytes,
+        };
+        DecodeRequest {
+            files: vec![
+                file("ch2.nii.gz", nifti::encode_u8([4, 4, 3], affine, &img)),
+                file("aal.nii.gz", nifti::encode_u8([4, 4, 3], affine, &atlas)),
+                file("aal.nii.txt", NAMES.as_bytes().to_vec()),
+            ],
+            options: options.into(),
+        }
+    }
+
+    #[test]
+    fn decodes_labelled_slices_only() {
+        let out = decode(&request(r#"{"size": 8}"#)).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].id, "ch2:axial:1");
+        assert_eq!(out[0].image.shape, vec![1, 8, 8]);
+        assert_eq!(out[0].target.shape, vec![8, 8]);
+        let mut classes: Vec<f32> = out[0].target.data.clone();
+        classes.sort_by(f32::total_cmp);
+        classes.dedup();
+        assert_eq!(classes, vec![0.0, 1.0, 7.0]);
+        assert!(out[0].image.data.iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn augmented_copies_follow_their_slice() {
+        let out = decode(&request(r#"{"size": 8, "augment": 2, "seed": 3}"#)).unwrap();
+        let ids: Vec<&str> = out.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["ch2:axial:1", "ch2:axial:1:aug1", "ch2:axial:1:aug2"]);
+    }
+
+    #[test]
+    fn bad_options_and_files_are_clear_errors() {
+        let e = decode(&request(r#"{"sise": 8}"#)).unwrap_err();
+        assert!(e.contains("sise"), "{e}");
+        let e = decode(&request(r#"{"axis": "oblique"}"#)).unwrap_err();
+        assert!(e.contains("oblique"), "{e}");
+        let e = decode(&request(r#"{"labels": "brain"}"#)).unwrap_err();
+        assert!(e.contains("ch2bet.nii.gz"), "{e}");
+    }
+}
