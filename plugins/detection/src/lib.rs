@@ -8,6 +8,12 @@
 //! structures (both hemispheres of each form one class) and stardist's
 //! nuclei, see [`CLASSES`].
 //!
+//! A heatmap channel is a logit relative to a prior centre probability of
+//! 1% (`PRIOR_LOGIT`, RetinaNet's prior): `score = sigmoid(x + PRIOR_LOGIT)`.
+//! An untrained net (outputs near 0) thus starts by predicting almost no
+//! centres, as CenterNet's bias initialisation does, without the plugin
+//! reaching into the host's model.
+//!
 //! Loss per sample: the focal loss of CenterNet on the heatmaps (alpha 2,
 //! beta 4, normalised by the sample's number of objects) plus L1 on size
 //! (weight 0.1) and offset (weight 1) at the true centres.
@@ -40,6 +46,8 @@ pub const CLASSES: [&str; 6] = [
 /// Output channels: the heatmaps, then height, width, offset row, offset col.
 pub const OUTPUT_CHANNELS: usize = CLASSES.len() + 4;
 
+/// `ln(0.01 / 0.99)`: a zero output means a 1% centre probability.
+pub const PRIOR_LOGIT: f64 = -4.59511985013459;
 const FOCAL_ALPHA: f64 = 2.0;
 const FOCAL_BETA: f64 = 4.0;
 const SIZE_WEIGHT: f64 = 0.1;
@@ -63,13 +71,18 @@ fn check_shapes(pred: &Tensor, target: &Tensor) -> Result<(i64, i64, i64), Strin
     Ok((p[0], p[2], p[3]))
 }
 
+/// Centre scores [B, C, H, W] in (0, 1) of a prediction.
+fn scores(pred: &Tensor) -> Tensor {
+    (pred.narrow(1, 0, CLASSES.len() as i64) + PRIOR_LOGIT).sigmoid()
+}
+
 /// Per-sample loss [B] (see the crate docs).
 pub fn centernet_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
     check_shapes(pred, target)?;
     let c = CLASSES.len() as i64;
     let all = [1, 2, 3];
     // Clamped like CenterNet, so log never sees 0 or 1.
-    let p = pred.narrow(1, 0, c).sigmoid().clamp(1e-4, 1.0 - 1e-4);
+    let p = scores(pred).clamp(1e-4, 1.0 - 1e-4);
     let y = target.narrow(1, 0, c);
     let pos = y.ge(1.0).to_float();
     let neg = 1.0 - &pos;
@@ -93,7 +106,7 @@ pub fn centernet_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> 
 /// densely once and the peaks are picked here.
 pub fn detections(pred: &Tensor, b: usize, h: usize, w: usize) -> Vec<Vec<Detection>> {
     let c = CLASSES.len();
-    let heat = pred.narrow(1, 0, c as i64).sigmoid().to_vec();
+    let heat = scores(pred).to_vec();
     let reg = pred.narrow(1, c as i64, 4).to_vec();
     let plane = h * w;
     (0..b)
