@@ -23,8 +23,12 @@ fn plugin() -> Plugin {
 
 fn raw(dir: &str, name: &str) -> File {
     let path = support::root().join("data/raw").join(dir).join(name);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run host/scripts/fetch-data.sh)", path.display()));
-    File { name: name.into(), bytes }
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run host/scripts/fetch-data.sh)", path.display()));
+    File {
+        name: name.into(),
+        bytes,
+    }
 }
 
 fn subcortical_files() -> Vec<File> {
@@ -36,15 +40,27 @@ fn nuclei_files() -> Vec<File> {
 }
 
 fn decode(p: &mut Plugin, files: Vec<File>, options: &str) -> Vec<Example> {
-    p.decode(&DecodeRequest { files, options: options.into() }).unwrap()
+    p.decode(&DecodeRequest {
+        files,
+        options: options.into(),
+    })
+    .unwrap()
 }
 
 fn decode_err(p: &mut Plugin, files: Vec<File>, options: &str) -> String {
-    p.decode(&DecodeRequest { files, options: options.into() }).unwrap_err().to_string()
+    p.decode(&DecodeRequest {
+        files,
+        options: options.into(),
+    })
+    .unwrap_err()
+    .to_string()
 }
 
 fn metric(m: &[Metric], name: &str) -> f64 {
-    m.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no metric {name} in {m:?}")).value
+    m.iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no metric {name} in {m:?}"))
+        .value
 }
 
 /// A box read from the documented target layout: (class, top, left, bottom, right).
@@ -58,9 +74,18 @@ fn boxes(e: &Example) -> Vec<Boxed> {
     (0..plane)
         .filter(|&at| ch(C + 4, at) > 0.0)
         .map(|at| {
-            let (cr, cc) = ((at / w) as f32 + ch(C + 2, at), (at % w) as f32 + ch(C + 3, at));
+            let (cr, cc) = (
+                (at / w) as f32 + ch(C + 2, at),
+                (at % w) as f32 + ch(C + 3, at),
+            );
             let (bh, bw) = (ch(C, at), ch(C + 1, at));
-            (ch(C + 4, at) as usize - 1, cr - bh / 2.0, cc - bw / 2.0, cr + bh / 2.0, cc + bw / 2.0)
+            (
+                ch(C + 4, at) as usize - 1,
+                cr - bh / 2.0,
+                cc - bw / 2.0,
+                cr + bh / 2.0,
+                cc + bw / 2.0,
+            )
         })
         .collect()
 }
@@ -101,7 +126,11 @@ fn map_of_perfect_boxes_is_one_and_of_boxes_at_a_known_iou_as_expected() {
     let mut p = plugin();
     let y = target_of(24, &[(0, 2.0, 3.0, 10.0, 10.0), (4, 12.0, 12.0, 6.0, 8.0)]);
     let m = p.metrics(&perfect(&y), &y).unwrap();
-    assert_eq!((metric(&m, "map_50"), metric(&m, "map_50_95")), (1.0, 1.0), "{m:?}");
+    assert_eq!(
+        (metric(&m, "map_50"), metric(&m, "map_50_95")),
+        (1.0, 1.0),
+        "{m:?}"
+    );
     assert_eq!(metric(&m, "objects"), 2.0);
 
     // The same centres, widths 7.2 and 5.76 (of 10 and 8): IoU 0.72 each.
@@ -115,7 +144,11 @@ fn map_of_perfect_boxes_is_one_and_of_boxes_at_a_known_iou_as_expected() {
     // Below 0.5: no match at any threshold.
     let _ = pred.get(0).get(C + 1).multiply_scalar_(0.6);
     let m = p.metrics(&pred, &y).unwrap();
-    assert_eq!((metric(&m, "map_50"), metric(&m, "map_50_95")), (0.0, 0.0), "{m:?}");
+    assert_eq!(
+        (metric(&m, "map_50"), metric(&m, "map_50_95")),
+        (0.0, 0.0),
+        "{m:?}"
+    );
 
     // A confident false positive of class 0 ranked above the true box: AP(class 0) = 1/2
     // (recall 1 reached at precision 1/2), class 4 stays 1: mAP@0.5 = 3/4.
@@ -139,21 +172,34 @@ fn loss_is_near_zero_for_a_perfect_prediction_and_adds_l1_for_a_wrong_size() {
     let tall = good.copy();
     let _ = tall.get(0).get(C).g_add_scalar_(2.0);
     let tall_loss = p.loss(&tall, &y).unwrap().double_value(&[0]);
-    assert!((tall_loss - base - 0.2).abs() < 1e-4, "{base} -> {tall_loss}");
+    assert!(
+        (tall_loss - base - 0.2).abs() < 1e-4,
+        "{base} -> {tall_loss}"
+    );
     // A missed object raises the focal term.
     let missed = good.copy();
     let _ = missed.get(0).get(1).fill_(-10.0);
     assert!(p.loss(&missed, &y).unwrap().double_value(&[0]) > 1.0);
-    assert!(p.loss(&good.narrow(1, 0, 9), &y).is_err(), "a wrong shape is an error");
+    assert!(
+        p.loss(&good.narrow(1, 0, 9), &y).is_err(),
+        "a wrong shape is an error"
+    );
 }
 
 #[test]
 fn subcortical_boxes_lie_in_the_image_on_the_slices_that_hold_structures() {
     let mut p = plugin();
-    let ex = decode(&mut p, subcortical_files(), r#"{"axis": "axial", "size": 64}"#);
+    let ex = decode(
+        &mut p,
+        subcortical_files(),
+        r#"{"axis": "axial", "size": 64}"#,
+    );
     let index = |e: &Example| e.id.rsplit(':').next().unwrap().parse::<usize>().unwrap();
     assert!(ex.len() > 40 && ex.len() < 120, "{} slices", ex.len());
-    assert!(ex.windows(2).all(|w| index(&w[0]) < index(&w[1])), "slab order");
+    assert!(
+        ex.windows(2).all(|w| index(&w[0]) < index(&w[1])),
+        "slab order"
+    );
     let mut hippocampus = Vec::new();
     for e in &ex {
         assert_eq!(e.image.shape, vec![1, 64, 64]);
@@ -161,7 +207,11 @@ fn subcortical_boxes_lie_in_the_image_on_the_slices_that_hold_structures() {
         assert!(e.image.data.iter().all(|v| (0.0..=1.0).contains(v)));
         for (class, t, l, b, r) in boxes(e) {
             assert!(class < 5, "{}: class {class} is not subcortical", e.id);
-            assert!(0.0 <= t && t < b && b <= 64.0 && 0.0 <= l && l < r && r <= 64.0, "{}: box {t} {l} {b} {r}", e.id);
+            assert!(
+                0.0 <= t && t < b && b <= 64.0 && 0.0 <= l && l < r && r <= 64.0,
+                "{}: box {t} {l} {b} {r}",
+                e.id
+            );
         }
         if boxes(e).iter().any(|b| b.0 == 0) {
             hippocampus.push(index(e));
@@ -169,13 +219,19 @@ fn subcortical_boxes_lie_in_the_image_on_the_slices_that_hold_structures() {
     }
     // DATA.md: the hippocampus appears in axial slices 44-83.
     let (lo, hi) = (*hippocampus.first().unwrap(), *hippocampus.last().unwrap());
-    assert!((40..=48).contains(&lo) && (79..=87).contains(&hi), "hippocampus in slices {lo}..={hi}");
+    assert!(
+        (40..=48).contains(&lo) && (79..=87).contains(&hi),
+        "hippocampus in slices {lo}..={hi}"
+    );
     // Through the thalamus: left and right of each structure, on either side of the midline.
     let e = ex.iter().find(|e| index(e) == 80).unwrap();
     let thalamus: Vec<Boxed> = boxes(e).into_iter().filter(|b| b.0 == 4).collect();
     assert_eq!(thalamus.len(), 2, "{thalamus:?}");
     let mid = |b: &Boxed| (b.2 + b.4) / 2.0;
-    assert!((mid(&thalamus[0]) - 32.0) * (mid(&thalamus[1]) - 32.0) < 0.0, "{thalamus:?}");
+    assert!(
+        (mid(&thalamus[0]) - 32.0) * (mid(&thalamus[1]) - 32.0) < 0.0,
+        "{thalamus:?}"
+    );
 }
 
 #[test]
@@ -192,18 +248,28 @@ fn nuclei_tiles_hold_a_plausible_number_of_boxes() {
         for (class, t, l, b, r) in boxes(e) {
             assert_eq!(class as i64, NUCLEUS);
             assert!(0.0 <= t && t < b && b <= 64.0 && 0.0 <= l && l < r && r <= 64.0);
-            assert!(b - t < 40.0 && r - l < 40.0, "a nucleus is smaller than half a tile");
+            assert!(
+                b - t < 40.0 && r - l < 40.0,
+                "a nucleus is smaller than half a tile"
+            );
         }
     }
     // The true boxes of real targets come back exactly: a perfect prediction scores 1.
     let y = Tensor::stack(&ex.iter().map(|e| tensor(&e.target)).collect::<Vec<_>>(), 0);
     let m = p.metrics(&perfect(&y), &y).unwrap();
-    assert_eq!((metric(&m, "map_50"), metric(&m, "map_50_95")), (1.0, 1.0), "{m:?}");
+    assert_eq!(
+        (metric(&m, "map_50"), metric(&m, "map_50_95")),
+        (1.0, 1.0),
+        "{m:?}"
+    );
     assert_eq!(metric(&m, "objects") as usize, total);
 
     // Augmented copies: deterministic per seed.
     let opts = r#"{"crop": 128, "size": 32, "augment": 2, "seed": 4}"#;
-    let (a, b) = (decode(&mut p, nuclei_files(), opts), decode(&mut p, nuclei_files(), opts));
+    let (a, b) = (
+        decode(&mut p, nuclei_files(), opts),
+        decode(&mut p, nuclei_files(), opts),
+    );
     assert_eq!(a.len(), 48);
     assert_eq!(a[2].id, "img2d:tile:0:aug1");
     assert_eq!(a, b);
@@ -239,7 +305,15 @@ fn trains_end_to_end_through_the_wasm_plugin_and_the_loss_falls() {
     let examples = decode(&mut p, nuclei_files(), r#"{"crop": 64, "size": 32}"#);
     let train = Dataset {
         name: "train".into(),
-        samples: examples.into_iter().take(16).map(|e| Sample { image: tensor(&e.image), target: tensor(&e.target), id: e.id }).collect(),
+        samples: examples
+            .into_iter()
+            .take(16)
+            .map(|e| Sample {
+                image: tensor(&e.image),
+                target: tensor(&e.target),
+                id: e.id,
+            })
+            .collect(),
     };
     let mut cfg = RunConfig::parse(
         "[run]\nmethod = \"std\"\nthreads = 1\nseed = 2\n[data.synthetic]\n[model]\nwidth = 8\n[train]\nbatch_size = 4\nlr = 0.01\n",
@@ -249,7 +323,16 @@ fn trains_end_to_end_through_the_wasm_plugin_and_the_loss_falls() {
     cfg.run.plugin = Some(support::wasm_plugin("detection"));
     cfg.validate().unwrap();
     let mut t = Trainer::new(&cfg, &p, Device::Cpu, train.len()).unwrap();
-    let losses: Vec<f64> = (0..12).map(|_| t.train_epoch(&mut p, &train, &ProgressBar::hidden()).unwrap().clean_loss).collect();
+    let losses: Vec<f64> = (0..12)
+        .map(|_| {
+            t.train_epoch(&mut p, &train, &ProgressBar::hidden())
+                .unwrap()
+                .clean_loss
+        })
+        .collect();
     println!("detection losses: {losses:?}");
-    assert!(losses[11] < 0.5 * losses[0], "loss did not fall: {losses:?}");
+    assert!(
+        losses[11] < 0.5 * losses[0],
+        "loss did not fall: {losses:?}"
+    );
 }

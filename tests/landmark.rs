@@ -32,12 +32,21 @@ fn plugin() -> Plugin {
 
 fn raw(name: &str) -> File {
     let path = support::root().join("data/raw/autoafids").join(name);
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run host/scripts/fetch-data.sh)", path.display()));
-    File { name: name.into(), bytes }
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run host/scripts/fetch-data.sh)", path.display()));
+    File {
+        name: name.into(),
+        bytes,
+    }
 }
 
 fn decode(plugin: &mut Plugin, files: Vec<File>, options: &str) -> Vec<Example> {
-    plugin.decode(&DecodeRequest { files, options: options.into() }).unwrap()
+    plugin
+        .decode(&DecodeRequest {
+            files,
+            options: options.into(),
+        })
+        .unwrap()
 }
 
 fn real(options: &str) -> Vec<Example> {
@@ -75,15 +84,23 @@ fn one_hot_heatmaps(n: usize, peaks: &[(usize, usize, usize)]) -> Tensor {
 }
 
 fn metric(m: &[amat_host::plugin::Metric], name: &str) -> f64 {
-    m.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no metric {name} in {m:?}")).value
+    m.iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("no metric {name} in {m:?}"))
+        .value
 }
 
 #[test]
 fn mre_of_shifted_heatmaps_is_the_shift_in_mm_and_sdr_counts_radii() {
     let mut p = plugin();
     // Every landmark off by (3, 4) px at 2 mm per px: 10 mm each.
-    let truth: Vec<(usize, f32, f32)> = (0..K).map(|k| (k, 5.0 + (k % 8) as f32, 4.0 + (k / 8) as f32)).collect();
-    let peaks: Vec<(usize, usize, usize)> = truth.iter().map(|&(k, r, c)| (k, r as usize + 3, c as usize + 4)).collect();
+    let truth: Vec<(usize, f32, f32)> = (0..K)
+        .map(|k| (k, 5.0 + (k % 8) as f32, 4.0 + (k / 8) as f32))
+        .collect();
+    let peaks: Vec<(usize, usize, usize)> = truth
+        .iter()
+        .map(|&(k, r, c)| (k, r as usize + 3, c as usize + 4))
+        .collect();
     let y = Tensor::from_slice(&target(&truth, 2.0)).reshape([1, 33, 3]);
     let m = p.metrics(&one_hot_heatmaps(24, &peaks), &y).unwrap();
     assert!((metric(&m, "mre_mm") - 10.0).abs() < 1e-5, "{m:?}");
@@ -136,7 +153,10 @@ fn ac_and_pc_land_where_the_fcsv_puts_them() {
     assert_eq!(e.image.shape, vec![1, 229, 229]);
     assert_eq!(e.target.shape, vec![33, 3]);
     assert!(e.image.data.iter().all(|v| (0.0..=1.0).contains(v)));
-    assert!(e.image.data[..18 * 229].iter().all(|&v| v == 0.0), "the padding is empty");
+    assert!(
+        e.image.data[..18 * 229].iter().all(|&v| v == 0.0),
+        "the padding is empty"
+    );
     assert_eq!(spacing(e), (1.0, 1.0));
     // The mid-sagittal slice holds the 10 midline AFIDs within half a voxel.
     let present: Vec<usize> = (0..K).filter(|&k| point(e, k).2 == 1.0).collect();
@@ -145,7 +165,10 @@ fn ac_and_pc_land_where_the_fcsv_puts_them() {
         let (row, col, on) = point(e, k);
         assert_eq!(on, 1.0);
         let (z, y) = (ras[2] + ORIGIN[2], ras[1] + ORIGIN[1]);
-        assert!((row as f64 - (z + 18.0)).abs() <= 0.5 && (col as f64 - y).abs() <= 0.5, "AFID {k}: ({row}, {col}) vs voxel z {z}, y {y}");
+        assert!(
+            (row as f64 - (z + 18.0)).abs() <= 0.5 && (col as f64 - y).abs() <= 0.5,
+            "AFID {k}: ({row}, {col}) vs voxel z {z}, y {y}"
+        );
     }
     // AC is anterior of PC by about 28 mm along y.
     assert!((point(e, 0).1 - point(e, 1).1 - 27.8).abs() < 0.5);
@@ -155,7 +178,10 @@ fn ac_and_pc_land_where_the_fcsv_puts_them() {
     let e = &ex[0];
     assert_eq!(e.image.shape, vec![1, 64, 64]);
     let (sr, sc) = spacing(e);
-    assert!((sr as f64 - 229.0 / 64.0).abs() < 1e-4 && sr == sc, "{sr} {sc}");
+    assert!(
+        (sr as f64 - 229.0 / 64.0).abs() < 1e-4 && sr == sc,
+        "{sr} {sc}"
+    );
     assert_eq!(point(e, 0).2, 1.0, "AC in the axial slice through it");
 }
 
@@ -163,20 +189,44 @@ fn ac_and_pc_land_where_the_fcsv_puts_them() {
 fn slices_are_chosen_by_tolerance_and_augmented_copies_are_deterministic() {
     let mut p = plugin();
     let files = || vec![raw(T1), raw(FCSV)];
-    let all = decode(&mut p, files(), r#"{"axis": "sagittal", "size": 32, "min_landmarks": 2}"#);
-    assert!(!all.is_empty() && all.iter().all(|e| (0..K).filter(|&k| point(e, k).2 == 1.0).count() >= 2));
-    let idx: Vec<usize> = all.iter().map(|e| e.id.rsplit(':').next().unwrap().parse().unwrap()).collect();
+    let all = decode(
+        &mut p,
+        files(),
+        r#"{"axis": "sagittal", "size": 32, "min_landmarks": 2}"#,
+    );
+    assert!(
+        !all.is_empty()
+            && all
+                .iter()
+                .all(|e| (0..K).filter(|&k| point(e, k).2 == 1.0).count() >= 2)
+    );
+    let idx: Vec<usize> = all
+        .iter()
+        .map(|e| e.id.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
     assert!(idx.windows(2).all(|w| w[0] < w[1]), "slab order: {idx:?}");
     assert!(idx.contains(&96));
 
-    let opts = |seed: u64| format!(r#"{{"indices": [95, 96], "size": 32, "augment": 3, "seed": {seed}}}"#);
+    let opts =
+        |seed: u64| format!(r#"{{"indices": [95, 96], "size": 32, "augment": 3, "seed": {seed}}}"#);
     let a = decode(&mut p, files(), &opts(1));
     let b = decode(&mut p, files(), &opts(1));
     let c = decode(&mut p, files(), &opts(2));
     let ids: Vec<&str> = a.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(&ids[..4], &["T1w:sagittal:95", "T1w:sagittal:95:aug0", "T1w:sagittal:95:aug1", "T1w:sagittal:95:aug2"]);
+    assert_eq!(
+        &ids[..4],
+        &[
+            "T1w:sagittal:95",
+            "T1w:sagittal:95:aug0",
+            "T1w:sagittal:95:aug1",
+            "T1w:sagittal:95:aug2"
+        ]
+    );
     assert_eq!(a, b, "same seed, same copies");
-    assert_eq!(a[0], c[0], "the unaugmented example does not depend on the seed");
+    assert_eq!(
+        a[0], c[0],
+        "the unaugmented example does not depend on the seed"
+    );
     assert_ne!(a[1].image, c[1].image, "another seed, other copies");
     // A copy moves its landmarks and rescales its spacing with its zoom.
     assert_ne!(point(&a[1], 0), point(&a[0], 0));
@@ -187,25 +237,63 @@ fn slices_are_chosen_by_tolerance_and_augmented_copies_are_deterministic() {
 fn corrupt_inputs_are_errors_naming_the_file() {
     let mut p = plugin();
     let t1 = raw(T1);
-    let cut = File { name: t1.name.clone(), bytes: t1.bytes[..t1.bytes.len() / 2].to_vec() };
-    let err = p.decode(&DecodeRequest { files: vec![cut, raw(FCSV)], options: String::new() }).unwrap_err().to_string();
+    let cut = File {
+        name: t1.name.clone(),
+        bytes: t1.bytes[..t1.bytes.len() / 2].to_vec(),
+    };
+    let err = p
+        .decode(&DecodeRequest {
+            files: vec![cut, raw(FCSV)],
+            options: String::new(),
+        })
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(T1), "{err}");
     let mut fcsv = raw(FCSV);
-    fcsv.bytes = String::from_utf8(fcsv.bytes).unwrap().replacen(",1,AC,", ",one,AC,", 1).into_bytes();
-    let err = p.decode(&DecodeRequest { files: vec![raw(T1), fcsv], options: String::new() }).unwrap_err().to_string();
+    fcsv.bytes = String::from_utf8(fcsv.bytes)
+        .unwrap()
+        .replacen(",1,AC,", ",one,AC,", 1)
+        .into_bytes();
+    let err = p
+        .decode(&DecodeRequest {
+            files: vec![raw(T1), fcsv],
+            options: String::new(),
+        })
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(FCSV) && err.contains("AC"), "{err}");
-    let err = p.decode(&DecodeRequest { files: vec![raw(FCSV)], options: String::new() }).unwrap_err().to_string();
+    let err = p
+        .decode(&DecodeRequest {
+            files: vec![raw(FCSV)],
+            options: String::new(),
+        })
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("T1w"), "{err}");
-    let err = p.decode(&DecodeRequest { files: vec![raw(T1), raw(FCSV)], options: r#"{"axis": "oblique"}"#.into() }).unwrap_err().to_string();
+    let err = p
+        .decode(&DecodeRequest {
+            files: vec![raw(T1), raw(FCSV)],
+            options: r#"{"axis": "oblique"}"#.into(),
+        })
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("oblique"), "{err}");
 }
 
 /// Decoded examples as a host dataset.
 fn dataset(name: &str, examples: Vec<Example>) -> Dataset {
-    let tensor = |d: &amat_plugin_sdk::Dense| Tensor::from_slice(&d.data).reshape(d.shape.as_slice());
+    let tensor =
+        |d: &amat_plugin_sdk::Dense| Tensor::from_slice(&d.data).reshape(d.shape.as_slice());
     Dataset {
         name: name.into(),
-        samples: examples.into_iter().map(|e| Sample { image: tensor(&e.image), target: tensor(&e.target), id: e.id }).collect(),
+        samples: examples
+            .into_iter()
+            .map(|e| Sample {
+                image: tensor(&e.image),
+                target: tensor(&e.target),
+                id: e.id,
+            })
+            .collect(),
     }
 }
 
@@ -220,7 +308,11 @@ fn config(plugin: PathBuf, text: &str) -> RunConfig {
 fn trains_end_to_end_through_the_wasm_plugin_and_the_loss_falls() {
     let _torch = TORCH.lock().unwrap_or_else(|e| e.into_inner());
     let mut p = plugin();
-    let examples = decode(&mut p, vec![raw(T1), raw(FCSV)], r#"{"indices": [96], "size": 32, "augment": 11, "seed": 3}"#);
+    let examples = decode(
+        &mut p,
+        vec![raw(T1), raw(FCSV)],
+        r#"{"indices": [96], "size": 32, "augment": 11, "seed": 3}"#,
+    );
     assert_eq!(examples.len(), 12);
     let train = dataset("train", examples);
     let cfg = config(
@@ -228,9 +320,21 @@ fn trains_end_to_end_through_the_wasm_plugin_and_the_loss_falls() {
         "[run]\nmethod = \"std\"\nthreads = 1\nseed = 1\n[data.synthetic]\n[model]\nwidth = 8\n[train]\nbatch_size = 4\nlr = 0.01\n",
     );
     let mut t = Trainer::new(&cfg, &p, Device::Cpu, train.len()).unwrap();
-    let losses: Vec<f64> = (0..30).map(|_| t.train_epoch(&mut p, &train, &ProgressBar::hidden()).unwrap().clean_loss).collect();
+    let losses: Vec<f64> = (0..30)
+        .map(|_| {
+            t.train_epoch(&mut p, &train, &ProgressBar::hidden())
+                .unwrap()
+                .clean_loss
+        })
+        .collect();
     println!("landmark losses: {losses:?}");
-    assert!(losses[29] < 0.1 * losses[0], "loss did not fall: {losses:?}");
+    assert!(
+        losses[29] < 0.1 * losses[0],
+        "loss did not fall: {losses:?}"
+    );
     // 1 is the loss of predicting no heatmap at all: below it, the net places peaks.
-    assert!(losses[29] < 1.0, "the net only learned to predict nothing: {losses:?}");
+    assert!(
+        losses[29] < 1.0,
+        "the net only learned to predict nothing: {losses:?}"
+    );
 }

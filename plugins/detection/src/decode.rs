@@ -114,7 +114,11 @@ impl Options {
 
 /// Bounding boxes (edge coordinates) of the labels of `map` that `class_of`
 /// knows, one per label value, in ascending label order.
-pub fn boxes_from_labels(map: &Image2D, class_of: impl Fn(u32) -> Option<usize>, min_pixels: usize) -> Vec<BBox> {
+pub fn boxes_from_labels(
+    map: &Image2D,
+    class_of: impl Fn(u32) -> Option<usize>,
+    min_pixels: usize,
+) -> Vec<BBox> {
     // label -> (class, top, left, bottom, right, pixels)
     let mut found: BTreeMap<u32, (usize, usize, usize, usize, usize, usize)> = BTreeMap::new();
     for r in 0..map.h {
@@ -124,7 +128,9 @@ pub fn boxes_from_labels(map: &Image2D, class_of: impl Fn(u32) -> Option<usize>,
                 continue;
             }
             let label = v.round() as u32;
-            let Some(class) = class_of(label) else { continue };
+            let Some(class) = class_of(label) else {
+                continue;
+            };
             let e = found.entry(label).or_insert((class, r, c, r, c, 0));
             e.1 = e.1.min(r);
             e.2 = e.2.min(c);
@@ -179,14 +185,30 @@ fn with_copies(
     stream: u64,
     o: &Options,
 ) -> Result<(), String> {
-    out.push(example(id.clone(), image, labels, class_of, &Jitter::NONE, o)?);
+    out.push(example(
+        id.clone(),
+        image,
+        labels,
+        class_of,
+        &Jitter::NONE,
+        o,
+    )?);
     // One stream per example: a copy does not depend on which others were asked for.
     let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
     rng.set_stream(stream);
     let range = o.jitter_range();
     for k in 0..o.augment {
-        let jitter = Jitter::draw(&range, o.size, |m| if m > 0.0 { rng.gen_range(-m..=m) } else { 0.0 });
-        out.push(example(format!("{id}:aug{k}"), image, labels, class_of, &jitter, o)?);
+        let jitter = Jitter::draw(&range, o.size, |m| {
+            if m > 0.0 { rng.gen_range(-m..=m) } else { 0.0 }
+        });
+        out.push(example(
+            format!("{id}:aug{k}"),
+            image,
+            labels,
+            class_of,
+            &jitter,
+            o,
+        )?);
     }
     Ok(())
 }
@@ -208,7 +230,11 @@ fn subcortical(request: &DecodeRequest, o: &Options) -> Result<Vec<Example>, Str
     let mut out = Vec::new();
     for index in indices {
         let labels = atlas.slice(axis, index)?;
-        if !labels.data.iter().any(|&v| v > 0.0 && class_of(v.round() as u32).is_some()) {
+        if !labels
+            .data
+            .iter()
+            .any(|&v| v > 0.0 && class_of(v.round() as u32).is_some())
+        {
             continue;
         }
         let image = volume.slice(axis, index)?.rescale(lo, hi);
@@ -254,7 +280,10 @@ fn nuclei(request: &DecodeRequest, o: &Options) -> Result<Vec<Example>, String> 
     for top in starts(image.h) {
         for left in starts(image.w) {
             let id = format!("img2d:tile:{index}");
-            let (img, lab) = (window(&image, top, left, crop), window(&mask, top, left, crop));
+            let (img, lab) = (
+                window(&image, top, left, crop),
+                window(&mask, top, left, crop),
+            );
             with_copies(&mut out, id, &img, &lab, &class_of, index as u64, o)?;
             index += 1;
         }
@@ -266,10 +295,14 @@ pub fn decode(request: &DecodeRequest) -> Result<Vec<Example>, String> {
     let o: Options = if request.options.trim().is_empty() {
         Options::default()
     } else {
-        serde_json::from_str(&request.options).map_err(|e| format!("detection decode options: {e}"))?
+        serde_json::from_str(&request.options)
+            .map_err(|e| format!("detection decode options: {e}"))?
     };
     if !(8..=1024).contains(&o.size) {
-        return Err(format!("detection decode options: size {} is not within 8..=1024", o.size));
+        return Err(format!(
+            "detection decode options: size {} is not within 8..=1024",
+            o.size
+        ));
     }
     let has = |n: &str| request.files.iter().any(|f| f.name == n);
     let dataset = match o.dataset.as_str() {
@@ -310,8 +343,26 @@ mod tests {
         let class_of = |l: u32| SUBCORTICAL.iter().find(|s| s.0 == l).map(|s| s.1);
         let b = boxes_from_labels(&map, class_of, 1);
         assert_eq!(b.len(), 2, "{b:?}");
-        assert_eq!(b[0], BBox { class: 0, top: 0.0, left: 1.0, bottom: 2.0, right: 3.0 });
-        assert_eq!(b[1], BBox { class: 3, top: 1.0, left: 4.0, bottom: 2.0, right: 5.0 });
+        assert_eq!(
+            b[0],
+            BBox {
+                class: 0,
+                top: 0.0,
+                left: 1.0,
+                bottom: 2.0,
+                right: 3.0
+            }
+        );
+        assert_eq!(
+            b[1],
+            BBox {
+                class: 3,
+                top: 1.0,
+                left: 4.0,
+                bottom: 2.0,
+                right: 5.0
+            }
+        );
         // A single pixel is too small at min_pixels = 2.
         assert_eq!(boxes_from_labels(&map, class_of, 2).len(), 1);
     }

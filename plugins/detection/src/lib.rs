@@ -61,7 +61,9 @@ fn check_shapes(pred: &Tensor, target: &Tensor) -> Result<(i64, i64, i64), Strin
     let p = pred.shape();
     let t = target.shape();
     if p.len() != 4 || p[1] != OUTPUT_CHANNELS as i64 {
-        return Err(format!("prediction must be [B, {OUTPUT_CHANNELS}, H, W], got {p:?}"));
+        return Err(format!(
+            "prediction must be [B, {OUTPUT_CHANNELS}, H, W], got {p:?}"
+        ));
     }
     if t != [p[0], TARGET_CHANNELS as i64, p[2], p[3]] {
         return Err(format!(
@@ -150,7 +152,10 @@ fn is_peak(m: &[f32], h: usize, w: usize, r: usize, c: usize) -> bool {
 pub fn truths(target: &Tensor, b: usize, h: usize, w: usize) -> Vec<Vec<BBox>> {
     let c = CLASSES.len() as i64;
     let reg = target.narrow(1, c, 5).to_vec();
-    reg.chunks(5 * h * w).take(b).map(|t| boxes_of(t, h, w)).collect()
+    reg.chunks(5 * h * w)
+        .take(b)
+        .map(|t| boxes_of(t, h, w))
+        .collect()
 }
 
 /// `map_50`, `map_50_95`, then `ap50_<class>` of each class present and the
@@ -165,12 +170,21 @@ pub fn score(dets: &[Vec<Detection>], truths: &[Vec<BBox>]) -> Vec<Metric> {
         .sum::<f64>()
         / thresholds.len() as f64;
     let mut out = vec![
-        Metric { name: "map_50".into(), value: map50 },
-        Metric { name: "map_50_95".into(), value: map50_95 },
+        Metric {
+            name: "map_50".into(),
+            value: map50,
+        },
+        Metric {
+            name: "map_50_95".into(),
+            value: map50_95,
+        },
     ];
     for (name, ap) in CLASSES.iter().zip(per_class) {
         if let Some(ap) = ap {
-            out.push(Metric { name: format!("ap50_{name}"), value: ap });
+            out.push(Metric {
+                name: format!("ap50_{name}"),
+                value: ap,
+            });
         }
     }
     out.push(Metric {

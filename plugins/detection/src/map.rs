@@ -36,7 +36,11 @@ pub fn average_precision(
     let mut ranked: Vec<(usize, &Detection)> = detections
         .iter()
         .enumerate()
-        .flat_map(|(i, d)| d.iter().filter(|d| d.bbox.class == class).map(move |d| (i, d)))
+        .flat_map(|(i, d)| {
+            d.iter()
+                .filter(|d| d.bbox.class == class)
+                .map(move |d| (i, d))
+        })
         .collect();
     ranked.sort_by(|a, b| b.1.score.total_cmp(&a.1.score));
     let mut used: Vec<Vec<bool>> = truths.iter().map(|t| vec![false; t.len()]).collect();
@@ -101,7 +105,13 @@ mod tests {
     use super::*;
 
     fn square(class: usize, top: f64, left: f64, side: f64) -> BBox {
-        BBox { class, top, left, bottom: top + side, right: left + side }
+        BBox {
+            class,
+            top,
+            left,
+            bottom: top + side,
+            right: left + side,
+        }
     }
 
     fn det(b: BBox, score: f64) -> Detection {
@@ -110,8 +120,14 @@ mod tests {
 
     #[test]
     fn perfect_detections_score_one_and_none_score_zero() {
-        let truths = vec![vec![square(0, 0.0, 0.0, 4.0), square(1, 5.0, 5.0, 3.0)], vec![square(0, 2.0, 2.0, 6.0)]];
-        let dets: Vec<Vec<Detection>> = truths.iter().map(|t| t.iter().map(|&b| det(b, 0.9)).collect()).collect();
+        let truths = vec![
+            vec![square(0, 0.0, 0.0, 4.0), square(1, 5.0, 5.0, 3.0)],
+            vec![square(0, 2.0, 2.0, 6.0)],
+        ];
+        let dets: Vec<Vec<Detection>> = truths
+            .iter()
+            .map(|t| t.iter().map(|&b| det(b, 0.9)).collect())
+            .collect();
         for t in coco_thresholds() {
             assert_eq!(mean_ap(&dets, &truths, 3, t).0, 1.0);
         }

@@ -39,7 +39,10 @@ impl BBox {
         self.right - self.left
     }
     pub fn centre(&self) -> (f64, f64) {
-        ((self.top + self.bottom) / 2.0, (self.left + self.right) / 2.0)
+        (
+            (self.top + self.bottom) / 2.0,
+            (self.left + self.right) / 2.0,
+        )
     }
 
     pub fn iou(&self, other: &BBox) -> f64 {
@@ -99,7 +102,13 @@ pub fn encode(boxes: &[BBox], size: usize) -> (Vec<f32>, usize) {
 }
 
 /// A box from its centre pixel, size and offset.
-pub fn box_at(class: usize, row: usize, col: usize, size_hw: (f64, f64), offset: (f64, f64)) -> BBox {
+pub fn box_at(
+    class: usize,
+    row: usize,
+    col: usize,
+    size_hw: (f64, f64),
+    offset: (f64, f64),
+) -> BBox {
     let (cr, cc) = (row as f64 + offset.0, col as f64 + offset.1);
     BBox {
         class,
@@ -119,7 +128,13 @@ pub fn boxes_of(regression: &[f32], h: usize, w: usize) -> Vec<BBox> {
         .filter(|&at| ch(4, at) > 0.5)
         .map(|at| {
             let class = ch(4, at).round() as usize - 1;
-            box_at(class, at / w, at % w, (ch(0, at), ch(1, at)), (ch(2, at), ch(3, at)))
+            box_at(
+                class,
+                at / w,
+                at % w,
+                (ch(0, at), ch(1, at)),
+                (ch(2, at), ch(3, at)),
+            )
         })
         .collect()
 }
@@ -131,10 +146,28 @@ mod tests {
     #[test]
     fn boxes_come_back_exactly_from_the_target() {
         let boxes = vec![
-            BBox { class: 2, top: 3.0, left: 4.0, bottom: 10.0, right: 7.0 },
-            BBox { class: 5, top: 0.0, left: 10.0, bottom: 4.0, right: 16.0 },
+            BBox {
+                class: 2,
+                top: 3.0,
+                left: 4.0,
+                bottom: 10.0,
+                right: 7.0,
+            },
+            BBox {
+                class: 5,
+                top: 0.0,
+                left: 10.0,
+                bottom: 4.0,
+                right: 16.0,
+            },
             // Same centre pixel as the first: dropped.
-            BBox { class: 1, top: 3.0, left: 4.0, bottom: 10.0, right: 7.5 },
+            BBox {
+                class: 1,
+                top: 3.0,
+                left: 4.0,
+                bottom: 10.0,
+                right: 7.5,
+            },
         ];
         let (t, dropped) = encode(&boxes, 16);
         assert_eq!(dropped, 1);
@@ -151,8 +184,20 @@ mod tests {
 
     #[test]
     fn iou_of_known_overlaps() {
-        let a = BBox { class: 0, top: 0.0, left: 0.0, bottom: 10.0, right: 10.0 };
-        let b = BBox { class: 0, top: 0.0, left: 5.0, bottom: 10.0, right: 15.0 };
+        let a = BBox {
+            class: 0,
+            top: 0.0,
+            left: 0.0,
+            bottom: 10.0,
+            right: 10.0,
+        };
+        let b = BBox {
+            class: 0,
+            top: 0.0,
+            left: 5.0,
+            bottom: 10.0,
+            right: 15.0,
+        };
         assert_eq!(a.iou(&a), 1.0);
         assert!((a.iou(&b) - 50.0 / 150.0).abs() < 1e-12);
     }

@@ -96,7 +96,10 @@ fn uniform(rng: &mut ChaCha8Rng, m: f64) -> f64 {
 }
 
 /// The volume of `contrast` among the request's files.
-fn find_volume<'a>(request: &'a DecodeRequest, contrast: &str) -> Result<(&'a str, &'a [u8]), String> {
+fn find_volume<'a>(
+    request: &'a DecodeRequest,
+    contrast: &str,
+) -> Result<(&'a str, &'a [u8]), String> {
     request
         .files
         .iter()
@@ -190,11 +193,15 @@ pub fn decode(request: &DecodeRequest) -> Result<Vec<Example>, String> {
     let o: Options = if request.options.trim().is_empty() {
         Options::default()
     } else {
-        serde_json::from_str(&request.options).map_err(|e| format!("landmark decode options: {e}"))?
+        serde_json::from_str(&request.options)
+            .map_err(|e| format!("landmark decode options: {e}"))?
     };
     let axis = Axis::parse(&o.axis).map_err(|e| format!("landmark decode options: {e}"))?;
     if !(8..=1024).contains(&o.size) {
-        return Err(format!("landmark decode options: size {} is not within 8..=1024", o.size));
+        return Err(format!(
+            "landmark decode options: size {} is not within 8..=1024",
+            o.size
+        ));
     }
     if o.contrasts.is_empty() {
         return Err("landmark decode options: `contrasts` is empty".into());
@@ -209,7 +216,10 @@ pub fn decode(request: &DecodeRequest) -> Result<Vec<Example>, String> {
     for contrast in &o.contrasts {
         let (name, bytes) = find_volume(request, contrast)?;
         let volume = nifti::read(name, bytes)?;
-        if let Some((first_name, first)) = volumes.first().map(|(n, v, _): &(String, Volume, _)| (n, v)) {
+        if let Some((first_name, first)) = volumes
+            .first()
+            .map(|(n, v, _): &(String, Volume, _)| (n, v))
+        {
             first.check_same_grid(first_name, &volume, name)?;
         }
         let (lo, hi) = volume.quantiles(o.quantiles[0], o.quantiles[1]);
@@ -233,16 +243,31 @@ pub fn decode(request: &DecodeRequest) -> Result<Vec<Example>, String> {
         if points.iter().flatten().count() < o.min_landmarks.max(1) {
             continue;
         }
-        for (ci, (contrast, (_, volume, (lo, hi)))) in o.contrasts.iter().zip(&volumes).enumerate() {
+        for (ci, (contrast, (_, volume, (lo, hi)))) in o.contrasts.iter().zip(&volumes).enumerate()
+        {
             let slice = volume.slice(axis, index)?.rescale(*lo, *hi);
             let id = format!("{contrast}:{}:{index}", axis.name());
-            out.extend(example(id.clone(), &slice, &points, spacing_mm, &Jitter::NONE, &o)?);
+            out.extend(example(
+                id.clone(),
+                &slice,
+                &points,
+                spacing_mm,
+                &Jitter::NONE,
+                &o,
+            )?);
             // One stream per (slice, contrast): a copy does not depend on which other slices were asked for.
             let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
             rng.set_stream(((index as u64) << 8) | ci as u64);
             for k in 0..o.augment {
                 let jitter = Jitter::draw(&o.jitter_range(), o.size, |m| uniform(&mut rng, m));
-                out.extend(example(format!("{id}:aug{k}"), &slice, &points, spacing_mm, &jitter, &o)?);
+                out.extend(example(
+                    format!("{id}:aug{k}"),
+                    &slice,
+                    &points,
+                    spacing_mm,
+                    &jitter,
+                    &o,
+                )?);
             }
         }
     }

@@ -65,12 +65,12 @@ fn gaussians(target: &Tensor, b: i64, h: i64, w: i64) -> Tensor {
 pub fn heatmap_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
     let (b, h, w) = check_shapes(pred, target)?;
     let k = LANDMARKS as i64;
-    let present = target
-        .narrow(1, 0, k)
-        .narrow(2, 2, 1)
-        .reshape(&[b, k]);
+    let present = target.narrow(1, 0, k).narrow(2, 2, 1).reshape(&[b, k]);
     let mass = std::f64::consts::PI * SIGMA_PX * SIGMA_PX;
-    let per_landmark = (pred - gaussians(target, b, h, w)).square().sum(&[2, 3], false) / mass;
+    let per_landmark = (pred - gaussians(target, b, h, w))
+        .square()
+        .sum(&[2, 3], false)
+        / mass;
     let count = present.sum(&[1], false).clamp(1.0, f32::MAX as f64);
     Ok((per_landmark * &present).sum(&[1], false) / count)
 }
@@ -105,7 +105,11 @@ pub fn summarize(errors: &[f64]) -> Vec<Metric> {
         let hit = errors.iter().filter(|&&e| e <= r).count();
         out.push(Metric {
             name: format!("sdr_{r}mm"),
-            value: if errors.is_empty() { 1.0 } else { hit as f64 / n },
+            value: if errors.is_empty() {
+                1.0
+            } else {
+                hit as f64 / n
+            },
         });
     }
     out.push(Metric {
@@ -191,13 +195,19 @@ mod tests {
     #[test]
     fn radial_error_scales_each_axis_by_its_spacing() {
         let mut points = [None; LANDMARKS];
-        points[3] = Some(Point { row: 10.0, col: 10.0 });
+        points[3] = Some(Point {
+            row: 10.0,
+            col: 10.0,
+        });
         let t = LandmarkTarget {
             points,
             spacing_mm: [2.0, 0.5],
         };
         let mut pred = [Point { row: 0.0, col: 0.0 }; LANDMARKS];
-        pred[3] = Point { row: 13.0, col: 26.0 };
+        pred[3] = Point {
+            row: 13.0,
+            col: 26.0,
+        };
         assert_eq!(radial_errors(&[pred], &[t]), vec![10.0]);
     }
 }

@@ -100,7 +100,10 @@ mod tests {
             spacing_mm: [1.5, 2.0],
         };
         let v = t.encode();
-        assert_eq!(v.len() as i64, LandmarkTarget::shape().iter().product::<i64>());
+        assert_eq!(
+            v.len() as i64,
+            LandmarkTarget::shape().iter().product::<i64>()
+        );
         assert_eq!(LandmarkTarget::decode_batch(&v).unwrap(), vec![t]);
         assert!(LandmarkTarget::decode_batch(&v[1..]).is_err());
     }

@@ -119,7 +119,9 @@ mod tests {
             contrast: 0.0,
             brightness: 0.0,
         };
-        let draws = [0.3, -0.9, 0.5, -0.2, 0.0, 0.0, 0.0, 1.0, 0.7, -0.6, 0.1, 0.0];
+        let draws = [
+            0.3, -0.9, 0.5, -0.2, 0.0, 0.0, 0.0, 1.0, 0.7, -0.6, 0.1, 0.0,
+        ];
         for k in 0..3 {
             let mut i = k * 4;
             let j = Jitter::draw(&range, size, |m| {
@@ -132,7 +134,10 @@ mod tests {
                 .unwrap();
             let (pr, pc) = j.point(&fit, 12.0, 9.0);
             let (r, c) = ((best / size) as f64, (best % size) as f64);
-            assert!((r - pr).abs() <= 1.0 && (c - pc).abs() <= 1.0, "peak ({r}, {c}) vs point ({pr}, {pc})");
+            assert!(
+                (r - pr).abs() <= 1.0 && (c - pc).abs() <= 1.0,
+                "peak ({r}, {c}) vs point ({pr}, {pc})"
+            );
         }
     }
 
