@@ -53,7 +53,7 @@ impl LandmarkTarget {
     /// The targets of a batch from its row-major values.
     pub fn decode_batch(values: &[f32]) -> Result<Vec<LandmarkTarget>, String> {
         let per = (LANDMARKS + 1) * FIELDS;
-        if values.len() % per != 0 {
+        if !values.len().is_multiple_of(per) {
             return Err(format!(
                 "landmark target: {} values are not a whole number of [{}, {FIELDS}] targets",
                 values.len(),
