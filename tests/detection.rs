@@ -17,8 +17,14 @@ use tch::{Device, Kind, Tensor};
 const C: i64 = 6;
 const NUCLEUS: i64 = 5;
 
+/// The wasm plugin, with the long call deadline `data prepare` gives decoding
+/// (a whole volume in one call).
 fn plugin() -> Plugin {
-    Plugin::load(support::wasm_plugin("detection"), &SandboxLimits::default()).unwrap()
+    let limits = SandboxLimits {
+        call_timeout_ms: 300_000,
+        ..SandboxLimits::default()
+    };
+    Plugin::load(support::wasm_plugin("detection"), &limits).unwrap()
 }
 
 fn raw(dir: &str, name: &str) -> File {
@@ -284,6 +290,24 @@ fn corrupt_inputs_are_errors_naming_the_file() {
     files[0].bytes.truncate(third);
     let err = decode_err(&mut p, files, "");
     assert!(err.contains("ch2.nii.gz"), "{err}");
+    // A wrong datatype code (3 is not a NIfTI type), in an uncompressed copy.
+    let mut nii = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(raw("mricron", "ch2.nii.gz").bytes.as_slice()),
+        &mut nii,
+    )
+    .unwrap();
+    nii[70..72].copy_from_slice(&3i16.to_le_bytes());
+    let bad = File {
+        name: "ch2.nii".into(),
+        bytes: nii,
+    };
+    let err = decode_err(
+        &mut p,
+        vec![bad, raw("mricron", "aal.nii.gz")],
+        r#"{"image": "ch2.nii"}"#,
+    );
+    assert!(err.contains("ch2.nii") && err.contains("datatype"), "{err}");
     // A label volume on another grid (Harvard-Oxford is 182 x 218 x 182).
     let mut other = raw("mricron", "HarvardOxford-cort-maxprob-thr0-1mm.nii.gz");
     other.name = "aal.nii.gz".into();

@@ -16,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 const K: usize = 32;
 const T1: &str = "tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz";
+const T2: &str = "tpl-MNI152NLin2009cAsym_res-01_T2w.nii.gz";
 const FCSV: &str = "tpl-MNI152NLin2009cAsym_res-01_desc-groundtruth_afids.fcsv";
 /// AC and PC in RAS mm, from the .fcsv.
 const AC: [f64; 3] = [-0.204861407692308, 2.72288076923077, -4.88105282051282];
@@ -26,8 +27,14 @@ const ORIGIN: [f64; 3] = [96.0, 132.0, 78.0];
 /// libtorch's generator and thread count are process-wide.
 static TORCH: Mutex<()> = Mutex::new(());
 
+/// The wasm plugin, with the long call deadline `data prepare` gives decoding
+/// (a whole volume in one call).
 fn plugin() -> Plugin {
-    Plugin::load(support::wasm_plugin("landmark"), &SandboxLimits::default()).unwrap()
+    let limits = SandboxLimits {
+        call_timeout_ms: 300_000,
+        ..SandboxLimits::default()
+    };
+    Plugin::load(support::wasm_plugin("landmark"), &limits).unwrap()
 }
 
 fn raw(name: &str) -> File {
@@ -183,6 +190,17 @@ fn ac_and_pc_land_where_the_fcsv_puts_them() {
         "{sr} {sc}"
     );
     assert_eq!(point(e, 0).2, 1.0, "AC in the axial slice through it");
+
+    // T2w: the same anatomy on the same grid, so the same targets, another image.
+    let ex = decode(
+        &mut plugin(),
+        vec![raw(T1), raw(T2), raw(FCSV)],
+        r#"{"indices": [96], "size": 48, "contrasts": ["T1w", "T2w"]}"#,
+    );
+    let ids: Vec<&str> = ex.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["T1w:sagittal:96", "T2w:sagittal:96"]);
+    assert_eq!(ex[0].target, ex[1].target);
+    assert_ne!(ex[0].image, ex[1].image);
 }
 
 #[test]
@@ -262,6 +280,29 @@ fn corrupt_inputs_are_errors_naming_the_file() {
         .unwrap_err()
         .to_string();
     assert!(err.contains(FCSV) && err.contains("AC"), "{err}");
+    // A wrong datatype code (3 is not a NIfTI type), in an uncompressed copy.
+    let mut nii = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(raw(T1).bytes.as_slice()),
+        &mut nii,
+    )
+    .unwrap();
+    nii[70..72].copy_from_slice(&3i16.to_le_bytes());
+    let bad = File {
+        name: T1.trim_end_matches(".gz").into(),
+        bytes: nii,
+    };
+    let err = p
+        .decode(&DecodeRequest {
+            files: vec![bad, raw(FCSV)],
+            options: String::new(),
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(T1.trim_end_matches(".gz")) && err.contains("datatype"),
+        "{err}"
+    );
     let err = p
         .decode(&DecodeRequest {
             files: vec![raw(FCSV)],

@@ -153,7 +153,6 @@ pub fn boxes_from_labels(
 }
 
 /// One example: `image` and `labels` through `fit` and `jitter`.
-#[allow(clippy::too_many_arguments)]
 fn example(
     id: String,
     image: &Image2D,

@@ -157,7 +157,6 @@ fn in_slice(
 }
 
 /// One example of a slice under `jitter`; `None` when too few landmarks stay in view.
-#[allow(clippy::too_many_arguments)]
 fn example(
     id: String,
     slice: &Image2D,
@@ -212,15 +211,13 @@ pub fn decode(request: &DecodeRequest) -> Result<Vec<Example>, String> {
         .find(|f| f.name.ends_with(".fcsv"))
         .ok_or("landmark decode: no `.fcsv` fiducial file among the files")?;
 
-    let mut volumes = Vec::new();
+    let mut volumes: Vec<(String, Volume, (f32, f32))> = Vec::new();
     for contrast in &o.contrasts {
         let (name, bytes) = find_volume(request, contrast)?;
         let volume = nifti::read(name, bytes)?;
-        if let Some((first_name, first)) = volumes
-            .first()
-            .map(|(n, v, _): &(String, Volume, _)| (n, v))
-        {
-            first.check_same_grid(first_name, &volume, name)?;
+        // Contrasts share the AFIDs, so they must share the grid.
+        if let Some((first_name, first, _)) = volumes.first() {
+            Volume::check_same_grid(first, first_name, &volume, name)?;
         }
         let (lo, hi) = volume.quantiles(o.quantiles[0], o.quantiles[1]);
         volumes.push((name.to_string(), volume, (lo, hi)));
