@@ -19,7 +19,11 @@ const MRICRON: &str = "data/raw/mricron";
 
 fn raw(name: &str) -> PathBuf {
     let p = support::root().join(MRICRON).join(name);
-    assert!(p.is_file(), "{}: missing (run host/scripts/fetch-data.sh)", p.display());
+    assert!(
+        p.is_file(),
+        "{}: missing (run host/scripts/fetch-data.sh)",
+        p.display()
+    );
     p
 }
 
@@ -30,12 +34,21 @@ fn wasm() -> PathBuf {
 fn decode(options: &str) -> Result<Vec<Example>, String> {
     let files = ["ch2.nii.gz", "aal.nii.gz", "aal.nii.txt", "ch2bet.nii.gz"]
         .iter()
-        .map(|n| File { name: n.to_string(), bytes: std::fs::read(raw(n)).unwrap() })
+        .map(|n| File {
+            name: n.to_string(),
+            bytes: std::fs::read(raw(n)).unwrap(),
+        })
         .collect();
-    let limits = SandboxLimits { call_timeout_ms: 120_000, ..SandboxLimits::default() };
+    let limits = SandboxLimits {
+        call_timeout_ms: 120_000,
+        ..SandboxLimits::default()
+    };
     let mut plugin = Plugin::load(wasm(), &limits).unwrap();
     plugin
-        .decode(&DecodeRequest { files, options: options.into() })
+        .decode(&DecodeRequest {
+            files,
+            options: options.into(),
+        })
         .map_err(|e| e.to_string())
 }
 
@@ -48,7 +61,15 @@ fn decode_reads_real_slices_with_their_classes() {
     let out = decode(r#"{"slices": [0, 14], "size": 32}"#).unwrap();
     // AAL labels axial slices from z = 10 on: the unlabelled ones are left out.
     let ids: Vec<&str> = out.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(ids, ["ch2:axial:10", "ch2:axial:11", "ch2:axial:12", "ch2:axial:13"]);
+    assert_eq!(
+        ids,
+        [
+            "ch2:axial:10",
+            "ch2:axial:11",
+            "ch2:axial:12",
+            "ch2:axial:13"
+        ]
+    );
 
     let mid = decode(r#"{"slices": [60, 64], "size": 32}"#).unwrap();
     assert_eq!(mid.len(), 4);
@@ -57,8 +78,17 @@ fn decode_reads_real_slices_with_their_classes() {
         assert_eq!(e.image.shape, vec![1, 32, 32]);
         assert_eq!(e.target.shape, vec![32, 32]);
         assert!(e.image.data.iter().all(|v| (0.0..=1.0).contains(v)));
-        assert!(e.image.data.iter().any(|&v| v > 0.5), "{}: brain tissue is bright", e.id);
-        assert!(e.target.data.iter().all(|v| v.fract() == 0.0 && (0.0..8.0).contains(v)));
+        assert!(
+            e.image.data.iter().any(|&v| v > 0.5),
+            "{}: brain tissue is bright",
+            e.id
+        );
+        assert!(
+            e.target
+                .data
+                .iter()
+                .all(|v| v.fract() == 0.0 && (0.0..8.0).contains(v))
+        );
         present.extend(classes(e));
     }
     // Mid-axial slices cut frontal, temporal, occipital, limbic and deep grey.
@@ -69,12 +99,17 @@ fn decode_reads_real_slices_with_their_classes() {
     let brain = decode(r#"{"slices": [60, 61], "size": 32, "labels": "brain"}"#).unwrap();
     assert_eq!(classes(&brain[0]), BTreeSet::from([0, 1]));
     let inside = brain[0].target.data.iter().filter(|&&v| v == 1.0).count();
-    assert!((100..900).contains(&inside), "brain covers {inside} of 1024 pixels");
+    assert!(
+        (100..900).contains(&inside),
+        "brain covers {inside} of 1024 pixels"
+    );
 }
 
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes).read_to_end(&mut out).unwrap();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .unwrap();
     out
 }
 
@@ -86,7 +121,10 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// A spec over `files` (paths) in `dir`, with small images.
 fn write_spec(dir: &Path, files: &[PathBuf], decode: &str, split: &str) -> PathBuf {
-    let list: Vec<String> = files.iter().map(|p| format!("{:?}", p.display().to_string())).collect();
+    let list: Vec<String> = files
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
     let text = format!(
         "name = \"test\"\nfiles = [{}]\n[decode]\n{decode}\n[split]\n{split}\n",
         list.join(", ")
@@ -119,9 +157,24 @@ fn corrupt_files_are_one_line_errors_naming_the_file() {
     bad_grid[42..44].copy_from_slice(&180i16.to_le_bytes()); // dim[1]: 181 -> 180
 
     let cases: [(&str, Vec<u8>, &str, &str); 3] = [
-        ("ch2.nii.gz", ch2[..ch2.len() / 2].to_vec(), "ch2.nii.gz", "gzip stream is corrupt or truncated"),
-        ("ch2.nii.gz", gzip(&bad_datatype), "ch2.nii.gz", "unsupported NIfTI datatype code 3"),
-        ("aal.nii.gz", gzip(&bad_grid), "aal.nii.gz", "label grid [180, 217, 181] differs from the image grid"),
+        (
+            "ch2.nii.gz",
+            ch2[..ch2.len() / 2].to_vec(),
+            "ch2.nii.gz",
+            "gzip stream is corrupt or truncated",
+        ),
+        (
+            "ch2.nii.gz",
+            gzip(&bad_datatype),
+            "ch2.nii.gz",
+            "unsupported NIfTI datatype code 3",
+        ),
+        (
+            "aal.nii.gz",
+            gzip(&bad_grid),
+            "aal.nii.gz",
+            "label grid [180, 217, 181] differs from the image grid",
+        ),
     ];
     for (i, (name, bytes, names, says)) in cases.into_iter().enumerate() {
         let case = dir.path().join(format!("case{i}"));
@@ -141,7 +194,10 @@ fn corrupt_files_are_one_line_errors_naming_the_file() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "case {i} was accepted");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-        assert!(stderr.contains(&format!("{names}:")), "case {i} names {names}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{names}:")),
+            "case {i} names {names}: {stderr}"
+        );
         assert!(stderr.contains(says), "case {i} says `{says}`: {stderr}");
         assert!(!case.join("out/manifest.json").exists());
     }
@@ -154,42 +210,79 @@ fn sha256(path: &Path) -> String {
 #[test]
 fn manifest_slabs_are_disjoint_with_gaps_and_the_cache_is_checked() {
     let dir = tempfile::tempdir().unwrap();
-    let files: Vec<PathBuf> = ["ch2.nii.gz", "aal.nii.gz", "aal.nii.txt"].iter().map(|n| raw(n)).collect();
+    let files: Vec<PathBuf> = ["ch2.nii.gz", "aal.nii.gz", "aal.nii.txt"]
+        .iter()
+        .map(|n| raw(n))
+        .collect();
     let gap = 3;
     let spec = write_spec(
         dir.path(),
         &files,
         "size = 16\nslices = [30, 70]\naugment = 1",
-        &format!("train = 0.6\nval = 0.2\ntest = 0.2\ngap = {gap}"),
+        &format!("train = 0.6\nval = 0.2\ntest = 0.2\ngap = {gap}\nblocks = 2"),
     );
     let out_dir = dir.path().join("prepared");
     let out = prepare(&spec, &out_dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("train") && stdout.contains("manifest.json"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("train") && stdout.contains("manifest.json"),
+        "{stdout}"
+    );
 
     let path = out_dir.join("manifest.json");
     let m = Manifest::read(&path).unwrap();
     // Every slice index is in exactly one split.
     let mut split_of: BTreeMap<usize, Split> = BTreeMap::new();
     for s in &m.samples {
-        assert_eq!(*split_of.entry(s.index).or_insert(s.split), s.split, "slice {} in two splits", s.index);
-        assert!(s.augmented.is_none() || s.split == Split::Train, "{} outside train", s.id);
+        assert_eq!(
+            *split_of.entry(s.index).or_insert(s.split),
+            s.split,
+            "slice {} in two splits",
+            s.index
+        );
+        assert!(
+            s.augmented.is_none() || s.split == Split::Train,
+            "{} outside train",
+            s.id
+        );
     }
     let ids: BTreeSet<&str> = m.samples.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids.len(), m.samples.len(), "ids are unique");
-    // Slabs in order train < val < test, more than `gap` indices apart.
-    let range = |split: Split| {
-        let idx: Vec<usize> = split_of.iter().filter(|(_, s)| **s == split).map(|(i, _)| *i).collect();
-        assert!(!idx.is_empty(), "{split:?} is empty");
-        assert_eq!(idx.len(), idx[idx.len() - 1] - idx[0] + 1, "{split:?} is contiguous");
-        (idx[0], idx[idx.len() - 1])
-    };
-    let (train, val, test) = (range(Split::Train), range(Split::Val), range(Split::Test));
-    assert!(val.0 > train.1 + gap && test.0 > val.1 + gap, "{train:?} {val:?} {test:?}");
-    assert_eq!((train.0, test.1), (30, 69));
-    assert_eq!(m.counts["train"], 2 * (train.1 - train.0 + 1), "train holds each slice and its copy");
-    assert_eq!(m.counts["val"] + m.counts["test"], (val.1 - val.0 + 1) + (test.1 - test.0 + 1));
+    // Two blocks of train < val < test slabs; slices of different splits
+    // are more than `gap` indices apart.
+    let order: Vec<(usize, Split)> = split_of.iter().map(|(i, s)| (*i, *s)).collect();
+    for pair in order.windows(2) {
+        let ((i, a), (j, b)) = (pair[0], pair[1]);
+        assert!(
+            a == b || j > i + gap,
+            "slice {i} ({a:?}) and {j} ({b:?}) are too close"
+        );
+    }
+    let runs: Vec<Split> = m.slabs.iter().map(|s| s.split).collect();
+    use Split::{Test, Train, Val};
+    assert_eq!(runs, [Train, Val, Test, Train, Val, Test]);
+    for slab in &m.slabs {
+        let inside = (slab.first..=slab.last)
+            .filter(|i| split_of.get(i) == Some(&slab.split))
+            .count();
+        assert_eq!(inside, slab.slices, "slab {slab:?} is contiguous");
+    }
+    assert_eq!((order[0].0, order[order.len() - 1].0), (30, 69));
+    let slices_of = |split| order.iter().filter(|(_, s)| *s == split).count();
+    assert_eq!(
+        m.counts["train"],
+        2 * slices_of(Train),
+        "each training slice and its copy"
+    );
+    assert_eq!(
+        m.counts["val"] + m.counts["test"],
+        slices_of(Val) + slices_of(Test)
+    );
     for f in &m.files {
         assert_eq!(f.sha256, sha256(&f.path), "{}", f.name);
     }
@@ -205,18 +298,34 @@ fn manifest_slabs_are_disjoint_with_gaps_and_the_cache_is_checked() {
     assert!(Tensor::read_safetensors(&cache).is_ok(), "cache rewritten");
     for (a, b) in first.test.samples.iter().zip(&again.test.samples) {
         assert_eq!(a.id, b.id);
-        assert!(a.image.equal(&b.image) && a.target.equal(&b.target), "{}", a.id);
+        assert!(
+            a.image.equal(&b.image) && a.target.equal(&b.target),
+            "{}",
+            a.id
+        );
     }
 }
 
 #[test]
 fn segmentation_trains_end_to_end_through_the_wasm_plugin_on_real_slices() {
     let dir = tempfile::tempdir().unwrap();
-    let files: Vec<PathBuf> = ["ch2.nii.gz", "aal.nii.gz", "aal.nii.txt"].iter().map(|n| raw(n)).collect();
-    let spec = write_spec(dir.path(), &files, "size = 32\nslices = [60, 80]", "gap = 1");
+    let files: Vec<PathBuf> = ["ch2.nii.gz", "aal.nii.gz", "aal.nii.txt"]
+        .iter()
+        .map(|n| raw(n))
+        .collect();
+    let spec = write_spec(
+        dir.path(),
+        &files,
+        "size = 32\nslices = [60, 80]",
+        "gap = 1",
+    );
     let prepared = dir.path().join("prepared");
     let out = prepare(&spec, &prepared);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = dir.path().join("run.toml");
     std::fs::write(
         &config,
@@ -236,11 +345,19 @@ fn segmentation_trains_end_to_end_through_the_wasm_plugin_on_real_slices() {
         .arg(&run)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let losses: Vec<f64> = std::fs::read_to_string(run.join("epochs.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["clean_loss"].as_f64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["clean_loss"]
+                .as_f64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(losses.len(), 6);
     assert!(losses[5] < 0.8 * losses[0], "loss fell: {losses:?}");
@@ -248,26 +365,89 @@ fn segmentation_trains_end_to_end_through_the_wasm_plugin_on_real_slices() {
 
 /// Logits that make `argmax` the given class map: [1, 8, H, W].
 fn logits_of(map: &[i64], h: i64, w: i64) -> Tensor {
-    Tensor::from_slice(map).reshape([1, h, w]).one_hot(8).permute([0, 3, 1, 2]).to_kind(tch::Kind::Float) * 10.0
+    Tensor::from_slice(map)
+        .reshape([1, h, w])
+        .one_hot(8)
+        .permute([0, 3, 1, 2])
+        .to_kind(tch::Kind::Float)
+        * 10.0
 }
 
 #[test]
 fn dice_of_identical_maps_is_one_and_a_partial_case_matches_the_hand_count() {
     let mut plugin = Plugin::load(wasm(), &SandboxLimits::default()).unwrap();
     let value = |metrics: &[amat_plugin_sdk::Metric], name: &str| {
-        metrics.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no {name}")).value
+        metrics
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .value
     };
     let target_map = [0i64, 1, 1, 1, 2, 2];
-    let target = Tensor::from_slice(&target_map).reshape([1, 2, 3]).to_kind(tch::Kind::Float);
+    let target = Tensor::from_slice(&target_map)
+        .reshape([1, 2, 3])
+        .to_kind(tch::Kind::Float);
 
-    let same = plugin.metrics(&logits_of(&target_map, 2, 3), &target).unwrap();
+    let same = plugin
+        .metrics(&logits_of(&target_map, 2, 3), &target)
+        .unwrap();
     assert_eq!(value(&same, "dice_mean"), 1.0);
 
     // Predicted [0 1 0 / 1 2 1]: class 0: 2 predicted, 1 true, 1 shared -> 2/3;
     // class 1: 3 predicted, 3 true, 2 shared -> 4/6; class 2: 1, 2, 1 -> 2/3.
-    let partial = plugin.metrics(&logits_of(&[0, 1, 0, 1, 2, 1], 2, 3), &target).unwrap();
-    for (name, want) in [("dice_0", 2.0 / 3.0), ("dice_1", 4.0 / 6.0), ("dice_2", 2.0 / 3.0)] {
-        assert!((value(&partial, name) - want).abs() < 1e-6, "{name}: {partial:?}");
+    let partial = plugin
+        .metrics(&logits_of(&[0, 1, 0, 1, 2, 1], 2, 3), &target)
+        .unwrap();
+    for (name, want) in [
+        ("dice_0", 2.0 / 3.0),
+        ("dice_1", 4.0 / 6.0),
+        ("dice_2", 2.0 / 3.0),
+    ] {
+        assert!(
+            (value(&partial, name) - want).abs() < 1e-6,
+            "{name}: {partial:?}"
+        );
     }
-    assert!((value(&partial, "dice_mean") - 2.0 / 3.0).abs() < 1e-6, "{partial:?}");
+    assert!(
+        (value(&partial, "dice_mean") - 2.0 / 3.0).abs() < 1e-6,
+        "{partial:?}"
+    );
+}
+
+#[test]
+fn example_configs_and_data_specs_parse() {
+    use amat_host::data::manifest::DataSpec;
+    use amat_host::data::source::DataSource;
+    use amat_host::train::config::RunConfig;
+    let examples = support::root().join("examples");
+    // Each config reads what its spec prepares into data/prepared/<name>.
+    for (spec, name) in [
+        ("segmentation.toml", "ch2-lobes-axial-64"),
+        ("segmentation-aug.toml", "ch2-lobes-axial-64-aug"),
+    ] {
+        let s = DataSpec::read(&examples.join("data").join(spec)).unwrap();
+        assert_eq!(s.name, name, "{spec}");
+        for f in &s.files {
+            assert!(
+                examples.join("data").join(f).is_file(),
+                "{spec}: {}",
+                f.display()
+            );
+        }
+    }
+    for (config, prepared) in [
+        ("segmentation.toml", "ch2-lobes-axial-64"),
+        ("segmentation-long.toml", "ch2-lobes-axial-64-aug"),
+    ] {
+        let cfg = RunConfig::read(&examples.join(config)).unwrap();
+        let DataSource::Manifest(m) = cfg.data else {
+            panic!("{config}: not a manifest")
+        };
+        assert_eq!(
+            m.manifest,
+            Path::new("../data/prepared")
+                .join(prepared)
+                .join("manifest.json")
+        );
+    }
 }

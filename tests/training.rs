@@ -140,7 +140,7 @@ fn amat_margins_adapt_per_sample() {
 
     let cfg = config(
         "[run]\nmethod = \"amat\"\nthreads = 1\n[data.synthetic]\n[train]\nepochs = 26\nwarmup_epochs = 14\nbatch_size = 8\n\
-         [amat]\neps_max = 3.0\ngrow_epochs = 6\n",
+         [amat]\neps_max = 3.0\ngrow_epochs = 6\ntau = 0.6\n",
     );
     let mut t = Trainer::new(&cfg, &plugin, Device::Cpu, train.len()).unwrap();
     for _ in 0..cfg.train.epochs {
@@ -187,16 +187,27 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A small, fast run on 16 x 16 synthetic disks. `tau = 3` counts every
-/// sample as learned from the start, so AMAT's margins move at once.
+/// A small, fast run on 16 x 16 synthetic disks, with `extra` (TOML) merged
+/// over it key by key. `tau = 3` counts every sample as learned from the
+/// start, so AMAT's margins move at once.
 fn small_config(dir: &Path, name: &str, extra: &str) -> PathBuf {
-    let text = format!(
-        "[run]\nthreads = 1\nseed = 3\n[data.synthetic]\ntrain = 20\ntest = 6\nsize = 16\n\
+    let base = "[run]\nthreads = 1\nseed = 3\n[data.synthetic]\ntrain = 20\ntest = 6\nsize = 16\n\
          [model]\nwidth = 4\n[train]\nepochs = 4\nbatch_size = 8\n[amat]\ngrow_epochs = 3\ntau = 3.0\n\
-         [eval]\neps = [0.0, 0.5, 1.0]\nbatch_size = 4\n[eval.attack]\nsteps = 4\n{extra}"
-    );
+         [eval]\neps = [0.0, 0.5, 1.0]\nbatch_size = 4\n[eval.attack]\nsteps = 4\n";
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut table: toml::Table = base.parse().unwrap();
+    merge(&mut table, extra.parse().unwrap());
     let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, toml::to_string(&table).unwrap()).unwrap();
     path
 }
 
@@ -354,6 +365,23 @@ fn std_sat_and_amat_reduce_the_training_loss_and_sat_at_zero_is_std() {
     // ... and it is not trivially so: SAT at its default eps trains other weights.
     let (a, b) = (tensors(&latest_checkpoint(&std).join("weights.safetensors")), tensors(&latest_checkpoint(&tmp.path().join("sat")).join("weights.safetensors")));
     assert!(a.iter().zip(&b).any(|((_, x), (_, y))| !x.equal(y)));
+
+    // The three runs side by side: one row each, the same eps columns, a plot.
+    let cmp = tmp.path().join("cmp");
+    let runs: Vec<PathBuf> = ["std", "sat", "amat"].iter().map(|m| tmp.path().join(m)).collect();
+    let mut args = vec!["compare", "--out", s(&cmp)];
+    args.extend(runs.iter().map(|p| s(p)));
+    assert!(amat_host(&args).status.success());
+    let table = std::fs::read_to_string(cmp.join("comparison.md")).unwrap();
+    for m in ["std", "sat", "amat"] {
+        assert_eq!(table.lines().filter(|l| l.starts_with(&format!("| {m} | {m} |"))).count(), 1, "{table}");
+    }
+    assert!(table.contains("eps 0.5") && cmp.join("comparison.png").is_file());
+    // An unfinished run is refused with a one-line error naming it.
+    std::fs::remove_file(runs[1].join("robustness.json")).unwrap();
+    let o = amat_host(&["compare", "--out", s(&cmp), s(&runs[0]), s(&runs[1])]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("sat: no robustness.json"), "{err}");
 }
 
 // ---------------------------------------------------------------- 5. bad configs
@@ -381,7 +409,7 @@ fn bad_configs_fail_in_one_line_before_any_work_and_leave_no_run_folder() {
     }
 
     // A good run (wasm plugin): whenever its folder exists, it holds a complete checkpoint.
-    let cfg = small_config(tmp.path(), "good.toml", "[train]\nepochs = 2\n".replace("[train]\n", "").as_str());
+    let cfg = small_config(tmp.path(), "good.toml", "[train]\nepochs = 2\n");
     let out_dir = tmp.path().join("good");
     let mut child = support::amat_host()
         .args(["run", "--plugin", s(&wasm), "--method", "amat", "--config", s(&cfg), "--out", s(&out_dir)])

@@ -34,6 +34,8 @@ pub enum Command {
     Eval(EvalCommand),
     /// Attack one sample of a checkpoint's data; save the noise and the predictions as .npy.
     Attack(AttackCommand),
+    /// Compare finished runs: a table of a metric at every noise level and one plot.
+    Compare(CompareCommand),
     /// Prepare datasets: decode through the task plugin, split, cache.
     #[command(subcommand)]
     Data(DataCommand),
@@ -54,6 +56,19 @@ pub enum DataCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CompareCommand {
+    /// Run folders (each with robustness.json, attacked alike).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Where comparison.{md,csv,json,png} go.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The metric compared [default: the first metric of the curves].
+    #[arg(long)]
+    pub metric: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -207,6 +222,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{:<16} clean {:.4} -> attacked {:.4}", c.name, c.value, a.value);
             }
             println!("files: {}", r.dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compare(c) => {
+            let cmp = crate::eval::compare::compare(&c.runs, c.metric.as_deref())?;
+            crate::eval::compare::write(&c.out, &cmp)?;
+            print!("{}", crate::eval::compare::markdown(&cmp));
+            println!("written: {}/comparison.{{md,csv,json,png}}", c.out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Data(DataCommand::Prepare { plugin, spec, out }) => {

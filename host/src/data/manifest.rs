@@ -5,7 +5,10 @@
 //!
 //! Splits are slabs: contiguous ranges of slice indices in the order train,
 //! validation, test, with `gap` slice indices dropped between neighbours, so
-//! near-identical adjacent slices never straddle a split.
+//! near-identical adjacent slices never straddle a split. With `blocks = n`
+//! the slices are first cut into n consecutive blocks, each split the same
+//! way (and `gap` apart), so every split samples the whole extent of the
+//! volume instead of one end of it.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -25,8 +28,9 @@ pub struct DataSpec {
     pub split: SplitSpec,
 }
 
-/// `[split]`: fractions of the labelled slices (normalised by their sum) and
-/// the gap, in slice indices, left out between neighbouring splits.
+/// `[split]`: fractions of the labelled slices (normalised by their sum),
+/// the gap, in slice indices, left out between neighbouring slabs, and the
+/// number of consecutive blocks each cut into train, val and test slabs.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SplitSpec {
@@ -34,6 +38,7 @@ pub struct SplitSpec {
     pub val: f64,
     pub test: f64,
     pub gap: usize,
+    pub blocks: usize,
 }
 
 impl Default for SplitSpec {
@@ -43,6 +48,7 @@ impl Default for SplitSpec {
             val: 0.15,
             test: 0.15,
             gap: 2,
+            blocks: 1,
         }
     }
 }
@@ -64,8 +70,14 @@ impl DataSpec {
         }
         let s = &self.split;
         let fractions = [("train", s.train), ("val", s.val), ("test", s.test)];
-        if let Some((k, v)) = fractions.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+        if let Some((k, v)) = fractions
+            .iter()
+            .find(|(_, v)| !(v.is_finite() && *v >= 0.0))
+        {
             return Err(format!("split.{k} = {v} must be >= 0"));
+        }
+        if s.blocks == 0 {
+            return Err("split.blocks must be at least 1".into());
         }
         if s.train <= 0.0 || s.test <= 0.0 {
             return Err("split.train and split.test must be > 0".into());
@@ -151,7 +163,9 @@ pub fn assign_splits(ids: &[SliceId], spec: &SplitSpec) -> Vec<Option<Split>> {
     }
     ids.iter()
         .map(|id| {
-            let split = of_slice.get(&(id.source.as_str(), id.axis.as_str(), id.index)).copied();
+            let split = of_slice
+                .get(&(id.source.as_str(), id.axis.as_str(), id.index))
+                .copied();
             match (split, id.augmented) {
                 (Some(Split::Train), _) | (Some(_), None) => split,
                 _ => None,
@@ -160,8 +174,26 @@ pub fn assign_splits(ids: &[SliceId], spec: &SplitSpec) -> Vec<Option<Split>> {
         .collect()
 }
 
-/// Cuts ascending distinct slice indices into train, val, test slabs.
+/// Cuts ascending distinct slice indices into `blocks` blocks of train,
+/// val, test slabs.
 fn slabs(indices: &[usize], spec: &SplitSpec) -> Vec<(usize, Split)> {
+    let n = indices.len();
+    let blocks = spec.blocks.clamp(1, n.max(1));
+    let mut out = Vec::new();
+    for b in 0..blocks {
+        let block = &indices[b * n / blocks..(b + 1) * n / blocks];
+        // Keep `gap` indices clear after the previous block's last slab.
+        let start = match out.last() {
+            Some(&(last, _)) => block.partition_point(|&i| i <= last + spec.gap),
+            None => 0,
+        };
+        out.extend(block_slabs(&block[start..], spec));
+    }
+    out
+}
+
+/// One block's train, val and test slabs.
+fn block_slabs(indices: &[usize], spec: &SplitSpec) -> Vec<(usize, Split)> {
     let total = spec.train + spec.val + spec.test;
     let wanted: Vec<(Split, f64)> = [
         (Split::Train, spec.train),
@@ -172,9 +204,7 @@ fn slabs(indices: &[usize], spec: &SplitSpec) -> Vec<(usize, Split)> {
     .filter(|(_, f)| *f > 0.0)
     .collect();
     // Slices left after the gaps, shared out by fraction (the last split takes the rest).
-    let usable = indices
-        .len()
-        .saturating_sub(spec.gap * (wanted.len() - 1));
+    let usable = indices.len().saturating_sub(spec.gap * (wanted.len() - 1));
     let mut out = Vec::new();
     let mut next = 0;
     let mut after: Option<usize> = None;
@@ -268,31 +298,34 @@ impl Manifest {
 
     /// The slab of each split from its samples.
     pub fn slabs_of(samples: &[SampleRecord]) -> Vec<SlabRecord> {
-        let mut slabs: BTreeMap<(String, String, Split), (usize, usize, Vec<usize>)> =
-            BTreeMap::new();
+        let mut of_slice: BTreeMap<(&str, &str, usize), Split> = BTreeMap::new();
         for s in samples {
-            let e = slabs
-                .entry((s.source.clone(), s.axis.clone(), s.split))
-                .or_insert((usize::MAX, 0, Vec::new()));
-            e.0 = e.0.min(s.index);
-            e.1 = e.1.max(s.index);
-            e.2.push(s.index);
+            of_slice.insert((&s.source, &s.axis, s.index), s.split);
+        }
+        // Runs of consecutive indices of one split, in slice order.
+        let mut slabs: Vec<SlabRecord> = Vec::new();
+        for ((source, axis, index), split) in of_slice {
+            match slabs.last_mut() {
+                Some(s)
+                    if s.source == source
+                        && s.axis == axis
+                        && s.split == split
+                        && s.last + 1 == index =>
+                {
+                    s.last = index;
+                    s.slices += 1;
+                }
+                _ => slabs.push(SlabRecord {
+                    source: source.into(),
+                    axis: axis.into(),
+                    split,
+                    first: index,
+                    last: index,
+                    slices: 1,
+                }),
+            }
         }
         slabs
-            .into_iter()
-            .map(|((source, axis, split), (first, last, mut all))| {
-                all.sort_unstable();
-                all.dedup();
-                SlabRecord {
-                    source,
-                    axis,
-                    split,
-                    first,
-                    last,
-                    slices: all.len(),
-                }
-            })
-            .collect()
     }
 }
 
@@ -319,10 +352,20 @@ mod tests {
     #[test]
     fn slabs_are_contiguous_ordered_and_gapped() {
         let all = ids(10..30);
-        let spec = SplitSpec { train: 0.6, val: 0.2, test: 0.2, gap: 2 };
+        let spec = SplitSpec {
+            train: 0.6,
+            val: 0.2,
+            test: 0.2,
+            gap: 2,
+            blocks: 1,
+        };
         let s = assign_splits(&all, &spec);
         let of = |split| -> Vec<usize> {
-            all.iter().zip(&s).filter(|(_, x)| **x == Some(split)).map(|(i, _)| i.index).collect()
+            all.iter()
+                .zip(&s)
+                .filter(|(_, x)| **x == Some(split))
+                .map(|(i, _)| i.index)
+                .collect()
         };
         // 20 slices, 2 gaps of 2: 16 usable -> 10 train, 3 val, rest test.
         assert_eq!(of(Split::Train), (10..20).collect::<Vec<_>>());
@@ -336,10 +379,59 @@ mod tests {
         let mut all = ids(0..10);
         all.push(SliceId::parse("ch2:axial:0:aug1").unwrap());
         all.push(SliceId::parse("ch2:axial:9:aug1").unwrap());
-        let spec = SplitSpec { train: 0.5, val: 0.0, test: 0.5, gap: 1 };
+        let spec = SplitSpec {
+            train: 0.5,
+            val: 0.0,
+            test: 0.5,
+            gap: 1,
+            blocks: 1,
+        };
         let s = assign_splits(&all, &spec);
         assert_eq!(s[10], Some(Split::Train));
         assert_eq!(s[11], None);
         assert_eq!(s[9], Some(Split::Test));
+    }
+
+    #[test]
+    fn blocks_repeat_the_slabs_along_the_volume_with_gaps_everywhere() {
+        let all = ids(0..40);
+        let spec = SplitSpec {
+            train: 0.5,
+            val: 0.25,
+            test: 0.25,
+            gap: 1,
+            blocks: 2,
+        };
+        let s = assign_splits(&all, &spec);
+        let samples: Vec<SampleRecord> = all
+            .iter()
+            .zip(&s)
+            .filter_map(|(id, split)| {
+                Some(SampleRecord {
+                    id: String::new(),
+                    source: id.source.clone(),
+                    axis: id.axis.clone(),
+                    index: id.index,
+                    split: (*split)?,
+                    augmented: None,
+                })
+            })
+            .collect();
+        let slabs = Manifest::slabs_of(&samples);
+        let order: Vec<(Split, usize, usize)> =
+            slabs.iter().map(|s| (s.split, s.first, s.last)).collect();
+        // Block 0..20: 18 usable -> 9 train, 5 val (4.5 rounded), rest test.
+        // Block 20..40 loses 20 to the gap after 19: 17 usable -> 9, 4, rest.
+        assert_eq!(
+            order,
+            [
+                (Split::Train, 0, 8),
+                (Split::Val, 10, 14),
+                (Split::Test, 16, 19),
+                (Split::Train, 21, 29),
+                (Split::Val, 31, 34),
+                (Split::Test, 36, 39),
+            ]
+        );
     }
 }

@@ -81,7 +81,12 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
     }
     let mut counts: BTreeMap<String, usize> = Split::ALL
         .iter()
-        .map(|s| (s.name().to_string(), samples.iter().filter(|r| r.split == *s).count()))
+        .map(|s| {
+            (
+                s.name().to_string(),
+                samples.iter().filter(|r| r.split == *s).count(),
+            )
+        })
         .collect();
     // Examples no split kept: the gaps, augmented copies outside training.
     counts.insert("dropped".into(), decoded - kept.len());
@@ -130,8 +135,8 @@ pub fn load_splits(manifest_path: &Path, plugin: &Plugin) -> Result<Splits> {
     let mut m = Manifest::read(manifest_path).map_err(anyhow::Error::msg)?;
     let dir = manifest_path.parent().unwrap_or(Path::new("."));
     let paths: Vec<PathBuf> = m.files.iter().map(|f| f.path.clone()).collect();
-    let (records, files) = read_files(&paths)
-        .with_context(|| format!("data manifest {}", manifest_path.display()))?;
+    let (records, files) =
+        read_files(&paths).with_context(|| format!("data manifest {}", manifest_path.display()))?;
     let plugin_record = PluginRecord {
         name: plugin.info().name.clone(),
         version: plugin.info().version.clone(),
@@ -175,12 +180,19 @@ pub fn load_splits(manifest_path: &Path, plugin: &Plugin) -> Result<Splits> {
         })?;
         kept.push(e);
     }
-    write_cache(&cache, &kept)?;
     m.plugin = plugin_record;
     m.files = records;
     m.cache_key = key;
-    write_manifest(manifest_path, &m)?;
-    splits_from(&m, kept.into_iter().map(|e| to_sample(e, manifest_path)).collect::<Result<_>>()?)
+    // A read-only data folder still trains; it just decodes again next time.
+    if let Err(e) = write_cache(&cache, &kept).and_then(|()| write_manifest(manifest_path, &m)) {
+        eprintln!("note: {e:#}; the cache was not updated");
+    }
+    splits_from(
+        &m,
+        kept.into_iter()
+            .map(|e| to_sample(e, manifest_path))
+            .collect::<Result<_>>()?,
+    )
 }
 
 /// A plugin instance for one whole-dataset decode call.
@@ -197,8 +209,7 @@ fn read_files(paths: &[PathBuf]) -> Result<(Vec<FileRecord>, Vec<File>)> {
     let mut records = Vec::new();
     let mut files: Vec<File> = Vec::new();
     for path in paths {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("data file {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("data file {}", path.display()))?;
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -219,9 +230,17 @@ fn read_files(paths: &[PathBuf]) -> Result<(Vec<FileRecord>, Vec<File>)> {
 }
 
 /// What decoded tensors depend on: plugin, input files, options.
-pub fn cache_key(plugin: &PluginRecord, files: &[FileRecord], options: &serde_json::Value) -> String {
-    let files: Vec<(&str, &str)> = files.iter().map(|f| (f.name.as_str(), f.sha256.as_str())).collect();
-    let text = serde_json::json!({ "plugin": plugin, "files": files, "options": options }).to_string();
+pub fn cache_key(
+    plugin: &PluginRecord,
+    files: &[FileRecord],
+    options: &serde_json::Value,
+) -> String {
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|f| (f.name.as_str(), f.sha256.as_str()))
+        .collect();
+    let text =
+        serde_json::json!({ "plugin": plugin, "files": files, "options": options }).to_string();
     format!("{:x}", Sha256::digest(text.as_bytes()))
 }
 
@@ -268,7 +287,11 @@ fn read_cache(path: &Path, m: &Manifest) -> Result<Splits> {
     for (i, s) in m.samples.iter().enumerate() {
         let mut take = |part: &str| {
             by_name.remove(&format!("{i}.{part}")).with_context(|| {
-                format!("data cache {}: no `{i}.{part}` for sample `{}`", path.display(), s.id)
+                format!(
+                    "data cache {}: no `{i}.{part}` for sample `{}`",
+                    path.display(),
+                    s.id
+                )
             })
         };
         samples.push(Sample {

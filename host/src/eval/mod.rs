@@ -4,6 +4,7 @@
 //! metric(eps) with the curve's normalised area.
 
 pub mod command;
+pub mod compare;
 pub mod report;
 
 use crate::attack::{self, Norm, Range};

@@ -45,39 +45,54 @@ fn register_font() {
 }
 
 fn plot(path: &Path, curve: &Curve, plotted: &[String]) -> Result<()> {
-    register_font();
     let mut metrics: Vec<_> = curve.metrics.iter().filter(|m| plotted.contains(&m.name)).collect();
     if metrics.is_empty() {
         metrics = curve.metrics.iter().collect();
     }
-    let x_max = curve.eps.last().copied().unwrap_or(1.0).max(1e-9);
-    let values = metrics.iter().flat_map(|m| m.values.iter().copied()).filter(|v| v.is_finite());
+    let series: Vec<Series> = metrics
+        .iter()
+        .map(|m| Series {
+            label: format!("{} (area {:.3})", m.name, m.area),
+            points: curve.eps.iter().copied().zip(m.values.iter().copied()).collect(),
+        })
+        .collect();
+    let title = format!("robustness on {} ({} samples, PGD {} {} steps)", curve.split, curve.samples, curve.norm, curve.steps);
+    line_chart(path, &title, &format!("eps ({})", curve.norm), "metric", &series)
+}
+
+/// One labelled line of a chart.
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Draws lines with markers and a legend into a PNG; the y range covers
+/// [0, 1] and every finite value.
+pub fn line_chart(path: &Path, title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Result<()> {
+    register_font();
+    let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let x_max = xs.fold(0.0f64, f64::max).max(1e-9);
+    let values = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).filter(|v| v.is_finite());
     let (lo, hi) = values.fold((0.0f64, 1.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let root = BitMapBackend::new(path, (800, 520)).into_drawing_area();
     let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
     root.fill(&WHITE).map_err(e)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("robustness on {} ({} samples, PGD {} {} steps)", curve.split, curve.samples, curve.norm, curve.steps), ("sans-serif", 22))
+        .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(56)
         .build_cartesian_2d(0.0..x_max, lo..hi)
         .map_err(e)?;
-    chart
-        .configure_mesh()
-        .x_desc(format!("eps ({})", curve.norm))
-        .y_desc("metric")
-        .draw()
-        .map_err(e)?;
-    for (i, m) in metrics.iter().enumerate() {
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(e)?;
+    for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let points: Vec<(f64, f64)> = curve.eps.iter().copied().zip(m.values.iter().copied()).collect();
         chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
             .map_err(e)?
-            .label(format!("{} (area {:.3})", m.name, m.area))
+            .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(e)?;
+        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(e)?;
     }
     chart
         .configure_series_labels()
