@@ -207,7 +207,7 @@ impl Task for Detection2d {
             input_channels: 1,
             output_channels: OUTPUT_CHANNELS as u32,
             target_kind: TargetKind::DenseBoxes,
-            tau: 1.0,
+            tau: 2.0,
             intensity_min: 0.0,
             intensity_max: 1.0,
             metric_names: vec!["map_50".into(), "map_50_95".into()],
