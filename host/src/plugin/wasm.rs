@@ -3,7 +3,9 @@
 //! budget, and only the WASI interfaces Rust's runtime needs for stdio (with
 //! no environment, arguments or real streams behind them). A component that
 //! imports anything else — filesystem, sockets, clocks, randomness — is refused
-//! at load.
+//! at load. The one exception is `wasi:random/insecure-seed`, which Rust's
+//! `HashMap` asks for (e.g. inside the `tiff` crate): it gets a fixed seed,
+//! so it grants no entropy and keeps plugins deterministic.
 
 use super::{Backend, CallError, SandboxLimits, Usage};
 use crate::plugin::{DecodeRequest, Example, File, Metric, TargetKind, TaskInfo};
@@ -56,7 +58,12 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:io/error",
     "wasi:io/streams",
     "wasi:io/poll",
+    // Fixed (see `HASH_SEED`): a hash seed, not a source of randomness.
+    "wasi:random/insecure-seed",
 ];
+
+/// The value of `wasi:random/insecure-seed` for every instance.
+const HASH_SEED: u128 = 0x616d_6174;
 
 const EXPORTS: &[&str] = &["describe", "decode", "loss", "correct", "metrics"];
 
@@ -665,7 +672,10 @@ fn instantiate(
 /// with nothing behind it but a captured stderr (no environment variables,
 /// arguments, stdin or stdout).
 fn new_store(engine: &Engine, limits: &SandboxLimits, stderr: MemoryOutputPipe) -> Store<State> {
-    let wasi = WasiCtxBuilder::new().stderr(stderr).build();
+    let wasi = WasiCtxBuilder::new()
+        .stderr(stderr)
+        .insecure_random_seed(HASH_SEED)
+        .build();
     let state = State {
         call_deadline: Instant::now(),
         table: TensorTable::new(limits.tensors),

@@ -7,10 +7,12 @@
 //! - [`image2d`]: normalisation, fitting into a square, affine warps.
 //! - [`fcsv`]: Slicer fiducial lists (RAS mm).
 //! - [`tiff`]: grey TIFF images.
+//! - [`augment`]: random warps and intensity changes shared by image, labels and points.
 //!
 //! Every error is a `String` that starts with the file's name and says what
 //! is wrong with it.
 
+pub mod augment;
 pub mod fcsv;
 pub mod image2d;
 pub mod nifti;
