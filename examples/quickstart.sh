@@ -8,14 +8,14 @@
 #   bash examples/quickstart.sh [CONFIG]     (default: examples/segmentation.toml)
 #
 # Idempotent: finished runs are kept, an interrupted one is resumed from its
-# last checkpoint. Results: runs/quickstart/comparison.{md,png}.
+# last checkpoint. Results: runs/<config name>/comparison.{md,png}.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../host/scripts/setup.sh"
 say() { printf '\033[1m[quickstart]\033[0m %s\n' "$*"; }
 
 CONFIG="${1:-examples/segmentation.toml}"
-SPEC=examples/data/segmentation.toml
-OUT=runs/quickstart
+# One folder per config, so a finished quick run is never taken for a long one.
+OUT="runs/$(basename "$CONFIG" .toml)"
 
 bash host/scripts/fetch-data.sh
 bash host/scripts/build-plugins.sh release
@@ -27,8 +27,11 @@ PLUGIN=target/wasm32-wasip2/release/amat_segmentation.wasm
 say "amat-host plugin info $PLUGIN"
 "$AMAT" plugin info "$PLUGIN"
 
-say "amat-host data prepare --spec $SPEC"
-"$AMAT" data prepare --plugin "$PLUGIN" --spec "$SPEC"
+# The quick config reads the plain slices, the long one the augmented set.
+for spec in examples/data/segmentation.toml examples/data/segmentation-aug.toml; do
+  say "amat-host data prepare --spec $spec"
+  "$AMAT" data prepare --plugin "$PLUGIN" --spec "$spec"
+done
 
 for method in std sat amat; do
   dir="$OUT/$method"
