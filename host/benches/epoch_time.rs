@@ -20,7 +20,10 @@ use tch::Device;
 use tch::nn::VarStore;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn plugin_path() -> PathBuf {
@@ -34,7 +37,9 @@ fn plugin_path() -> PathBuf {
     } else if debug.exists() {
         debug
     } else {
-        panic!("no native segmentation plugin: run `bash host/scripts/build-plugins.sh release` first")
+        panic!(
+            "no native segmentation plugin: run `bash host/scripts/build-plugins.sh release` first"
+        )
     }
 }
 
@@ -44,7 +49,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let (size, samples, rounds) = (env("AMAT_BENCH_SIZE", 48), env("AMAT_BENCH_SAMPLES", 64), env("AMAT_BENCH_ROUNDS", 5));
+    let (size, samples, rounds) = (
+        env("AMAT_BENCH_SIZE", 48),
+        env("AMAT_BENCH_SAMPLES", 64),
+        env("AMAT_BENCH_ROUNDS", 5),
+    );
     let (width, depth) = (env("AMAT_BENCH_WIDTH", 16), env("AMAT_BENCH_DEPTH", 3));
     let plugin_file = plugin_path();
     let text = format!(
@@ -84,7 +93,11 @@ fn main() {
             break;
         }
     }
-    println!("pretrained {} clean epochs: clean loss {:.4} (tau {tau})", pre.epoch, pre.history.last().unwrap().clean_loss);
+    println!(
+        "pretrained {} clean epochs: clean loss {:.4} (tau {tau})",
+        pre.epoch,
+        pre.history.last().unwrap().clean_loss
+    );
 
     // A trainer of method `m` starting from `weights`.
     let fresh = |m: Method, plugin: &Plugin, weights: &VarStore| {
@@ -104,7 +117,10 @@ fn main() {
     let mut times: [Vec<f64>; 3] = Default::default();
     let mut amat_records: Vec<EpochRecord> = Vec::new();
     for _ in 0..rounds {
-        for (k, m) in [Method::Std, Method::Sat, Method::Amat].into_iter().enumerate() {
+        for (k, m) in [Method::Std, Method::Sat, Method::Amat]
+            .into_iter()
+            .enumerate()
+        {
             let mut t = fresh(m, &plugin, &pre.vs);
             if m == Method::Amat {
                 t.margins = Some(margins.clone());
@@ -118,10 +134,17 @@ fn main() {
     }
     let [std, sat, amat] = times.map(median);
     let crossed = amat_records.iter().map(|r| r.crossed).sum::<f64>() / amat_records.len() as f64;
-    let forwards = amat_records.iter().map(|r| r.search_forwards).sum::<usize>() / amat_records.len();
+    let forwards = amat_records
+        .iter()
+        .map(|r| r.search_forwards)
+        .sum::<usize>()
+        / amat_records.len();
     println!("median of {rounds} rounds, seconds per epoch:");
     println!("  STD  {std:.3}");
     println!("  SAT  {sat:.3}");
-    println!("  AMAT {amat:.3}  (crossed {:.0}% of samples, {forwards} single-sample search forwards per epoch)", 100.0 * crossed);
+    println!(
+        "  AMAT {amat:.3}  (crossed {:.0}% of samples, {forwards} single-sample search forwards per epoch)",
+        100.0 * crossed
+    );
     println!("AMAT / SAT = {:.3} (target <= 1.10)", amat / sat);
 }

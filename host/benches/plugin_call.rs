@@ -43,7 +43,11 @@ fn main() {
     let wasm = release.join("wasm32-wasip2/release/amat_segmentation.wasm");
     let native = release.join("release/libamat_segmentation.so");
     for p in [&wasm, &native] {
-        assert!(p.exists(), "{} missing: run `bash host/scripts/build-plugins.sh release` first", p.display());
+        assert!(
+            p.exists(),
+            "{} missing: run `bash host/scripts/build-plugins.sh release` first",
+            p.display()
+        );
     }
     println!("threads: {} (libtorch intra-op)", tch::get_num_threads());
 
@@ -64,8 +68,14 @@ fn main() {
         let l = dice_ce_loss(&pred, &target).sum(Kind::Float);
         let _ = Tensor::run_backward(&[l], &[&pred], false, false);
     });
-    println!("\n{:<10} {:>14} {:>14} {:>12} {:>12}", "loss", "forward", "fwd+bwd", "fwd ratio", "f+b ratio");
-    println!("{:<10} {:>14?} {:>14?} {:>12} {:>12}", "built-in", builtin_fwd, builtin_bwd, "1.000", "1.000");
+    println!(
+        "\n{:<10} {:>14} {:>14} {:>12} {:>12}",
+        "loss", "forward", "fwd+bwd", "fwd ratio", "f+b ratio"
+    );
+    println!(
+        "{:<10} {:>14?} {:>14?} {:>12} {:>12}",
+        "built-in", builtin_fwd, builtin_bwd, "1.000", "1.000"
+    );
     for (name, plugin) in plugins.iter_mut() {
         let fwd = time(|| {
             let _ = plugin.loss(&pred, &target).unwrap();

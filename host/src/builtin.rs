@@ -8,13 +8,20 @@ use tch::{Kind, Tensor};
 /// `pred` is logits [B, C, H, W]; `target` class indices [B, H, W] (any dtype).
 pub fn dice_ce_loss(pred: &Tensor, target: &Tensor) -> Tensor {
     let classes = pred.size()[1];
-    let y = target.to_kind(Kind::Int64).one_hot(classes).permute([0, 3, 1, 2]).to_kind(Kind::Float);
+    let y = target
+        .to_kind(Kind::Int64)
+        .one_hot(classes)
+        .permute([0, 3, 1, 2])
+        .to_kind(Kind::Float);
     let spatial: &[i64] = &[2, 3];
     let log_p = pred.log_softmax(1, Kind::Float);
-    let ce = -(&log_p * &y).sum_dim_intlist(1, false, Kind::Float).mean_dim([1i64, 2].as_slice(), false, Kind::Float);
+    let ce = -(&log_p * &y)
+        .sum_dim_intlist(1, false, Kind::Float)
+        .mean_dim([1i64, 2].as_slice(), false, Kind::Float);
     let p = log_p.exp();
     let inter = (&p * &y).sum_dim_intlist(spatial, false, Kind::Float);
-    let total = p.sum_dim_intlist(spatial, false, Kind::Float) + y.sum_dim_intlist(spatial, false, Kind::Float);
+    let total = p.sum_dim_intlist(spatial, false, Kind::Float)
+        + y.sum_dim_intlist(spatial, false, Kind::Float);
     let dice = (inter * 2.0 + 1.0) / (total + 1.0);
     ce + (1.0 - dice.mean_dim(1, false, Kind::Float))
 }

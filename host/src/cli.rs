@@ -213,7 +213,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("run finished: {}", done.dir.display());
                     print_curve(curve);
                 }
-                None => println!("run stopped: {} (continue with --resume {0})", done.dir.display()),
+                None => println!(
+                    "run stopped: {} (continue with --resume {0})",
+                    done.dir.display()
+                ),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -230,10 +233,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sample: c.sample,
                 eps: c.eps,
             })?;
-            println!("sample {} at eps {}: noise norm {:.4}", r.sample, r.eps, r.noise_norm);
-            println!("loss clean {:.4} -> attacked {:.4}", r.clean_loss, r.adversarial_loss);
+            println!(
+                "sample {} at eps {}: noise norm {:.4}",
+                r.sample, r.eps, r.noise_norm
+            );
+            println!(
+                "loss clean {:.4} -> attacked {:.4}",
+                r.clean_loss, r.adversarial_loss
+            );
             for (c, a) in r.clean_metrics.iter().zip(&r.adversarial_metrics) {
-                println!("{:<16} clean {:.4} -> attacked {:.4}", c.name, c.value, a.value);
+                println!(
+                    "{:<16} clean {:.4} -> attacked {:.4}",
+                    c.name, c.value, a.value
+                );
             }
             println!("files: {}", r.dir.display());
             Ok(ExitCode::SUCCESS)
@@ -242,11 +254,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cmp = crate::eval::compare::compare(&c.runs, c.metric.as_deref())?;
             crate::eval::compare::write(&c.out, &cmp)?;
             print!("{}", crate::eval::compare::markdown(&cmp));
-            println!("written: {}/comparison.{{md,csv,json,png}}", c.out.display());
+            println!(
+                "written: {}/comparison.{{md,csv,json,png}}",
+                c.out.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Data(DataCommand::Prepare { plugin, spec, out }) => {
-            let p = crate::data::prepare::prepare(&crate::data::prepare::PrepareArgs { plugin, spec, out })?;
+            let p = crate::data::prepare::prepare(&crate::data::prepare::PrepareArgs {
+                plugin,
+                spec,
+                out,
+            })?;
             for slab in &p.slabs {
                 println!(
                     "{:<5} {:>4} slices  {} {} {}..={}",
@@ -320,12 +339,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The curve as a small table on stdout.
 fn print_curve(curve: &crate::eval::Curve) {
-    let names: Vec<&str> = curve.metrics.iter().map(|m| m.name.as_str()).take(4).collect();
-    println!("{:>8} {:>10} {}", "eps", "loss", names.iter().map(|n| format!("{n:>12}")).collect::<String>());
+    let names: Vec<&str> = curve
+        .metrics
+        .iter()
+        .map(|m| m.name.as_str())
+        .take(4)
+        .collect();
+    println!(
+        "{:>8} {:>10} {}",
+        "eps",
+        "loss",
+        names.iter().map(|n| format!("{n:>12}")).collect::<String>()
+    );
     for (i, eps) in curve.eps.iter().enumerate() {
-        let values: String = curve.metrics.iter().take(4).map(|m| format!("{:>12.4}", m.values[i])).collect();
+        let values: String = curve
+            .metrics
+            .iter()
+            .take(4)
+            .map(|m| format!("{:>12.4}", m.values[i]))
+            .collect();
         println!("{eps:>8} {:>10.4} {values}", curve.loss[i]);
     }
-    let areas: String = curve.metrics.iter().take(4).map(|m| format!("{:>12.4}", m.area)).collect();
+    let areas: String = curve
+        .metrics
+        .iter()
+        .take(4)
+        .map(|m| format!("{:>12.4}", m.area))
+        .collect();
     println!("{:>8} {:>10} {areas}", "area", "");
 }

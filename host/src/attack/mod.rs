@@ -66,7 +66,10 @@ impl PgdConfig {
             return Err(format!("{section}.steps must be at least 1"));
         }
         if !(self.step_factor.is_finite() && self.step_factor > 0.0) {
-            return Err(format!("{section}.step_factor = {} must be positive", self.step_factor));
+            return Err(format!(
+                "{section}.step_factor = {} must be positive",
+                self.step_factor
+            ));
         }
         Ok(())
     }
@@ -204,7 +207,10 @@ mod tests {
             let orig: Vec<f32> = Vec::try_from(sample_norms(&d, norm)).unwrap();
             assert_eq!(n[0], 0.0);
             assert!((n[1] - 0.5).abs() < 1e-5, "{norm}: {n:?}");
-            assert!((n[2] - orig[2]).abs() < 1e-5, "inside the ball stays: {n:?} {orig:?}");
+            assert!(
+                (n[2] - orig[2]).abs() < 1e-5,
+                "inside the ball stays: {n:?} {orig:?}"
+            );
         }
     }
 
@@ -218,7 +224,10 @@ mod tests {
             for (ni, ei) in n.iter().zip([0.1f32, 1.0, 2.0, 0.0]) {
                 assert!(*ni <= ei * (1.0 + 1e-5), "{norm}: {n:?}");
             }
-            assert!(n[2] > 0.5, "a draw in a ball of 128 dims lies near its surface: {n:?}");
+            assert!(
+                n[2] > 0.5,
+                "a draw in a ball of 128 dims lies near its surface: {n:?}"
+            );
         }
     }
 }

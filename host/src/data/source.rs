@@ -19,9 +19,10 @@ impl DataSource {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             DataSource::Synthetic(s) => s.validate(),
-            DataSource::Manifest(m) if !m.manifest.exists() => {
-                Err(format!("data.manifest {}: no such file", m.manifest.display()))
-            }
+            DataSource::Manifest(m) if !m.manifest.exists() => Err(format!(
+                "data.manifest {}: no such file",
+                m.manifest.display()
+            )),
             DataSource::Manifest(_) => Ok(()),
         }
     }
@@ -60,12 +61,18 @@ impl<'de> Deserialize<'de> for DataSource {
         match table.remove("synthetic") {
             Some(_) if !table.is_empty() => Err(D::Error::custom(format!(
                 "data: `synthetic` cannot be combined with {}",
-                table.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                table
+                    .keys()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
             Some(s) => s
                 .try_into()
                 .map(DataSource::Synthetic)
-                .map_err(|e: toml::de::Error| D::Error::custom(format!("data.synthetic: {}", e.message()))),
+                .map_err(|e: toml::de::Error| {
+                    D::Error::custom(format!("data.synthetic: {}", e.message()))
+                }),
             None => toml::Value::Table(table)
                 .try_into()
                 .map(DataSource::Manifest)

@@ -46,7 +46,9 @@ impl SyntheticConfig {
     pub fn validate(&self) -> Result<(), String> {
         let range = |name: &str, [a, b]: [f64; 2], max: f64| {
             if !(0.0 <= a && a <= b && b <= max) {
-                Err(format!("data.synthetic.{name} = [{a}, {b}] must satisfy 0 <= min <= max <= {max}"))
+                Err(format!(
+                    "data.synthetic.{name} = [{a}, {b}] must satisfy 0 <= min <= max <= {max}"
+                ))
             } else {
                 Ok(())
             }
@@ -55,12 +57,18 @@ impl SyntheticConfig {
             return Err("data.synthetic needs at least one train and one test image".into());
         }
         if !(4..=1024).contains(&self.size) {
-            return Err(format!("data.synthetic.size = {} must lie in [4, 1024]", self.size));
+            return Err(format!(
+                "data.synthetic.size = {} must lie in [4, 1024]",
+                self.size
+            ));
         }
         range("contrast", self.contrast, 1.0)?;
         range("radius", self.radius, 0.5)?;
         if !(self.noise >= 0.0 && self.noise.is_finite()) {
-            return Err(format!("data.synthetic.noise = {} must be >= 0", self.noise));
+            return Err(format!(
+                "data.synthetic.noise = {} must be >= 0",
+                self.noise
+            ));
         }
         Ok(())
     }
@@ -78,7 +86,13 @@ fn normal(rng: &mut impl Rng) -> f64 {
 }
 
 /// One image [1, size, size] and its class map [size, size] (floats 0/1).
-pub fn disk(rng: &mut impl Rng, size: i64, contrast: f64, noise: f64, radius: f64) -> (Tensor, Tensor) {
+pub fn disk(
+    rng: &mut impl Rng,
+    size: i64,
+    contrast: f64,
+    noise: f64,
+    radius: f64,
+) -> (Tensor, Tensor) {
     let n = size as f64;
     let r = radius * n;
     let cx = rng.gen_range(r.min(n / 2.0)..=(n - r).max(n / 2.0));
@@ -135,16 +149,27 @@ mod tests {
 
     #[test]
     fn same_seed_same_data_and_images_in_range() {
-        let cfg = SyntheticConfig { train: 3, val: 1, test: 2, size: 12, ..Default::default() };
+        let cfg = SyntheticConfig {
+            train: 3,
+            val: 1,
+            test: 2,
+            size: 12,
+            ..Default::default()
+        };
         let (a, b) = (splits(&cfg), splits(&cfg));
         assert_eq!(a.train.len(), 3);
         assert_eq!(a.test.len(), 2);
         for (x, y) in a.train.samples.iter().zip(&b.train.samples) {
             assert!(x.image.equal(&y.image) && x.target.equal(&y.target));
             assert_eq!(x.image.size(), [1, 12, 12]);
-            assert!(x.image.min().double_value(&[]) >= 0.0 && x.image.max().double_value(&[]) <= 1.0);
+            assert!(
+                x.image.min().double_value(&[]) >= 0.0 && x.image.max().double_value(&[]) <= 1.0
+            );
             let fg = x.target.sum(Kind::Float).double_value(&[]);
-            assert!(fg > 0.0 && fg < 144.0, "a disk that is neither empty nor everything: {fg}");
+            assert!(
+                fg > 0.0 && fg < 144.0,
+                "a disk that is neither empty nor everything: {fg}"
+            );
         }
     }
 }

@@ -36,7 +36,9 @@ pub struct Loaded {
 /// The run folder a checkpoint folder belongs to.
 fn run_dir_of(ckpt: &Path) -> PathBuf {
     match ckpt.parent() {
-        Some(p) if p.file_name().is_some_and(|n| n == "checkpoints") => p.parent().unwrap_or(p).to_path_buf(),
+        Some(p) if p.file_name().is_some_and(|n| n == "checkpoints") => {
+            p.parent().unwrap_or(p).to_path_buf()
+        }
         _ => ckpt.to_path_buf(),
     }
 }
@@ -47,7 +49,11 @@ pub fn load(args: &CheckpointArgs) -> Result<Loaded> {
     if let Some(path) = &args.config {
         let other = crate::train::run::effective_config(path, None, None, None)?;
         if other.model != cfg.model {
-            bail!("config {}: its [model] differs from the checkpoint's {}", path.display(), ckpt.display());
+            bail!(
+                "config {}: its [model] differs from the checkpoint's {}",
+                path.display(),
+                ckpt.display()
+            );
         }
         cfg.eval = other.eval;
         cfg.data = other.data;
@@ -62,7 +68,12 @@ pub fn load(args: &CheckpointArgs) -> Result<Loaded> {
     let session = Session::open(&cfg)?;
     let info = session.plugin.info();
     let mut vs = VarStore::new(session.device);
-    let model = UNet::new(&vs.root(), &cfg.model, info.input_channels as i64, info.output_channels as i64);
+    let model = UNet::new(
+        &vs.root(),
+        &cfg.model,
+        info.input_channels as i64,
+        info.output_channels as i64,
+    );
     checkpoint::load_weights(&ckpt, &mut vs)?;
     let range = Range {
         min: info.intensity_min as f64,
@@ -81,14 +92,35 @@ pub fn load(args: &CheckpointArgs) -> Result<Loaded> {
 /// `amat-host eval`: writes the curve's files and returns it.
 pub fn evaluate(args: &CheckpointArgs) -> Result<(PathBuf, Curve)> {
     let mut l = load(args)?;
-    let name = l.ckpt.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint").to_string();
-    let out = args.out.clone().unwrap_or_else(|| run_dir_of(&l.ckpt).join(format!("eval-{name}")));
+    let name = l
+        .ckpt
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("checkpoint")
+        .to_string();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| run_dir_of(&l.ckpt).join(format!("eval-{name}")));
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let progress = Progress::new();
     let bar = progress.bar("eval");
-    let Session { plugin, splits, device } = &mut l.session;
+    let Session {
+        plugin,
+        splits,
+        device,
+    } = &mut l.session;
     let data = split_of(splits, &l.cfg.eval.split);
-    let curve = super::robustness(&l.model, plugin, data, &l.cfg.eval, l.range, *device, eval_seed(l.cfg.run.seed), &bar)?;
+    let curve = super::robustness(
+        &l.model,
+        plugin,
+        data,
+        &l.cfg.eval,
+        l.range,
+        *device,
+        eval_seed(l.cfg.run.seed),
+        &bar,
+    )?;
     bar.finish_and_clear();
     report::write(&out, &curve, &plugin.info().metric_names)?;
     Ok((out, curve))
@@ -117,7 +149,10 @@ pub struct AttackReport {
 
 fn npy(dir: &Path, name: &str, t: &Tensor) -> Result<()> {
     let path = dir.join(name);
-    t.to_device(Device::Cpu).to_kind(Kind::Float).write_npy(&path).with_context(|| format!("cannot write {}", path.display()))
+    t.to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .write_npy(&path)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// `amat-host attack`: attacks one sample with the config's evaluation
@@ -131,10 +166,19 @@ pub fn attack(args: &AttackArgs) -> Result<AttackReport> {
     if !["train", "val", "test"].contains(&args.split.as_str()) {
         bail!("--split `{}` must be train, val or test", args.split);
     }
-    let Session { plugin, splits, device } = &mut l.session;
+    let Session {
+        plugin,
+        splits,
+        device,
+    } = &mut l.session;
     let data = split_of(splits, &args.split);
     let Some(sample) = data.samples.get(args.sample) else {
-        bail!("--sample {}: the {} split has {} samples", args.sample, args.split, data.len());
+        bail!(
+            "--sample {}: the {} split has {} samples",
+            args.sample,
+            args.split,
+            data.len()
+        );
     };
     let id = sample.id.clone();
     let (x, y) = data.batch(&[args.sample], *device);
@@ -145,9 +189,12 @@ pub fn attack(args: &AttackArgs) -> Result<AttackReport> {
         (p, loss)
     };
     tch::manual_seed(eval_seed(l.cfg.run.seed));
-    let (delta, adv_pred, adv_loss) = super::worst_case(&l.model, plugin, &x, &y, args.eps, &l.cfg.eval, l.range)?;
+    let (delta, adv_pred, adv_loss) =
+        super::worst_case(&l.model, plugin, &x, &y, args.eps, &l.cfg.eval, l.range)?;
     let out = args.checkpoint.out.clone().unwrap_or_else(|| {
-        run_dir_of(&l.ckpt).join("attacks").join(format!("{}-{}-eps-{}", args.split, args.sample, args.eps))
+        run_dir_of(&l.ckpt)
+            .join("attacks")
+            .join(format!("{}-{}-eps-{}", args.split, args.sample, args.eps))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     npy(&out, "image.npy", &x.get(0))?;
@@ -166,6 +213,9 @@ pub fn attack(args: &AttackArgs) -> Result<AttackReport> {
         adversarial_metrics: plugin.metrics(&adv_pred, &y)?,
         dir: out.clone(),
     };
-    write_atomic(&out.join("attack.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    write_atomic(
+        &out.join("attack.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     Ok(report)
 }

@@ -32,28 +32,45 @@ pub struct Comparison {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not a valid file of a finished run", path.display()))
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a valid file of a finished run", path.display()))
 }
 
 pub fn read_run(dir: &Path) -> Result<RunResult> {
     let curve_path = dir.join("robustness.json");
     if !curve_path.is_file() {
-        bail!("{}: no robustness.json (is the run finished? `amat-host run --resume {0}` finishes it)", dir.display());
+        bail!(
+            "{}: no robustness.json (is the run finished? `amat-host run --resume {0}` finishes it)",
+            dir.display()
+        );
     }
     let curve: Curve = read_json(&curve_path)?;
     let cfg = RunConfig::read(&dir.join("config.toml")).map_err(anyhow::Error::msg)?;
     let epochs_path = dir.join("epochs.jsonl");
-    let text = std::fs::read_to_string(&epochs_path).with_context(|| format!("cannot read {}", epochs_path.display()))?;
+    let text = std::fs::read_to_string(&epochs_path)
+        .with_context(|| format!("cannot read {}", epochs_path.display()))?;
     let history: Vec<EpochRecord> = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}: not an epoch record", epochs_path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| {
+                format!(
+                    "{} line {}: not an epoch record",
+                    epochs_path.display(),
+                    i + 1
+                )
+            })
+        })
         .collect::<Result<_>>()?;
     let seconds: f64 = history.iter().map(|r| r.seconds).sum();
     Ok(RunResult {
-        name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string()),
+        name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| dir.display().to_string()),
         dir: dir.to_path_buf(),
         method: cfg.method().to_string(),
         epochs: history.len(),
@@ -69,13 +86,19 @@ pub fn compare(dirs: &[PathBuf], metric: Option<&str>) -> Result<Comparison> {
     if dirs.is_empty() {
         bail!("compare: name at least one run folder");
     }
-    let runs = dirs.iter().map(|d| read_run(d)).collect::<Result<Vec<_>>>()?;
+    let runs = dirs
+        .iter()
+        .map(|d| read_run(d))
+        .collect::<Result<Vec<_>>>()?;
     let first = &runs[0];
     let metric = match metric {
         Some(m) => m.to_string(),
         None => match first.curve.metrics.first() {
             Some(m) => m.name.clone(),
-            None => bail!("{}: its robustness curve has no metric", first.dir.display()),
+            None => bail!(
+                "{}: its robustness curve has no metric",
+                first.dir.display()
+            ),
         },
     };
     for r in &runs {
@@ -95,10 +118,18 @@ pub fn compare(dirs: &[PathBuf], metric: Option<&str>) -> Result<Comparison> {
         }
         if c.metric(&metric).is_none() {
             let names: Vec<_> = c.metrics.iter().map(|m| m.name.as_str()).collect();
-            bail!("{}: no metric `{metric}` in its curve (it has {})", r.dir.display(), names.join(", "));
+            bail!(
+                "{}: no metric `{metric}` in its curve (it has {})",
+                r.dir.display(),
+                names.join(", ")
+            );
         }
     }
-    Ok(Comparison { metric, eps: first.curve.eps.clone(), runs })
+    Ok(Comparison {
+        metric,
+        eps: first.curve.eps.clone(),
+        runs,
+    })
 }
 
 pub fn markdown(c: &Comparison) -> String {
@@ -120,7 +151,10 @@ pub fn markdown(c: &Comparison) -> String {
         for v in &m.values {
             out.push_str(&format!(" {v:.4} |"));
         }
-        out.push_str(&format!(" **{:.4}** | {} | {:.2} |\n", m.area, r.epochs, r.seconds_per_epoch));
+        out.push_str(&format!(
+            " **{:.4}** | {} | {:.2} |\n",
+            m.area, r.epochs, r.seconds_per_epoch
+        ));
     }
     out.push_str(&format!(
         "\nArea: the mean of {} over the eps range (trapezoids). eps 0 is the clean score.\n\
@@ -146,18 +180,39 @@ pub fn write(out: &Path, c: &Comparison) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_atomic(&out.join("comparison.md"), markdown(c).as_bytes())?;
     write_atomic(&out.join("comparison.csv"), csv(c).as_bytes())?;
-    write_atomic(&out.join("comparison.json"), serde_json::to_string_pretty(c)?.as_bytes())?;
+    write_atomic(
+        &out.join("comparison.json"),
+        serde_json::to_string_pretty(c)?.as_bytes(),
+    )?;
     let series: Vec<Series> = c
         .runs
         .iter()
         .map(|r| {
             let m = r.curve.metric(&c.metric).expect("checked in compare");
-            Series { label: format!("{} (area {:.3})", r.name, m.area), points: c.eps.iter().copied().zip(m.values.iter().copied()).collect() }
+            Series {
+                label: format!("{} (area {:.3})", r.name, m.area),
+                points: c
+                    .eps
+                    .iter()
+                    .copied()
+                    .zip(m.values.iter().copied())
+                    .collect(),
+            }
         })
         .collect();
     let curve = &c.runs[0].curve;
     let (png, tmp) = (out.join("comparison.png"), out.join(".comparison.tmp.png"));
-    let title = format!("{} under PGD {} ({} samples of {})", c.metric, curve.norm, curve.samples, curve.split);
-    line_chart(&tmp, &title, &format!("eps ({})", curve.norm), &c.metric, &series).with_context(|| format!("cannot draw {}", png.display()))?;
+    let title = format!(
+        "{} under PGD {} ({} samples of {})",
+        c.metric, curve.norm, curve.samples, curve.split
+    );
+    line_chart(
+        &tmp,
+        &title,
+        &format!("eps ({})", curve.norm),
+        &c.metric,
+        &series,
+    )
+    .with_context(|| format!("cannot draw {}", png.display()))?;
     std::fs::rename(&tmp, &png).with_context(|| format!("cannot write {}", png.display()))
 }

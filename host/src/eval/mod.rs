@@ -53,12 +53,21 @@ pub fn normalised_area(eps: &[f64], values: &[f64]) -> f64 {
     if eps.len() < 2 || range <= 0.0 {
         return values.first().copied().unwrap_or(0.0);
     }
-    let area: f64 = eps.windows(2).zip(values.windows(2)).map(|(e, v)| (e[1] - e[0]) * (v[0] + v[1]) / 2.0).sum();
+    let area: f64 = eps
+        .windows(2)
+        .zip(values.windows(2))
+        .map(|(e, v)| (e[1] - e[0]) * (v[0] + v[1]) / 2.0)
+        .sum();
     area / range
 }
 
 /// Prediction and per-sample loss at `x`, forward only.
-fn predict(model: &dyn ModuleT, plugin: &mut Plugin, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+fn predict(
+    model: &dyn ModuleT,
+    plugin: &mut Plugin,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let _guard = tch::no_grad_guard();
     let pred = model.forward_t(x, false);
     let loss = plugin.loss(&pred, y)?.detach();
@@ -87,8 +96,14 @@ pub fn worst_case(
             None => (delta, pred, loss),
             Some((d0, p0, l0)) => {
                 let worse = loss.gt_tensor(&l0);
-                let pick = |new: &Tensor, old: &Tensor| new.where_self(&attack::per_sample(&worse, new), old);
-                (pick(&delta, &d0), pick(&pred, &p0), loss.where_self(&worse, &l0))
+                let pick = |new: &Tensor, old: &Tensor| {
+                    new.where_self(&attack::per_sample(&worse, new), old)
+                };
+                (
+                    pick(&delta, &d0),
+                    pick(&pred, &p0),
+                    loss.where_self(&worse, &l0),
+                )
             }
         });
     }
@@ -129,13 +144,21 @@ pub fn robustness(
         per_level.push(metrics.into_iter().map(|m| (m.name, m.value)).collect());
         losses.push(loss_sum / data.len().max(1) as f64);
     }
-    let names: Vec<String> = per_level.first().map(|l| l.iter().map(|(n, _)| n.clone()).collect()).unwrap_or_default();
+    let names: Vec<String> = per_level
+        .first()
+        .map(|l| l.iter().map(|(n, _)| n.clone()).collect())
+        .unwrap_or_default();
     let metrics = names
         .iter()
         .map(|name| {
             let values: Vec<f64> = per_level
                 .iter()
-                .map(|l| l.iter().find(|(n, _)| n == name).map(|(_, v)| *v).unwrap_or(f64::NAN))
+                .map(|l| {
+                    l.iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, v)| *v)
+                        .unwrap_or(f64::NAN)
+                })
                 .collect();
             MetricCurve {
                 name: name.clone(),
@@ -163,7 +186,10 @@ mod tests {
     #[test]
     fn area_is_the_mean_height() {
         assert_eq!(normalised_area(&[0.0, 1.0, 2.0], &[1.0, 1.0, 1.0]), 1.0);
-        assert_eq!(normalised_area(&[0.0, 1.0, 3.0], &[1.0, 0.0, 0.0]), 0.5 / 3.0);
+        assert_eq!(
+            normalised_area(&[0.0, 1.0, 3.0], &[1.0, 0.0, 0.0]),
+            0.5 / 3.0
+        );
         assert_eq!(normalised_area(&[0.0], &[0.7]), 0.7);
     }
 }

@@ -29,7 +29,10 @@ pub fn csv(curve: &Curve) -> String {
 /// Writes the three files into `dir`; `plotted` names the metrics drawn
 /// (all of them when none of the names is found).
 pub fn write(dir: &Path, curve: &Curve, plotted: &[String]) -> Result<()> {
-    write_atomic(&dir.join("robustness.json"), serde_json::to_string_pretty(curve)?.as_bytes())?;
+    write_atomic(
+        &dir.join("robustness.json"),
+        serde_json::to_string_pretty(curve)?.as_bytes(),
+    )?;
     write_atomic(&dir.join("robustness.csv"), csv(curve).as_bytes())?;
     let (png, tmp) = (dir.join("robustness.png"), dir.join(".robustness.tmp.png"));
     plot(&tmp, curve, plotted).with_context(|| format!("cannot draw {}", png.display()))?;
@@ -40,12 +43,20 @@ fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The font is compiled in, so registering it cannot fail for want of a file.
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, epaint_default_fonts::UBUNTU_LIGHT);
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            epaint_default_fonts::UBUNTU_LIGHT,
+        );
     });
 }
 
 fn plot(path: &Path, curve: &Curve, plotted: &[String]) -> Result<()> {
-    let mut metrics: Vec<_> = curve.metrics.iter().filter(|m| plotted.contains(&m.name)).collect();
+    let mut metrics: Vec<_> = curve
+        .metrics
+        .iter()
+        .filter(|m| plotted.contains(&m.name))
+        .collect();
     if metrics.is_empty() {
         metrics = curve.metrics.iter().collect();
     }
@@ -53,11 +64,25 @@ fn plot(path: &Path, curve: &Curve, plotted: &[String]) -> Result<()> {
         .iter()
         .map(|m| Series {
             label: format!("{} (area {:.3})", m.name, m.area),
-            points: curve.eps.iter().copied().zip(m.values.iter().copied()).collect(),
+            points: curve
+                .eps
+                .iter()
+                .copied()
+                .zip(m.values.iter().copied())
+                .collect(),
         })
         .collect();
-    let title = format!("robustness on {} ({} samples, PGD {} {} steps)", curve.split, curve.samples, curve.norm, curve.steps);
-    line_chart(path, &title, &format!("eps ({})", curve.norm), "metric", &series)
+    let title = format!(
+        "robustness on {} ({} samples, PGD {} {} steps)",
+        curve.split, curve.samples, curve.norm, curve.steps
+    );
+    line_chart(
+        path,
+        &title,
+        &format!("eps ({})", curve.norm),
+        "metric",
+        &series,
+    )
 }
 
 /// One labelled line of a chart.
@@ -68,11 +93,20 @@ pub struct Series {
 
 /// Draws lines with markers and a legend into a PNG; the y range covers
 /// [0, 1] and every finite value.
-pub fn line_chart(path: &Path, title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Result<()> {
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Series],
+) -> Result<()> {
     register_font();
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let x_max = xs.fold(0.0f64, f64::max).max(1e-9);
-    let values = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).filter(|v| v.is_finite());
+    let values = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .filter(|v| v.is_finite());
     let (lo, hi) = values.fold((0.0f64, 1.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let root = BitMapBackend::new(path, (800, 520)).into_drawing_area();
     let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
@@ -84,15 +118,24 @@ pub fn line_chart(path: &Path, title: &str, x_desc: &str, y_desc: &str, series: 
         .y_label_area_size(56)
         .build_cartesian_2d(0.0..x_max, lo..hi)
         .map_err(e)?;
-    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(e)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()
+        .map_err(e)?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
             .map_err(e)?
             .label(s.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(e)?;
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(e)?;
     }
     chart
         .configure_series_labels()

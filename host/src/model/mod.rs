@@ -41,7 +41,10 @@ impl Default for ModelConfig {
 impl ModelConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.depth > 6 {
-            return Err(format!("model.depth = {} is too deep (at most 6)", self.depth));
+            return Err(format!(
+                "model.depth = {} is too deep (at most 6)",
+                self.depth
+            ));
         }
         if self.width < 1 {
             return Err(format!("model.width = {} must be at least 1", self.width));
@@ -66,7 +69,9 @@ impl DeviceChoice {
         match self {
             DeviceChoice::Cpu => Ok(Device::Cpu),
             DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-            DeviceChoice::Cuda => Err("device `cuda` asked for, but libtorch sees no CUDA device".into()),
+            DeviceChoice::Cuda => {
+                Err("device `cuda` asked for, but libtorch sees no CUDA device".into())
+            }
             DeviceChoice::Auto => Ok(Device::cuda_if_available()),
         }
     }
@@ -91,7 +96,9 @@ impl Norm {
         match kind {
             NormKind::Batch => Norm::Batch(nn::batch_norm2d(p, channels, Default::default())),
             // Group norm with one group per channel is instance norm with an affine map.
-            NormKind::Instance => Norm::Instance(nn::group_norm(p, channels, channels, Default::default())),
+            NormKind::Instance => {
+                Norm::Instance(nn::group_norm(p, channels, channels, Default::default()))
+            }
             NormKind::None => Norm::None,
         }
     }
@@ -118,13 +125,20 @@ impl ConvBlock {
                 nn::conv2d(&p / "conv1", c_in, c_out, 3, cfg),
                 nn::conv2d(&p / "conv2", c_out, c_out, 3, cfg),
             ],
-            norms: [Norm::new(&p / "norm1", norm, c_out), Norm::new(&p / "norm2", norm, c_out)],
+            norms: [
+                Norm::new(&p / "norm1", norm, c_out),
+                Norm::new(&p / "norm2", norm, c_out),
+            ],
         }
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = self.norms[0].forward_t(&x.apply(&self.convs[0]), train).relu();
-        self.norms[1].forward_t(&x.apply(&self.convs[1]), train).relu()
+        let x = self.norms[0]
+            .forward_t(&x.apply(&self.convs[0]), train)
+            .relu();
+        self.norms[1]
+            .forward_t(&x.apply(&self.convs[1]), train)
+            .relu()
     }
 }
 
@@ -144,7 +158,12 @@ impl UNet {
         let mut down = Vec::new();
         let mut c_in = in_channels;
         for level in 0..cfg.depth {
-            down.push(ConvBlock::new(p / format!("down{level}"), cfg.norm, c_in, w(level)));
+            down.push(ConvBlock::new(
+                p / format!("down{level}"),
+                cfg.norm,
+                c_in,
+                w(level),
+            ));
             c_in = w(level);
         }
         let bottom = ConvBlock::new(p / "bottom", cfg.norm, c_in, w(cfg.depth));
@@ -161,12 +180,18 @@ impl UNet {
                         ..Default::default()
                     },
                 );
-                let block = ConvBlock::new(p / format!("up{level}"), cfg.norm, 2 * w(level), w(level));
+                let block =
+                    ConvBlock::new(p / format!("up{level}"), cfg.norm, 2 * w(level), w(level));
                 (upconv, block)
             })
             .collect();
         let head = nn::conv2d(p / "head", w(0), out_channels, 1, Default::default());
-        Self { down, bottom, up, head }
+        Self {
+            down,
+            bottom,
+            up,
+            head,
+        }
     }
 }
 
@@ -184,7 +209,11 @@ impl ModuleT for UNet {
             let u = h.apply(upconv);
             // Odd sizes lose a row or column to pooling: pad back to the skip's size.
             let (dh, dw) = (skip.size()[2] - u.size()[2], skip.size()[3] - u.size()[3]);
-            let u = if dh != 0 || dw != 0 { u.constant_pad_nd([0, dw, 0, dh]) } else { u };
+            let u = if dh != 0 || dw != 0 {
+                u.constant_pad_nd([0, dw, 0, dh])
+            } else {
+                u
+            };
             h = block.forward_t(&Tensor::cat(&[skip, &u], 1), train);
         }
         h.apply(&self.head)
@@ -200,7 +229,11 @@ mod tests {
     fn output_has_the_input_size_and_head_channels() {
         for norm in [NormKind::Batch, NormKind::Instance, NormKind::None] {
             let vs = nn::VarStore::new(Device::Cpu);
-            let cfg = ModelConfig { depth: 2, width: 4, norm };
+            let cfg = ModelConfig {
+                depth: 2,
+                width: 4,
+                norm,
+            };
             let net = UNet::new(&vs.root(), &cfg, 1, 3);
             for (h, w) in [(16, 16), (17, 23)] {
                 let x = Tensor::rand([2, 1, h, w], (Kind::Float, Device::Cpu));

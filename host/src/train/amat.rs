@@ -18,12 +18,21 @@ pub struct Judge {
 
 impl Judge {
     pub fn new(tau: f64) -> Self {
-        Self { tau, predicate: None }
+        Self {
+            tau,
+            predicate: None,
+        }
     }
 
     /// Per-sample correctness of `pred`. `loss` is the per-sample loss if the
     /// caller has it already; it is computed only when needed.
-    pub fn correct(&mut self, plugin: &mut Plugin, pred: &Tensor, y: &Tensor, loss: Option<&Tensor>) -> Result<Vec<bool>> {
+    pub fn correct(
+        &mut self,
+        plugin: &mut Plugin,
+        pred: &Tensor,
+        y: &Tensor,
+        loss: Option<&Tensor>,
+    ) -> Result<Vec<bool>> {
         let _guard = tch::no_grad_guard();
         if self.predicate != Some(false) {
             let mask = plugin.correct(pred, y)?;
@@ -77,7 +86,9 @@ pub fn boundary(
     for _ in 0..search.steps {
         // Only samples whose answer can still change take part.
         let active: Vec<i64> = (0..n)
-            .filter(|&i| (hi[i] - lo[i]) * norms[i] > search.tolerance && hi[i] * norms[i] > search.floor)
+            .filter(|&i| {
+                (hi[i] - lo[i]) * norms[i] > search.tolerance && hi[i] * norms[i] > search.floor
+            })
             .map(|i| i as i64)
             .collect();
         if active.is_empty() {
@@ -85,9 +96,16 @@ pub fn boundary(
         }
         forwards += active.len();
         let rows = Tensor::from_slice(&active).to_device(x.device());
-        let mid: Vec<f32> = active.iter().map(|&i| (0.5 * (lo[i as usize] + hi[i as usize])) as f32).collect();
+        let mid: Vec<f32> = active
+            .iter()
+            .map(|&i| (0.5 * (lo[i as usize] + hi[i as usize])) as f32)
+            .collect();
         let s = Tensor::from_slice(&mid).to_device(x.device());
-        let (xa, ya, da) = (x.index_select(0, &rows), y.index_select(0, &rows), delta.index_select(0, &rows));
+        let (xa, ya, da) = (
+            x.index_select(0, &rows),
+            y.index_select(0, &rows),
+            delta.index_select(0, &rows),
+        );
         let ok = {
             let _guard = tch::no_grad_guard();
             let pred = model.forward_t(&(xa + &da * per_sample(&s, &da)), false);

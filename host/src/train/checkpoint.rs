@@ -44,11 +44,16 @@ pub struct State {
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
-    let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    let mut f =
+        fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -58,7 +63,10 @@ fn sync(path: &Path) -> Result<()> {
 }
 
 fn cpu(named: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
-    named.into_iter().map(|(n, t)| (n, t.to_device(Device::Cpu))).collect()
+    named
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(Device::Cpu)))
+        .collect()
 }
 
 /// Saves `trainer` as `RUN/checkpoints/epoch-NNNN` and keeps the newest `keep`.
@@ -73,7 +81,8 @@ pub fn save(run_dir: &Path, trainer: &Trainer, task: (&str, &str)) -> Result<Pat
     fs::create_dir(&tmp)?;
     let write = |file: &str, named: Vec<(String, Tensor)>| -> Result<()> {
         let path = tmp.join(file);
-        Tensor::write_safetensors(&cpu(named), &path).with_context(|| format!("cannot write {}", path.display()))?;
+        Tensor::write_safetensors(&cpu(named), &path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         sync(&path)
     };
     let mut weights: Vec<(String, Tensor)> = trainer.vs.variables().into_iter().collect();
@@ -97,12 +106,16 @@ pub fn save(run_dir: &Path, trainer: &Trainer, task: (&str, &str)) -> Result<Pat
         amat_host_version: env!("CARGO_PKG_VERSION").into(),
     };
     write_atomic(&tmp.join(CONFIG), trainer.cfg.to_toml().as_bytes())?;
-    write_atomic(&tmp.join(STATE), serde_json::to_string_pretty(&state)?.as_bytes())?;
+    write_atomic(
+        &tmp.join(STATE),
+        serde_json::to_string_pretty(&state)?.as_bytes(),
+    )?;
     let dest = root.join(&name);
     if dest.exists() {
         fs::remove_dir_all(&dest)?;
     }
-    fs::rename(&tmp, &dest).with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
+    fs::rename(&tmp, &dest)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
     write_atomic(&root.join(LATEST), name.as_bytes())?;
     prune(&root, trainer.cfg.run.keep_checkpoints)?;
     Ok(dest)
@@ -129,18 +142,30 @@ pub fn resolve(dir: &Path) -> Result<PathBuf> {
         return Ok(dir.to_path_buf());
     }
     let latest = dir.join("checkpoints").join(LATEST);
-    let name = fs::read_to_string(&latest).with_context(|| format!("{}: not a run or checkpoint folder (no {})", dir.display(), latest.display()))?;
+    let name = fs::read_to_string(&latest).with_context(|| {
+        format!(
+            "{}: not a run or checkpoint folder (no {})",
+            dir.display(),
+            latest.display()
+        )
+    })?;
     let ckpt = dir.join("checkpoints").join(name.trim());
     if !ckpt.join(STATE).is_file() {
-        bail!("{}: the latest checkpoint {} is incomplete", dir.display(), ckpt.display());
+        bail!(
+            "{}: the latest checkpoint {} is incomplete",
+            dir.display(),
+            ckpt.display()
+        );
     }
     Ok(ckpt)
 }
 
 pub fn read_state(ckpt: &Path) -> Result<State> {
     let path = ckpt.join(STATE);
-    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not a checkpoint state", path.display()))
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a checkpoint state", path.display()))
 }
 
 pub fn read_config(ckpt: &Path) -> Result<RunConfig> {
@@ -150,20 +175,32 @@ pub fn read_config(ckpt: &Path) -> Result<RunConfig> {
 /// Loads the weights of `ckpt` into `vs` (the model must have the same layout).
 pub fn load_weights(ckpt: &Path, vs: &mut tch::nn::VarStore) -> Result<()> {
     let path = ckpt.join(WEIGHTS);
-    vs.load(&path).with_context(|| format!("cannot load weights {}", path.display()))
+    vs.load(&path)
+        .with_context(|| format!("cannot load weights {}", path.display()))
 }
 
 /// Restores everything `save` wrote into a trainer made from the same config.
 pub fn restore(ckpt: &Path, trainer: &mut Trainer) -> Result<State> {
     let state = read_state(ckpt)?;
     if state.config_hash != trainer.cfg.hash() {
-        bail!("checkpoint {} was made with another config (hash {}…, this one {}…)", ckpt.display(), &state.config_hash[..12], &trainer.cfg.hash()[..12]);
+        bail!(
+            "checkpoint {} was made with another config (hash {}…, this one {}…)",
+            ckpt.display(),
+            &state.config_hash[..12],
+            &trainer.cfg.hash()[..12]
+        );
     }
     if state.method != trainer.method {
-        bail!("checkpoint {} is a {} run, not {}", ckpt.display(), state.method, trainer.method);
+        bail!(
+            "checkpoint {} is a {} run, not {}",
+            ckpt.display(),
+            state.method,
+            trainer.method
+        );
     }
     load_weights(ckpt, &mut trainer.vs)?;
-    let opt = Tensor::read_safetensors(ckpt.join(OPTIMIZER)).with_context(|| format!("cannot read {}", ckpt.join(OPTIMIZER).display()))?;
+    let opt = Tensor::read_safetensors(ckpt.join(OPTIMIZER))
+        .with_context(|| format!("cannot read {}", ckpt.join(OPTIMIZER).display()))?;
     trainer.opt.load_state(opt)?;
     if let Some(m) = &mut trainer.margins {
         load_margins(ckpt, m)?;
@@ -173,9 +210,16 @@ pub fn restore(ckpt: &Path, trainer: &mut Trainer) -> Result<State> {
         .map(|i| u8::from_str_radix(&state.rng_seed[i..i + 2], 16))
         .collect::<Result<_, _>>()
         .context("bad rng_seed in state.json")?;
-    let seed: [u8; 32] = seed_bytes.try_into().map_err(|_| anyhow::anyhow!("rng_seed in state.json is not 32 bytes"))?;
+    let seed: [u8; 32] = seed_bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("rng_seed in state.json is not 32 bytes"))?;
     trainer.rng = ChaCha8Rng::from_seed(seed);
-    trainer.rng.set_word_pos(state.rng_word_pos.parse().context("bad rng_word_pos in state.json")?);
+    trainer.rng.set_word_pos(
+        state
+            .rng_word_pos
+            .parse()
+            .context("bad rng_word_pos in state.json")?,
+    );
     trainer.epoch = state.epoch;
     trainer.history = state.history.clone();
     Ok(state)
@@ -183,11 +227,21 @@ pub fn restore(ckpt: &Path, trainer: &mut Trainer) -> Result<State> {
 
 fn load_margins(ckpt: &Path, m: &mut Margins) -> Result<()> {
     let path = ckpt.join(MARGINS);
-    let named = Tensor::read_safetensors(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let eps = named.into_iter().find(|(n, _)| n == "eps").with_context(|| format!("{} has no `eps`", path.display()))?.1;
+    let named = Tensor::read_safetensors(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let eps = named
+        .into_iter()
+        .find(|(n, _)| n == "eps")
+        .with_context(|| format!("{} has no `eps`", path.display()))?
+        .1;
     let values = Vec::<f32>::try_from(eps.to_kind(Kind::Float))?;
     if values.len() != m.values.len() {
-        bail!("{} holds {} margins, the training split has {} samples", path.display(), values.len(), m.values.len());
+        bail!(
+            "{} holds {} margins, the training split has {} samples",
+            path.display(),
+            values.len(),
+            m.values.len()
+        );
     }
     m.values = values;
     Ok(())

@@ -253,14 +253,20 @@ impl RunConfig {
         toml::from_str(text).map_err(|e: toml::de::Error| {
             let at = e
                 .span()
-                .map(|s| format!(" line {}", text[..s.start.min(text.len())].matches('\n').count() + 1))
+                .map(|s| {
+                    format!(
+                        " line {}",
+                        text[..s.start.min(text.len())].matches('\n').count() + 1
+                    )
+                })
                 .unwrap_or_default();
             format!("config {}{at}: {}", origin.display(), e.message().trim())
         })
     }
 
     pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
         Self::parse(&text, path)
     }
 
@@ -275,11 +281,15 @@ impl RunConfig {
     /// Checks every value. Files named (plugin, data) must exist.
     pub fn validate(&self) -> Result<(), String> {
         let Some(_) = self.run.method else {
-            return Err(bad("no method: pass --method std|sat|amat or set run.method"));
+            return Err(bad(
+                "no method: pass --method std|sat|amat or set run.method",
+            ));
         };
         match &self.run.plugin {
             None => return Err(bad("no plugin: pass --plugin FILE or set run.plugin")),
-            Some(p) if !p.is_file() => return Err(bad(format!("plugin {}: no such file", p.display()))),
+            Some(p) if !p.is_file() => {
+                return Err(bad(format!("plugin {}: no such file", p.display())));
+            }
             Some(_) => {}
         }
         if self.run.checkpoint_every == 0 {
@@ -303,7 +313,9 @@ impl RunConfig {
         positive("train.adam_eps", t.adam_eps)?;
         for (i, b) in t.adam_betas.iter().enumerate() {
             if !(0.0..1.0).contains(b) {
-                return Err(bad(format!("train.adam_betas[{i}] = {b} must lie in [0, 1)")));
+                return Err(bad(format!(
+                    "train.adam_betas[{i}] = {b} must lie in [0, 1)"
+                )));
             }
         }
         if t.schedule == Schedule::Step && t.step_epochs == 0 {
@@ -340,7 +352,10 @@ impl RunConfig {
             return Err(bad("eval.restarts and eval.batch_size must be at least 1"));
         }
         if !["train", "val", "test"].contains(&e.split.as_str()) {
-            return Err(bad(format!("eval.split = `{}` must be train, val or test", e.split)));
+            return Err(bad(format!(
+                "eval.split = `{}` must be train, val or test",
+                e.split
+            )));
         }
         e.attack.validate("eval.attack")?;
         self.sandbox.validate()?;
@@ -399,9 +414,13 @@ mod tests {
     fn unknown_keys_are_one_line_errors_with_a_line_number() {
         let text = format!("{MINIMAL}[train]\nepochs = 2\nlearning_rate = 3\n");
         let err = RunConfig::parse(&text, Path::new("x.toml")).unwrap_err();
-        assert!(err.starts_with("config x.toml line 7: unknown field `learning_rate`"), "{err}");
+        assert!(
+            err.starts_with("config x.toml line 7: unknown field `learning_rate`"),
+            "{err}"
+        );
         assert!(!err.contains('\n'), "{err}");
-        let err = RunConfig::parse("[data]\nsynthetic = { trian = 4 }\n", Path::new("x.toml")).unwrap_err();
+        let err = RunConfig::parse("[data]\nsynthetic = { trian = 4 }\n", Path::new("x.toml"))
+            .unwrap_err();
         assert!(err.contains("unknown field `trian`"), "{err}");
     }
 

@@ -70,13 +70,23 @@ impl Margins {
 
     /// Applies one sample's outcome. `boundary` is where the search put the
     /// loss boundary (s * ||delta_i||) and is used only for `Crossed`.
-    pub fn update(&mut self, index: usize, clean_correct: bool, adv_correct: bool, boundary: Option<f64>) -> Outcome {
+    pub fn update(
+        &mut self,
+        index: usize,
+        clean_correct: bool,
+        adv_correct: bool,
+        boundary: Option<f64>,
+    ) -> Outcome {
         let eps = self.values[index] as f64;
         let (outcome, new) = if !clean_correct {
             (Outcome::NotLearned, self.delta_eps)
         } else if adv_correct {
             let grown = (eps + self.delta_eps).min(self.eps_max);
-            let outcome = if grown > eps { Outcome::Grown } else { Outcome::Stayed };
+            let outcome = if grown > eps {
+                Outcome::Grown
+            } else {
+                Outcome::Stayed
+            };
             (outcome, grown)
         } else {
             let b = boundary.expect("a crossed sample needs its boundary");
@@ -100,7 +110,11 @@ impl Margins {
         if n == 0 {
             return (0.0, 0.0, 0.0);
         }
-        let median = if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) };
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            0.5 * (v[n / 2 - 1] + v[n / 2])
+        };
         (v[0], median, v[n - 1])
     }
 

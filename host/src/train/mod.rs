@@ -84,7 +84,10 @@ pub struct Trainer {
 /// The torch seed of an epoch: random starts depend only on (seed, epoch),
 /// so a run resumed at an epoch boundary draws what it would have drawn.
 pub fn epoch_seed(seed: u64, epoch: usize) -> i64 {
-    let mut z = seed ^ (epoch as u64).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut z = seed
+        ^ (epoch as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 1) as i64
@@ -99,7 +102,12 @@ impl Trainer {
         memory::keep_freed_memory();
         tch::manual_seed(cfg.run.seed as i64);
         let vs = VarStore::new(device);
-        let model = UNet::new(&vs.root(), &cfg.model, info.input_channels as i64, info.output_channels as i64);
+        let model = UNet::new(
+            &vs.root(),
+            &cfg.model,
+            info.input_channels as i64,
+            info.output_channels as i64,
+        );
         let opt = Optimizer::new(&vs, &cfg.train);
         let margins = (method == Method::Amat).then(|| Margins::new(train_len, &cfg.amat));
         let tau = cfg.amat.tau.unwrap_or(info.tau as f64);
@@ -128,11 +136,20 @@ impl Trainer {
     }
 
     /// One epoch over `data` (the training split). `bar` counts batches.
-    pub fn train_epoch(&mut self, plugin: &mut Plugin, data: &Dataset, bar: &ProgressBar) -> Result<EpochRecord> {
+    pub fn train_epoch(
+        &mut self,
+        plugin: &mut Plugin,
+        data: &Dataset,
+        bar: &ProgressBar,
+    ) -> Result<EpochRecord> {
         if let Some(m) = &self.margins
             && m.values.len() != data.len()
         {
-            bail!("the margins hold {} samples, the training split {}", m.values.len(), data.len());
+            bail!(
+                "the margins hold {} samples, the training split {}",
+                m.values.len(),
+                data.len()
+            );
         }
         let start = Instant::now();
         let epoch = self.epoch;
@@ -150,20 +167,37 @@ impl Trainer {
         bar.set_position(0);
         for idx in order.chunks(self.cfg.train.batch_size) {
             let (x, y) = data.batch(idx, self.device);
-            let (clean, adv) = if adversarial { self.adversarial_step(plugin, &x, &y, idx, lr)? } else { self.clean_step(plugin, &x, &y, lr)? };
+            let (clean, adv) = if adversarial {
+                self.adversarial_step(plugin, &x, &y, idx, lr)?
+            } else {
+                self.clean_step(plugin, &x, &y, lr)?
+            };
             clean_sum += clean;
             adv_sum += adv;
             bar.inc(1);
         }
         let n = data.len().max(1) as f64;
-        let record = self.record(epoch, adversarial, lr, clean_sum / n, adv_sum / n, start.elapsed().as_secs_f64());
+        let record = self.record(
+            epoch,
+            adversarial,
+            lr,
+            clean_sum / n,
+            adv_sum / n,
+            start.elapsed().as_secs_f64(),
+        );
         self.epoch += 1;
         self.history.push(record.clone());
         Ok(record)
     }
 
     /// STD: returns the batch's summed clean loss.
-    fn clean_step(&mut self, plugin: &mut Plugin, x: &Tensor, y: &Tensor, lr: f64) -> Result<(f64, f64)> {
+    fn clean_step(
+        &mut self,
+        plugin: &mut Plugin,
+        x: &Tensor,
+        y: &Tensor,
+        lr: f64,
+    ) -> Result<(f64, f64)> {
         let loss = plugin.loss(&self.model.forward_t(x, true), y)?;
         self.opt.minimize(&loss.mean(Kind::Float), lr);
         Ok((loss.detach().sum(Kind::Double).double_value(&[]), 0.0))
@@ -180,24 +214,54 @@ impl Trainer {
 
     /// SAT / AMAT: (1 - beta) * clean + beta * adversarial, then AMAT's
     /// margin update (before the step, with the weights the attack saw).
-    fn adversarial_step(&mut self, plugin: &mut Plugin, x: &Tensor, y: &Tensor, idx: &[usize], lr: f64) -> Result<(f64, f64)> {
+    fn adversarial_step(
+        &mut self,
+        plugin: &mut Plugin,
+        x: &Tensor,
+        y: &Tensor,
+        idx: &[usize],
+        lr: f64,
+    ) -> Result<(f64, f64)> {
         let levels = self.noise_levels(idx);
         let eps = Tensor::from_slice(&levels).to_device(self.device);
-        let delta = attack::pgd(&self.model, plugin, x, y, &eps, &self.cfg.train.attack, self.range)?;
+        let delta = attack::pgd(
+            &self.model,
+            plugin,
+            x,
+            y,
+            &eps,
+            &self.cfg.train.attack,
+            self.range,
+        )?;
         let beta = self.cfg.train.beta;
         let (pred_clean, clean, pred_adv, adv, objective) = if levels.iter().all(|&e| e == 0.0) {
             // No noise: the adversarial term is the clean term, and the objective plain clean training.
             let pred_clean = self.model.forward_t(x, true);
             let clean = plugin.loss(&pred_clean, y)?;
             let objective = clean.mean(Kind::Float);
-            (pred_clean.shallow_clone(), clean.shallow_clone(), pred_clean, clean, objective)
+            (
+                pred_clean.shallow_clone(),
+                clean.shallow_clone(),
+                pred_clean,
+                clean,
+                objective,
+            )
         } else {
-            let (pred_clean, clean, pred_adv, adv) = self.clean_and_adversarial(plugin, x, &(x + &delta), y)?;
+            let (pred_clean, clean, pred_adv, adv) =
+                self.clean_and_adversarial(plugin, x, &(x + &delta), y)?;
             let objective = clean.mean(Kind::Float) * (1.0 - beta) + adv.mean(Kind::Float) * beta;
             (pred_clean, clean, pred_adv, adv, objective)
         };
         if self.margins.is_some() {
-            self.update_margins(plugin, x, y, &delta, idx, (&pred_clean, &clean), (&pred_adv, &adv))?;
+            self.update_margins(
+                plugin,
+                x,
+                y,
+                &delta,
+                idx,
+                (&pred_clean, &clean),
+                (&pred_adv, &adv),
+            )?;
         }
         self.opt.minimize(&objective, lr);
         let sum = |t: &Tensor| t.detach().sum(Kind::Double).double_value(&[]);
@@ -208,7 +272,13 @@ impl Trainer {
     /// training mode. Without batch norm each sample is normalised on its
     /// own, so one forward and one loss call over both halves give exactly
     /// what two would, with half the kernel launches and plugin calls.
-    fn clean_and_adversarial(&self, plugin: &mut Plugin, x: &Tensor, x_adv: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    fn clean_and_adversarial(
+        &self,
+        plugin: &mut Plugin,
+        x: &Tensor,
+        x_adv: &Tensor,
+        y: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         if self.cfg.model.norm == NormKind::Batch {
             // Batch statistics would mix the halves: keep two forwards.
             let pred_clean = self.model.forward_t(x, true);
@@ -220,7 +290,12 @@ impl Trainer {
         let b = x.size()[0];
         let pred = self.model.forward_t(&Tensor::cat(&[x, x_adv], 0), true);
         let loss = plugin.loss(&pred, &Tensor::cat(&[y, y], 0))?;
-        Ok((pred.narrow(0, 0, b), loss.narrow(0, 0, b), pred.narrow(0, b, b), loss.narrow(0, b, b)))
+        Ok((
+            pred.narrow(0, 0, b),
+            loss.narrow(0, 0, b),
+            pred.narrow(0, b, b),
+            loss.narrow(0, b, b),
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -234,19 +309,28 @@ impl Trainer {
         (pred_clean, clean): (&Tensor, &Tensor),
         (pred_adv, adv): (&Tensor, &Tensor),
     ) -> Result<()> {
-        let clean_ok = self.judge.correct(plugin, &pred_clean.detach(), y, Some(clean))?;
-        let adv_ok = self.judge.correct(plugin, &pred_adv.detach(), y, Some(adv))?;
-        let crossed: Vec<usize> = (0..idx.len()).filter(|&r| clean_ok[r] && !adv_ok[r]).collect();
+        let clean_ok = self
+            .judge
+            .correct(plugin, &pred_clean.detach(), y, Some(clean))?;
+        let adv_ok = self
+            .judge
+            .correct(plugin, &pred_adv.detach(), y, Some(adv))?;
+        let crossed: Vec<usize> = (0..idx.len())
+            .filter(|&r| clean_ok[r] && !adv_ok[r])
+            .collect();
         let mut boundary = vec![None; idx.len()];
         if !crossed.is_empty() {
             let margins = self.margins.as_ref().expect("AMAT");
             let a = &self.cfg.amat;
-            let rows = Tensor::from_slice(&crossed.iter().map(|&r| r as i64).collect::<Vec<_>>()).to_device(self.device);
+            let rows = Tensor::from_slice(&crossed.iter().map(|&r| r as i64).collect::<Vec<_>>())
+                .to_device(self.device);
             let d = delta.index_select(0, &rows);
-            let norms: Vec<f64> = Vec::<f32>::try_from(sample_norms(&d, self.cfg.train.attack.norm).to_device(Device::Cpu))?
-                .into_iter()
-                .map(f64::from)
-                .collect();
+            let norms: Vec<f64> = Vec::<f32>::try_from(
+                sample_norms(&d, self.cfg.train.attack.norm).to_device(Device::Cpu),
+            )?
+            .into_iter()
+            .map(f64::from)
+            .collect();
             let search = Search {
                 steps: a.search_steps,
                 tolerance: a.search_tolerance * margins.delta_eps,
@@ -274,16 +358,37 @@ impl Trainer {
         Ok(())
     }
 
-    fn record(&self, epoch: usize, adversarial: bool, lr: f64, clean: f64, adv: f64, seconds: f64) -> EpochRecord {
-        let (eps_min, eps_median, eps_max, eps_histogram, counts) = match (&self.margins, adversarial) {
-            (Some(m), _) => {
-                let (lo, med, hi) = m.summary();
-                (lo, med, hi, m.histogram(HISTOGRAM_BINS), m.counts)
+    fn record(
+        &self,
+        epoch: usize,
+        adversarial: bool,
+        lr: f64,
+        clean: f64,
+        adv: f64,
+        seconds: f64,
+    ) -> EpochRecord {
+        let (eps_min, eps_median, eps_max, eps_histogram, counts) =
+            match (&self.margins, adversarial) {
+                (Some(m), _) => {
+                    let (lo, med, hi) = m.summary();
+                    (lo, med, hi, m.histogram(HISTOGRAM_BINS), m.counts)
+                }
+                (None, true) => (
+                    self.cfg.sat.eps,
+                    self.cfg.sat.eps,
+                    self.cfg.sat.eps,
+                    Vec::new(),
+                    Default::default(),
+                ),
+                (None, false) => (0.0, 0.0, 0.0, Vec::new(), Default::default()),
+            };
+        let share = |k: usize| {
+            if counts.total() == 0 {
+                0.0
+            } else {
+                k as f64 / counts.total() as f64
             }
-            (None, true) => (self.cfg.sat.eps, self.cfg.sat.eps, self.cfg.sat.eps, Vec::new(), Default::default()),
-            (None, false) => (0.0, 0.0, 0.0, Vec::new(), Default::default()),
         };
-        let share = |k: usize| if counts.total() == 0 { 0.0 } else { k as f64 / counts.total() as f64 };
         EpochRecord {
             epoch: epoch + 1,
             phase: if adversarial { "adversarial" } else { "clean" }.into(),

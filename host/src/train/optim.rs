@@ -24,10 +24,18 @@ pub struct Optimizer {
 
 impl Optimizer {
     pub fn new(vs: &VarStore, cfg: &TrainConfig) -> Self {
-        let mut params: Vec<(String, Tensor)> =
-            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut params: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        let zeros = || params.iter().map(|(_, t)| t.zeros_like()).collect::<Vec<_>>();
+        let zeros = || {
+            params
+                .iter()
+                .map(|(_, t)| t.zeros_like())
+                .collect::<Vec<_>>()
+        };
         Self {
             kind: cfg.optimizer,
             momentum: cfg.momentum,
@@ -57,7 +65,11 @@ impl Optimizer {
         self.steps += 1;
         for (i, g) in grads.iter().enumerate() {
             let p = &mut self.params[i].1;
-            let g = if self.weight_decay > 0.0 { g + &*p * self.weight_decay } else { g.shallow_clone() };
+            let g = if self.weight_decay > 0.0 {
+                g + &*p * self.weight_decay
+            } else {
+                g.shallow_clone()
+            };
             match self.kind {
                 OptimizerKind::Sgd => {
                     let buf = &mut self.first[i];
@@ -78,12 +90,17 @@ impl Optimizer {
                     let [b1, b2] = self.betas;
                     let (m, v) = (&mut self.first[i], &mut self.second[i]);
                     let _ = m.lerp_(&g, 1.0 - b1);
-                    let _ = v.g_mul_scalar_(b2).g_add_(&g.square().g_mul_scalar_(1.0 - b2));
+                    let _ = v
+                        .g_mul_scalar_(b2)
+                        .g_add_(&g.square().g_mul_scalar_(1.0 - b2));
                     let c1 = 1.0 - b1.powi(self.steps as i32);
                     let c2 = 1.0 - b2.powi(self.steps as i32);
                     // p -= lr / c1 * m / (sqrt(v) / sqrt(c2) + eps), the factor folded into the divisor.
                     let mut denom = v.sqrt();
-                    let _ = denom.g_div_scalar_(c2.sqrt()).g_add_scalar_(self.eps).g_mul_scalar_(-c1 / lr);
+                    let _ = denom
+                        .g_div_scalar_(c2.sqrt())
+                        .g_add_scalar_(self.eps)
+                        .g_mul_scalar_(-c1 / lr);
                     let _ = p.addcdiv_(m, &denom);
                 }
             }
@@ -96,7 +113,10 @@ impl Optimizer {
         for (i, (name, _)) in self.params.iter().enumerate() {
             out.push((format!("first.{name}"), self.first[i].to(tch::Device::Cpu)));
             if self.kind == OptimizerKind::Adam {
-                out.push((format!("second.{name}"), self.second[i].to(tch::Device::Cpu)));
+                out.push((
+                    format!("second.{name}"),
+                    self.second[i].to(tch::Device::Cpu),
+                ));
             }
         }
         out.push(("steps".into(), Tensor::from_slice(&[self.steps])));
@@ -106,9 +126,15 @@ impl Optimizer {
     pub fn load_state(&mut self, state: Vec<(String, Tensor)>) -> Result<()> {
         let mut map: std::collections::HashMap<String, Tensor> = state.into_iter().collect();
         let mut take = |key: String, like: &Tensor| -> Result<Tensor> {
-            let t = map.remove(&key).with_context(|| format!("optimizer state has no `{key}`"))?;
+            let t = map
+                .remove(&key)
+                .with_context(|| format!("optimizer state has no `{key}`"))?;
             if t.size() != like.size() {
-                bail!("optimizer state `{key}` has shape {:?}, the model {:?}", t.size(), like.size());
+                bail!(
+                    "optimizer state `{key}` has shape {:?}, the model {:?}",
+                    t.size(),
+                    like.size()
+                );
             }
             Ok(t.to_kind(like.kind()).to(like.device()))
         };
@@ -119,7 +145,9 @@ impl Optimizer {
                 self.second[i] = take(format!("second.{name}"), &p)?;
             }
         }
-        let steps = map.remove("steps").context("optimizer state has no `steps`")?;
+        let steps = map
+            .remove("steps")
+            .context("optimizer state has no `steps`")?;
         self.steps = steps.to_kind(Kind::Int64).int64_value(&[0]);
         Ok(())
     }
@@ -182,7 +210,11 @@ mod tests {
 
     #[test]
     fn schedules() {
-        let mut cfg = TrainConfig { lr: 1.0, epochs: 10, ..Default::default() };
+        let mut cfg = TrainConfig {
+            lr: 1.0,
+            epochs: 10,
+            ..Default::default()
+        };
         assert_eq!(learning_rate(&cfg, 7), 1.0);
         cfg.schedule = Schedule::Step;
         cfg.step_epochs = 5;

@@ -22,7 +22,12 @@ pub fn write_epochs(dir: &Path, history: &[EpochRecord]) -> Result<()> {
         "epoch,phase,lr,clean_loss,adv_loss,eps_min,eps_median,eps_max,eps_histogram,grown,crossed,stayed,not_learned,search_forwards,seconds\n",
     );
     for r in history {
-        let hist = r.eps_histogram.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ");
+        let hist = r
+            .eps_histogram
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
         let adv = r.adv_loss.map(|a| a.to_string()).unwrap_or_default();
         writeln!(
             csv,
@@ -46,7 +51,13 @@ pub fn write_epochs(dir: &Path, history: &[EpochRecord]) -> Result<()> {
 }
 
 /// `summary.md`: what ran, how training went, and the robustness curve.
-pub fn summary(cfg: &RunConfig, task: &str, train_samples: usize, history: &[EpochRecord], curve: &Curve) -> String {
+pub fn summary(
+    cfg: &RunConfig,
+    task: &str,
+    train_samples: usize,
+    history: &[EpochRecord],
+    curve: &Curve,
+) -> String {
     let mut s = String::new();
     let method = cfg.run.method.map(|m| m.to_string()).unwrap_or_default();
     let _ = writeln!(s, "# {method} on {task}\n");
@@ -54,7 +65,11 @@ pub fn summary(cfg: &RunConfig, task: &str, train_samples: usize, history: &[Epo
         s,
         "- {} epochs ({} warm-up), {} training samples, batch {}, {:?} lr {}, seed {}",
         history.len(),
-        if method == "std" { 0 } else { cfg.train.warmup_epochs.min(history.len()) },
+        if method == "std" {
+            0
+        } else {
+            cfg.train.warmup_epochs.min(history.len())
+        },
         train_samples,
         cfg.train.batch_size,
         cfg.train.optimizer,
@@ -64,7 +79,11 @@ pub fn summary(cfg: &RunConfig, task: &str, train_samples: usize, history: &[Epo
     let atk = &cfg.train.attack;
     match method.as_str() {
         "sat" => {
-            let _ = writeln!(s, "- training attack: PGD {} x{}, eps {}, beta {}", atk.norm, atk.steps, cfg.sat.eps, cfg.train.beta);
+            let _ = writeln!(
+                s,
+                "- training attack: PGD {} x{}, eps {}, beta {}",
+                atk.norm, atk.steps, cfg.sat.eps, cfg.train.beta
+            );
         }
         "amat" => {
             let a = &cfg.amat;
@@ -81,15 +100,39 @@ pub fn summary(cfg: &RunConfig, task: &str, train_samples: usize, history: &[Epo
         _ => {}
     }
     let total: f64 = history.iter().map(|r| r.seconds).sum();
-    let _ = writeln!(s, "- training time {total:.1} s ({:.2} s per epoch)\n", total / history.len().max(1) as f64);
+    let _ = writeln!(
+        s,
+        "- training time {total:.1} s ({:.2} s per epoch)\n",
+        total / history.len().max(1) as f64
+    );
     if let (Some(first), Some(last)) = (history.first(), history.last()) {
         let _ = writeln!(s, "| | first epoch | last epoch |\n|---|---|---|");
-        let _ = writeln!(s, "| clean loss | {:.4} | {:.4} |", first.clean_loss, last.clean_loss);
+        let _ = writeln!(
+            s,
+            "| clean loss | {:.4} | {:.4} |",
+            first.clean_loss, last.clean_loss
+        );
         let adv = |r: &EpochRecord| r.adv_loss.map(|a| format!("{a:.4}")).unwrap_or("–".into());
         let _ = writeln!(s, "| adversarial loss | {} | {} |", adv(first), adv(last));
         if method == "amat" {
-            let _ = writeln!(s, "| margins min / median / max | {:.3} / {:.3} / {:.3} | {:.3} / {:.3} / {:.3} |", first.eps_min, first.eps_median, first.eps_max, last.eps_min, last.eps_median, last.eps_max);
-            let _ = writeln!(s, "| grown / crossed / stayed / not learned | | {:.0}% / {:.0}% / {:.0}% / {:.0}% |", 100.0 * last.grown, 100.0 * last.crossed, 100.0 * last.stayed, 100.0 * last.not_learned);
+            let _ = writeln!(
+                s,
+                "| margins min / median / max | {:.3} / {:.3} / {:.3} | {:.3} / {:.3} / {:.3} |",
+                first.eps_min,
+                first.eps_median,
+                first.eps_max,
+                last.eps_min,
+                last.eps_median,
+                last.eps_max
+            );
+            let _ = writeln!(
+                s,
+                "| grown / crossed / stayed / not learned | | {:.0}% / {:.0}% / {:.0}% / {:.0}% |",
+                100.0 * last.grown,
+                100.0 * last.crossed,
+                100.0 * last.stayed,
+                100.0 * last.not_learned
+            );
         }
         s.push('\n');
     }

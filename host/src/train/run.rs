@@ -36,7 +36,11 @@ pub struct Progress {
 
 impl Progress {
     pub fn new() -> Self {
-        let target = if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let target = if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
         Self {
             multi: MultiProgress::with_draw_target(target),
         }
@@ -70,14 +74,22 @@ struct RunDir {
 
 impl RunDir {
     fn stage(target: &Path) -> Result<Self> {
-        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-        let name = target.file_name().and_then(|n| n.to_str()).context("the run folder needs a name")?;
+        let parent = target
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+        let name = target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("the run folder needs a name")?;
         let current = parent.join(format!(".{name}.partial-{}", std::process::id()));
         if current.exists() {
             std::fs::remove_dir_all(&current)?;
         }
-        std::fs::create_dir(&current).with_context(|| format!("cannot create {}", current.display()))?;
+        std::fs::create_dir(&current)
+            .with_context(|| format!("cannot create {}", current.display()))?;
         Ok(Self {
             target: target.to_path_buf(),
             current,
@@ -100,9 +112,19 @@ impl RunDir {
     fn publish(&mut self) -> Result<()> {
         if !self.published {
             if self.target.exists() {
-                bail!("{} appeared while this run was starting; the run is left in {}", self.target.display(), self.current.display());
+                bail!(
+                    "{} appeared while this run was starting; the run is left in {}",
+                    self.target.display(),
+                    self.current.display()
+                );
             }
-            std::fs::rename(&self.current, &self.target).with_context(|| format!("cannot rename {} to {}", self.current.display(), self.target.display()))?;
+            std::fs::rename(&self.current, &self.target).with_context(|| {
+                format!(
+                    "cannot rename {} to {}",
+                    self.current.display(),
+                    self.target.display()
+                )
+            })?;
             self.current = self.target.clone();
             self.published = true;
         }
@@ -133,7 +155,12 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Reads a config file and applies the command line's overrides; the plugin
 /// path becomes absolute so the run folder's copy stays usable.
-pub fn effective_config(path: &Path, plugin: Option<&Path>, method: Option<Method>, device: Option<DeviceChoice>) -> Result<RunConfig> {
+pub fn effective_config(
+    path: &Path,
+    plugin: Option<&Path>,
+    method: Option<Method>,
+    device: Option<DeviceChoice>,
+) -> Result<RunConfig> {
     let mut cfg = RunConfig::read(path).map_err(anyhow::Error::msg)?;
     cfg.run.plugin = match plugin {
         Some(p) => Some(absolute(p)),
@@ -165,8 +192,18 @@ impl Session {
         let splits = cfg.data.load(&mut plugin)?;
         let channels = plugin.info().input_channels as i64;
         for set in [&splits.train, &splits.val, &splits.test] {
-            if let Some(s) = set.samples.iter().find(|s| s.image.size().first() != Some(&channels)) {
-                bail!("sample `{}` has image shape {:?}; the task `{}` expects {} channel(s) first", s.id, s.image.size(), plugin.info().name, channels);
+            if let Some(s) = set
+                .samples
+                .iter()
+                .find(|s| s.image.size().first() != Some(&channels))
+            {
+                bail!(
+                    "sample `{}` has image shape {:?}; the task `{}` expects {} channel(s) first",
+                    s.id,
+                    s.image.size(),
+                    plugin.info().name,
+                    channels
+                );
             }
         }
         if splits.train.is_empty() {
@@ -176,9 +213,12 @@ impl Session {
             tch::set_num_threads(cfg.run.threads as i32);
         }
         let device = cfg.run.device.resolve().map_err(anyhow::Error::msg)?;
-        Ok(Self { plugin, splits, device })
+        Ok(Self {
+            plugin,
+            splits,
+            device,
+        })
     }
-
 }
 
 /// The split called `name` (train, val, test).
@@ -196,7 +236,10 @@ pub fn eval_seed(seed: u64) -> i64 {
 }
 
 fn default_out(cfg: &RunConfig) -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     PathBuf::from("runs").join(format!("{}-{secs}", cfg.method()))
 }
 
@@ -214,26 +257,38 @@ pub fn run(args: &RunArgs) -> Result<Finished> {
             if args.config.is_some() {
                 bail!("--resume continues with the run's own config.toml; leave out --config");
             }
-            let cfg = effective_config(&dir.join(CONFIG), args.plugin.as_deref(), None, args.device)?;
+            let cfg =
+                effective_config(&dir.join(CONFIG), args.plugin.as_deref(), None, args.device)?;
             if let Some(m) = args.method.filter(|&m| Some(m) != cfg.run.method) {
                 bail!("{} is a {} run, not {m}", dir.display(), cfg.method());
             }
             (cfg, dir.clone())
         }
         None => {
-            let path = args.config.as_ref().context("no config: pass --config FILE")?;
+            let path = args
+                .config
+                .as_ref()
+                .context("no config: pass --config FILE")?;
             let cfg = effective_config(path, args.plugin.as_deref(), args.method, args.device)?;
             cfg.validate().map_err(anyhow::Error::msg)?;
             let dir = args.out.clone().unwrap_or_else(|| default_out(&cfg));
             if dir.exists() {
-                bail!("run folder {} exists: resume it with --resume {0} or choose another --out", dir.display());
+                bail!(
+                    "run folder {} exists: resume it with --resume {0} or choose another --out",
+                    dir.display()
+                );
             }
             (cfg, dir)
         }
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     let mut session = Session::open(&cfg)?;
-    let mut trainer = Trainer::new(&cfg, &session.plugin, session.device, session.splits.train.len())?;
+    let mut trainer = Trainer::new(
+        &cfg,
+        &session.plugin,
+        session.device,
+        session.splits.train.len(),
+    )?;
     let mut run_dir = if args.resume.is_some() {
         let ckpt = checkpoint::resolve(&dir)?;
         let state = checkpoint::restore(&ckpt, &mut trainer)?;
@@ -256,17 +311,27 @@ pub fn run(args: &RunArgs) -> Result<Finished> {
         let msg = format!(
             "clean {:.4}{} eps {:.3}/{:.3}/{:.3}",
             r.clean_loss,
-            r.adv_loss.map(|a| format!(" adv {a:.4}")).unwrap_or_default(),
+            r.adv_loss
+                .map(|a| format!(" adv {a:.4}"))
+                .unwrap_or_default(),
             r.eps_min,
             r.eps_median,
             r.eps_max
         );
-        tracing::info!("epoch {}/{}: {msg} ({:.2} s)", r.epoch, cfg.train.epochs, r.seconds);
+        tracing::info!(
+            "epoch {}/{}: {msg} ({:.2} s)",
+            r.epoch,
+            cfg.train.epochs,
+            r.seconds
+        );
         epochs_bar.set_message(msg);
         epochs_bar.inc(1);
         report::write_epochs(run_dir.path(), &trainer.history)?;
         let stop = args.stop_after == Some(trainer.epoch);
-        if trainer.epoch % cfg.run.checkpoint_every == 0 || trainer.epoch == cfg.train.epochs || stop {
+        if trainer.epoch % cfg.run.checkpoint_every == 0
+            || trainer.epoch == cfg.train.epochs
+            || stop
+        {
             checkpoint::save(run_dir.path(), &trainer, task)?;
             run_dir.publish()?;
         }
@@ -294,7 +359,13 @@ pub fn run(args: &RunArgs) -> Result<Finished> {
     )?;
     eval_bar.finish_and_clear();
     eval::report::write(run_dir.path(), &curve, &info.metric_names)?;
-    let summary = report::summary(&cfg, &info.name, session.splits.train.len(), &trainer.history, &curve);
+    let summary = report::summary(
+        &cfg,
+        &info.name,
+        session.splits.train.len(),
+        &trainer.history,
+        &curve,
+    );
     write_atomic(&run_dir.path().join("summary.md"), summary.as_bytes())?;
     Ok(Finished {
         dir: run_dir.path().to_path_buf(),
