@@ -10,38 +10,17 @@
 //! Sizes: AMAT_BENCH_SIZE (image side, 48), AMAT_BENCH_SAMPLES (64),
 //! AMAT_BENCH_ROUNDS (5), AMAT_BENCH_WIDTH (16), AMAT_BENCH_DEPTH (3).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use amat_host::plugin::{Plugin, SandboxLimits};
 use amat_host::train::config::{Method, RunConfig};
 use amat_host::train::margins::Margins;
 use amat_host::train::{EpochRecord, Trainer};
 use indicatif::ProgressBar;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::Device;
 use tch::nn::VarStore;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn plugin_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let release = target.join("release/libamat_segmentation.so");
-    let debug = target.join("debug/libamat_segmentation.so");
-    if release.exists() {
-        release
-    } else if debug.exists() {
-        debug
-    } else {
-        panic!(
-            "no native segmentation plugin: run `bash host/scripts/build-plugins.sh release` first"
-        )
-    }
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -50,12 +29,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let (size, samples, rounds) = (
-        env("AMAT_BENCH_SIZE", 48),
-        env("AMAT_BENCH_SAMPLES", 64),
-        env("AMAT_BENCH_ROUNDS", 5),
+        common::env("AMAT_BENCH_SIZE", 48),
+        common::env("AMAT_BENCH_SAMPLES", 64),
+        common::env("AMAT_BENCH_ROUNDS", 5),
     );
-    let (width, depth) = (env("AMAT_BENCH_WIDTH", 16), env("AMAT_BENCH_DEPTH", 3));
-    let plugin_file = plugin_path();
+    let (width, depth) = (
+        common::env("AMAT_BENCH_WIDTH", 16),
+        common::env("AMAT_BENCH_DEPTH", 3),
+    );
+    let plugin_file = common::segmentation_native();
     let text = format!(
         "[run]\nmethod = \"std\"\nplugin = \"{}\"\n\
          [data.synthetic]\ntrain = {samples}\ntest = 1\nsize = {size}\n\

@@ -13,37 +13,17 @@
 //! Sizes: AMAT_BENCH_SIZE (image side, 32), AMAT_BENCH_SAMPLES (32),
 //! AMAT_BENCH_ROUNDS (31), AMAT_BENCH_THREADS (libtorch threads, 1).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use amat_host::plugin::{Plugin, SandboxLimits};
 use amat_host::tensor::TensorBudget;
 use amat_host::train::Trainer;
 use amat_host::train::config::RunConfig;
 use indicatif::ProgressBar;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn plugin_path() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    ["release", "debug"]
-        .iter()
-        .map(|p| {
-            target
-                .join("wasm32-wasip2")
-                .join(p)
-                .join("amat_segmentation.wasm")
-        })
-        .find(|p| p.exists())
-        .expect("no segmentation component: run `bash host/scripts/build-plugins.sh release` first")
-}
 
 /// Limits that never bind: no deadline (the engine is built without epoch
 /// interruption), memory and tensor caps far above any use.
@@ -69,12 +49,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let (size, samples, rounds) = (
-        env("AMAT_BENCH_SIZE", 32),
-        env("AMAT_BENCH_SAMPLES", 32),
-        env("AMAT_BENCH_ROUNDS", 31),
+        common::env("AMAT_BENCH_SIZE", 32),
+        common::env("AMAT_BENCH_SAMPLES", 32),
+        common::env("AMAT_BENCH_ROUNDS", 31),
     );
-    tch::set_num_threads(env("AMAT_BENCH_THREADS", 1) as i32);
-    let path = plugin_path();
+    tch::set_num_threads(common::env("AMAT_BENCH_THREADS", 1) as i32);
+    let path = common::segmentation_wasm();
     let text = format!(
         "[run]\nmethod = \"std\"\nplugin = \"{}\"\n[data.synthetic]\ntrain = {samples}\ntest = 1\nsize = {size}\n\
          [model]\nwidth = 8\ndepth = 2\n[train]\nbatch_size = 8\n",

@@ -189,30 +189,23 @@ pub fn write(out: &Path, c: &Comparison) -> Result<()> {
         .iter()
         .map(|r| {
             let m = r.curve.metric(&c.metric).expect("checked in compare");
-            Series {
-                label: format!("{} (area {:.3})", r.name, m.area),
-                points: c
-                    .eps
-                    .iter()
-                    .copied()
-                    .zip(m.values.iter().copied())
-                    .collect(),
-            }
+            Series::along(
+                format!("{} (area {:.3})", r.name, m.area),
+                &c.eps,
+                &m.values,
+            )
         })
         .collect();
     let curve = &c.runs[0].curve;
-    let (png, tmp) = (out.join("comparison.png"), out.join(".comparison.tmp.png"));
     let title = format!(
         "{} under PGD {} ({} samples of {})",
         c.metric, curve.norm, curve.samples, curve.split
     );
     line_chart(
-        &tmp,
+        &out.join("comparison.png"),
         &title,
         &format!("eps ({})", curve.norm),
         &c.metric,
         &series,
     )
-    .with_context(|| format!("cannot draw {}", png.display()))?;
-    std::fs::rename(&tmp, &png).with_context(|| format!("cannot write {}", png.display()))
 }

@@ -34,9 +34,7 @@ pub fn write(dir: &Path, curve: &Curve, plotted: &[String]) -> Result<()> {
         serde_json::to_string_pretty(curve)?.as_bytes(),
     )?;
     write_atomic(&dir.join("robustness.csv"), csv(curve).as_bytes())?;
-    let (png, tmp) = (dir.join("robustness.png"), dir.join(".robustness.tmp.png"));
-    plot(&tmp, curve, plotted).with_context(|| format!("cannot draw {}", png.display()))?;
-    std::fs::rename(&tmp, &png).with_context(|| format!("cannot write {}", png.display()))
+    plot(&dir.join("robustness.png"), curve, plotted)
 }
 
 fn register_font() {
@@ -62,14 +60,12 @@ fn plot(path: &Path, curve: &Curve, plotted: &[String]) -> Result<()> {
     }
     let series: Vec<Series> = metrics
         .iter()
-        .map(|m| Series {
-            label: format!("{} (area {:.3})", m.name, m.area),
-            points: curve
-                .eps
-                .iter()
-                .copied()
-                .zip(m.values.iter().copied())
-                .collect(),
+        .map(|m| {
+            Series::along(
+                format!("{} (area {:.3})", m.name, m.area),
+                &curve.eps,
+                &m.values,
+            )
         })
         .collect();
     let title = format!(
@@ -91,9 +87,35 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Draws lines with markers and a legend into a PNG; the y range covers
-/// [0, 1] and every finite value.
+impl Series {
+    /// A metric's values along the noise levels.
+    pub fn along(label: String, eps: &[f64], values: &[f64]) -> Self {
+        let points = eps.iter().copied().zip(values.iter().copied()).collect();
+        Series { label, points }
+    }
+}
+
+/// Draws lines with markers and a legend into the PNG `path`, atomically
+/// (drawn beside it, then renamed); the y range covers [0, 1] and every
+/// finite value.
 pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Series],
+) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp.png"));
+    draw_lines(&tmp, title, x_desc, y_desc, series)
+        .with_context(|| format!("cannot draw {}", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn draw_lines(
     path: &Path,
     title: &str,
     x_desc: &str,
