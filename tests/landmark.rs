@@ -127,20 +127,29 @@ fn mre_of_shifted_heatmaps_is_the_shift_in_mm_and_sdr_counts_radii() {
 }
 
 #[test]
-fn loss_is_zero_for_the_true_gaussians_one_for_nothing_and_ignores_absent_landmarks() {
+fn loss_is_zero_for_the_true_gaussian_one_for_a_flat_map_and_ignores_absent_landmarks() {
     let mut p = plugin();
     let n = 32;
     let (r0, c0) = (12.5f32, 17.0f32);
     let y = Tensor::from_slice(&target(&[(4, r0, c0)], 1.0)).reshape([1, 33, 3]);
     let rows = Tensor::arange(n, (Kind::Float, Device::Cpu)).reshape([n, 1]);
     let cols = Tensor::arange(n, (Kind::Float, Device::Cpu)).reshape([1, n]);
-    let g = (-((rows - r0 as f64).square() + (cols - c0 as f64).square()) / 8.0).exp(); // sigma 2 px
+    // Logits whose softmax over pixels is the sigma-2 px Gaussian.
+    let log_g = -((rows - r0 as f64).square() + (cols - c0 as f64).square()) / 8.0;
     let pred = Tensor::zeros([1, K as i64, n, n], (Kind::Float, Device::Cpu));
-    pred.get(0).get(4).copy_(&g);
+    pred.get(0).get(4).copy_(&(log_g + 5.0));
     let perfect = p.loss(&pred, &y).unwrap().double_value(&[0]);
-    assert!(perfect.abs() < 1e-6, "{perfect}");
-    let nothing = p.loss(&pred.zeros_like(), &y).unwrap().double_value(&[0]);
-    assert!((nothing - 1.0).abs() < 1e-3, "{nothing}");
+    assert!(perfect.abs() < 1e-5, "{perfect}");
+    let flat = p.loss(&pred.zeros_like(), &y).unwrap().double_value(&[0]);
+    assert!((flat - 1.0).abs() < 1e-5, "{flat}");
+    // A peak one pixel off costs something; a confident peak far off, more than a flat map.
+    let near = pred.roll([1], [3]);
+    let far = pred.roll([14], [3]);
+    let (near, far) = (
+        p.loss(&near, &y).unwrap().double_value(&[0]),
+        p.loss(&far, &y).unwrap().double_value(&[0]),
+    );
+    assert!(perfect < near && near < far && far > 1.0, "{near} {far}");
     // Junk in an absent landmark's channel changes nothing.
     let junk = pred.copy();
     let _ = junk.get(0).get(9).fill_(3.0);
@@ -373,7 +382,7 @@ fn trains_end_to_end_through_the_wasm_plugin_and_the_loss_falls() {
         losses[29] < 0.1 * losses[0],
         "loss did not fall: {losses:?}"
     );
-    // 1 is the loss of predicting no heatmap at all: below it, the net places peaks.
+    // 1 is the loss of a flat map (no peak anywhere): below it, the net places peaks.
     assert!(
         losses[29] < 1.0,
         "the net only learned to predict nothing: {losses:?}"

@@ -398,6 +398,54 @@ fn check_passes_the_segmentation_plugin_in_both_builds() {
     }
 }
 
+/// Heatmap and box targets are laid out by the plugin (landmark: points;
+/// detection: CenterNet maps), so the battery runs on decoded real samples;
+/// the gradient check must find the few coordinates a sparse loss depends on.
+#[test]
+fn check_passes_the_landmark_and_detection_plugins_on_real_samples() {
+    let raw = |p: &str| support::root().join("data/raw").join(p);
+    let cases = [
+        (
+            "landmark",
+            vec![
+                raw("autoafids/tpl-MNI152NLin2009cAsym_res-01_T1w.nii.gz"),
+                raw("autoafids/tpl-MNI152NLin2009cAsym_res-01_desc-groundtruth_afids.fcsv"),
+            ],
+            r#"{"indices": [96, 100], "size": 32, "contrasts": ["T1w"]}"#,
+        ),
+        (
+            "detection",
+            vec![raw("stardist/img2d.tif"), raw("stardist/mask2d.tif")],
+            r#"{"crop": 32, "size": 32}"#,
+        ),
+    ];
+    for (name, files, options) in cases {
+        let plugin = support::wasm_plugin(name);
+        // Without samples the loss checks cannot build a target: skipped, said why.
+        let (_, bare) = check(&plugin, &[]);
+        let (status, detail) = status_of(&bare, "loss shape");
+        assert_eq!(status, "skip", "{name}: {bare:#}");
+        assert!(detail.contains("--sample"), "{name}: {detail}");
+
+        let mut args = vec![
+            "--call-timeout-ms",
+            "120000",
+            "--options",
+            options,
+            "--sample",
+        ];
+        let paths: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        args.extend(paths.iter().map(String::as_str));
+        let (ok, report) = check(&plugin, &args);
+        assert!(ok, "{name}: {report:#}");
+        for line in report["checks"].as_array().unwrap() {
+            assert_eq!(line["status"], "pass", "{name}: {line:#}");
+        }
+        let (_, gradient) = status_of(&report, "gradient");
+        assert!(gradient.starts_with("float64"), "{name}: {gradient}");
+    }
+}
+
 #[test]
 fn check_fails_each_broken_plugin_on_its_line() {
     let tight = ["--max-memory-mib", "64", "--max-tensor-elements", "1000000"];

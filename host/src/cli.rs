@@ -169,6 +169,9 @@ pub enum PluginCommand {
         /// Files for the plugin's decode (one sample); without, decode is skipped.
         #[arg(long = "sample", value_name = "FILE", num_args = 1..)]
         samples: Vec<PathBuf>,
+        /// The decode options for the samples, JSON (a data spec's `[decode]`).
+        #[arg(long, value_name = "JSON", default_value = "{}")]
+        options: String,
         #[command(flatten)]
         limits: crate::plugin::LimitArgs,
     },
@@ -291,11 +294,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             plugin,
             json,
             samples,
+            options,
             limits,
         }) => {
             let limits = limits.apply(SandboxLimits::default());
             limits.validate().map_err(anyhow::Error::msg)?;
-            let report = crate::plugin::check::check(&plugin, &samples, &limits);
+            let report = crate::plugin::check::check(&plugin, &samples, &options, &limits);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -94,8 +94,10 @@ const DESCENT_STEPS: usize = 10;
 /// Coordinates compared with finite differences.
 const FD_COORDS: i64 = 6;
 
-/// Runs the battery on the plugin at `path`; `samples` are files for `decode`.
-pub fn check(path: &Path, samples: &[PathBuf], limits: &SandboxLimits) -> Report {
+/// Runs the battery on the plugin at `path`. `samples` are files for one
+/// `decode` call with the JSON `options`; the loss checks then run on the
+/// decoded targets instead of synthesised ones.
+pub fn check(path: &Path, samples: &[PathBuf], options: &str, limits: &SandboxLimits) -> Report {
     tch::manual_seed(0);
     let mut report = Report {
         plugin: path.to_path_buf(),
@@ -119,9 +121,9 @@ pub fn check(path: &Path, samples: &[PathBuf], limits: &SandboxLimits) -> Report
     };
     let info = run.plugin.info().clone();
     run.lines.push(pass("describe", describe_line(&info)));
-    let decoded = run.decode(samples);
+    let decoded = run.decode(samples, options);
     match case(&info, decoded.as_deref(), BATCH, SIDE, Kind::Float) {
-        Ok(c) => run.loss_checks(&info, &c),
+        Ok(c) => run.loss_checks(&info, &c, decoded.as_deref()),
         Err(why) => {
             for name in LOSS_CHECKS {
                 run.lines.push(skip(name, why.clone()));
@@ -220,9 +222,12 @@ fn dense(d: &amat_plugin_sdk::types::Dense) -> Tensor {
     Tensor::from_slice(&d.data).reshape(d.shape.as_slice())
 }
 
-/// A random case of `batch` samples of `side`x`side` whose target matches the
-/// task's target kind; targets the host cannot synthesise come from decoded
-/// examples (repeated to fill the batch).
+/// A case of `batch` samples with a random prediction. The targets are the
+/// decoded examples' when there are any (repeated to fill the batch, the
+/// prediction sized like their images); otherwise random ones of the task's
+/// target kind, `side`x`side`, where the host knows the layout: a class map or
+/// labels. Heatmap and box targets are laid out by each plugin (points,
+/// dense maps, ...), so those need decoded examples.
 fn case(
     info: &TaskInfo,
     decoded: Option<&[Example]>,
@@ -232,30 +237,8 @@ fn case(
 ) -> Result<Case, String> {
     let classes = info.output_channels as i64;
     let cpu = Device::Cpu;
-    let (target, side_h, side_w) = match info.target_kind {
-        TargetKind::ClassMap => (
-            Tensor::randint_low(0, classes, [batch, side, side], (Kind::Int64, cpu))
-                .to_kind(Kind::Float),
-            side,
-            side,
-        ),
-        TargetKind::Labels => (
-            Tensor::randint_low(0, classes, [batch], (Kind::Int64, cpu)).to_kind(Kind::Float),
-            side,
-            side,
-        ),
-        TargetKind::Heatmaps => (
-            Tensor::rand([batch, classes, side, side], (Kind::Float, cpu)),
-            side,
-            side,
-        ),
-        TargetKind::DenseBoxes => {
-            let Some(examples) = decoded.filter(|e| !e.is_empty()) else {
-                return Err(format!(
-                    "skipped: random {:?} targets cannot be synthesised; pass --sample FILE so decode supplies them",
-                    info.target_kind
-                ));
-            };
+    let (target, side_h, side_w) = match (decoded.filter(|e| !e.is_empty()), info.target_kind) {
+        (Some(examples), _) => {
             let targets: Vec<Tensor> = (0..batch as usize)
                 .map(|i| dense(&examples[i % examples.len()].target))
                 .collect();
@@ -269,6 +252,24 @@ fn case(
                 img.get(2).copied().unwrap_or(side),
             );
             (Tensor::stack(&targets, 0), h, w)
+        }
+        (None, TargetKind::ClassMap) => (
+            Tensor::randint_low(0, classes, [batch, side, side], (Kind::Int64, cpu))
+                .to_kind(Kind::Float),
+            side,
+            side,
+        ),
+        (None, TargetKind::Labels) => (
+            Tensor::randint_low(0, classes, [batch], (Kind::Int64, cpu)).to_kind(Kind::Float),
+            side,
+            side,
+        ),
+        (None, TargetKind::Heatmaps | TargetKind::DenseBoxes) => {
+            return Err(format!(
+                "skipped: {:?} targets are laid out by the plugin; pass --sample FILE \
+                 (and --options JSON) so decode supplies real ones",
+                info.target_kind
+            ));
         }
     };
     let pred = Tensor::randn([batch, classes, side_h, side_w], (kind, cpu));
@@ -308,7 +309,7 @@ impl Battery<'_> {
         Ok(l)
     }
 
-    fn decode(&mut self, samples: &[PathBuf]) -> Option<Vec<Example>> {
+    fn decode(&mut self, samples: &[PathBuf], options: &str) -> Option<Vec<Example>> {
         if samples.is_empty() {
             self.lines
                 .push(skip("decode", "skipped: no --sample FILE given"));
@@ -333,7 +334,7 @@ impl Battery<'_> {
         }
         let request = DecodeRequest {
             files,
-            options: "{}".into(),
+            options: options.into(),
         };
         let r = self.plugin.decode(&request);
         self.stats.push(self.plugin.last_call());
@@ -384,7 +385,7 @@ impl Battery<'_> {
         Some(examples)
     }
 
-    fn loss_checks(&mut self, info: &TaskInfo, c: &Case) {
+    fn loss_checks(&mut self, info: &TaskInfo, c: &Case, decoded: Option<&[Example]>) {
         let pred = c.pred.set_requires_grad(true);
         let first = match self.loss(&pred, &c.target) {
             Ok(l) => l,
@@ -454,7 +455,7 @@ impl Battery<'_> {
                 "skipped: needs a finite loss of shape [B]",
             ));
         }
-        self.gradient(info);
+        self.gradient(info, decoded);
         self.input_gradient(info, c);
         self.descent(c);
         self.metrics_line(c);
@@ -551,14 +552,14 @@ impl Battery<'_> {
     /// The autograd gradient of the summed loss w.r.t. the prediction against
     /// central differences at a few coordinates, in float64 when the plugin
     /// accepts it.
-    fn gradient(&mut self, info: &TaskInfo) {
-        let double = case(info, None, 2, 4, Kind::Double).ok().filter(|c| {
+    fn gradient(&mut self, info: &TaskInfo, decoded: Option<&[Example]>) {
+        let double = case(info, decoded, 2, 4, Kind::Double).ok().filter(|c| {
             let p = c.pred.set_requires_grad(true);
             matches!(self.sound_loss(&p, &c.target), Ok(l) if l.kind() == Kind::Double)
         });
         let (c, step, tol, precision) = match double {
             Some(c) => (c, 1e-6, 1e-5, "float64"),
-            None => match case(info, None, 2, 4, Kind::Float) {
+            None => match case(info, decoded, 2, 4, Kind::Float) {
                 Ok(c) => (c, 1e-2, 2e-2, "float32 (the plugin does not keep float64)"),
                 Err(why) => {
                     self.lines.push(skip("gradient", why));
@@ -579,8 +580,18 @@ impl Battery<'_> {
         let n = pred.numel() as i64;
         let mut worst: f64 = 0.0;
         let mut scale: f64 = 0.0;
-        for k in 0..FD_COORDS {
-            let i = (k * n / FD_COORDS + k) % n;
+        // Half the coordinates spread over the prediction, half where the
+        // analytic gradient is largest: a sparse loss (a few landmarks, a few
+        // boxes) is flat almost everywhere, and a check there proves nothing.
+        let spread = (0..FD_COORDS / 2).map(|k| (k * n / (FD_COORDS / 2) + k) % n);
+        let steepest = analytic
+            .abs()
+            .topk(FD_COORDS - FD_COORDS / 2, 0, true, false)
+            .1;
+        let coords: Vec<i64> = spread
+            .chain((0..steepest.numel() as i64).map(|j| steepest.int64_value(&[j])))
+            .collect();
+        for &i in &coords {
             let at = |sign: f64| {
                 let d = c.pred.zeros_like();
                 let _ = d.view([-1]).narrow(0, i, 1).fill_(sign * step);

@@ -249,28 +249,24 @@ impl TensorTable {
 
     /// A float tensor from plugin data, on the call's device.
     pub fn from_f32(&mut self, data: &[f32], shape: &[i64], device: Device) -> Result<u32> {
-        let n = numel(shape)?;
-        if n != data.len() as u64 {
-            bail!(
-                "from-f32: {} values do not fill shape {shape:?}",
-                data.len()
-            );
-        }
-        self.reserve(n)?;
-        let t = Tensor::f_from_slice(data)?
-            .f_reshape(shape)?
-            .f_to_device(device)?;
-        Ok(self.insert(t))
+        self.insert_slice("from-f32", data, shape, device)
     }
 
     /// A long tensor from plugin data, on the call's device.
     pub fn from_s64(&mut self, data: &[i64], shape: &[i64], device: Device) -> Result<u32> {
+        self.insert_slice("from-s64", data, shape, device)
+    }
+
+    fn insert_slice<T: tch::kind::Element>(
+        &mut self,
+        op: &str,
+        data: &[T],
+        shape: &[i64],
+        device: Device,
+    ) -> Result<u32> {
         let n = numel(shape)?;
         if n != data.len() as u64 {
-            bail!(
-                "from-s64: {} values do not fill shape {shape:?}",
-                data.len()
-            );
+            bail!("{op}: {} values do not fill shape {shape:?}", data.len());
         }
         self.reserve(n)?;
         let t = Tensor::f_from_slice(data)?
