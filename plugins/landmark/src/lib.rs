@@ -158,7 +158,7 @@ impl Task for Landmark {
             input_channels: 1,
             output_channels: LANDMARKS as u32,
             target_kind: TargetKind::Heatmaps,
-            tau: 0.5,
+            tau: 0.1,
             intensity_min: 0.0,
             intensity_max: 1.0,
             metric_names: vec![
