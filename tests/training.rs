@@ -355,7 +355,9 @@ fn epochs_untimed(run: &Path) -> Vec<serde_json::Value> {
     epochs(run)
         .into_iter()
         .map(|mut r| {
-            r.as_object_mut().unwrap().remove("seconds");
+            let o = r.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("margin_seconds");
             r
         })
         .collect()
@@ -556,6 +558,13 @@ fn std_sat_and_amat_reduce_the_training_loss_and_sat_at_zero_is_std() {
                 adv(3) > clean(3),
                 "{method}: the attack should cost something"
             );
+        }
+        // Only AMAT's adversarial epochs spend time on margin updates.
+        for r in &e {
+            let m = r["margin_seconds"].as_f64().unwrap();
+            let updates = method == "amat" && r["phase"] == "adversarial";
+            assert_eq!(m > 0.0, updates, "{method}: {r}");
+            assert!(m < r["seconds"].as_f64().unwrap());
         }
         for f in [
             "robustness.json",

@@ -124,8 +124,10 @@ fn main() {
     println!("median of {rounds} rounds, seconds per epoch:");
     println!("  STD  {std:.3}");
     println!("  SAT  {sat:.3}");
+    let margin = median(amat_records.iter().map(|r| r.margin_seconds).collect());
     println!(
-        "  AMAT {amat:.3}  (crossed {:.0}% of samples, {forwards} single-sample search forwards per epoch)",
+        "  AMAT {amat:.3}  (crossed {:.0}% of samples, {forwards} single-sample search forwards per epoch, \
+         {margin:.3} s judging and searching)",
         100.0 * crossed
     );
     println!("AMAT / SAT = {:.3} (target <= 1.10)", amat / sat);

@@ -1,109 +1,132 @@
-//! One loss call on [8, 2, 128, 128] predictions: the segmentation plugin as
-//! a wasm component, as a native library, and the same loss built into the
-//! host; forward alone and forward + backward. Then the component's compile
-//! time, cold and from the cache.
+//! One loss call: the segmentation plugin as a wasm component, as a native
+//! library, and the same loss built into the host, all behind the same
+//! `Plugin` face (so each pays the host's own shape and finiteness checks);
+//! forward alone and forward + backward. Then the component's compile time,
+//! cold and from the cache.
+//!
+//! Two sizes: the [8, 2, 128, 128] predictions of a real batch, and a tiny
+//! [1, 2, 4, 4] one whose kernels take almost nothing, so that what remains
+//! is the fixed cost of a call (crossing into wasm, lending handles, ~20 host
+//! ops each crossing back, the deadline clock). The three implementations run
+//! interleaved, one call each per round in a rotating order, and each is
+//! compared with the built-in loss of the same round (median of the paired
+//! differences), so a machine that slows down for a while slows all three.
 //!
 //! Run: `bash host/scripts/build-plugins.sh release && cargo bench -p amat-host --bench plugin_call`
+//! Sizes: AMAT_BENCH_ROUNDS (200), AMAT_BENCH_THREADS (libtorch threads, 1).
 
-use amat_host::builtin::dice_ce_loss;
+#[path = "common/mod.rs"]
+mod common;
+
 use amat_host::plugin::{CompileSource, Plugin, SandboxLimits, compile_component};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
-const WARMUP: usize = 5;
-const RUNS: usize = 40;
+const WARMUP: usize = 10;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn time(mut f: impl FnMut()) -> Duration {
-    (0..WARMUP).for_each(|_| f());
-    median(
-        (0..RUNS)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed()
-            })
-            .collect(),
-    )
+/// Seconds of one call of `plugin`'s loss, with or without its backward.
+fn call(plugin: &mut Plugin, pred: &Tensor, target: &Tensor, backward: bool) -> f64 {
+    let t = Instant::now();
+    let loss = plugin.loss(pred, target).unwrap();
+    if backward {
+        let _ = Tensor::run_backward(&[loss.sum(Kind::Float)], &[pred], false, false);
+    }
+    t.elapsed().as_secs_f64()
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+/// Per implementation: median seconds per call and the median paired
+/// difference to the built-in loss (index 0).
+fn measure(
+    plugins: &mut [(&str, Plugin)],
+    pred: &Tensor,
+    target: &Tensor,
+    backward: bool,
+    rounds: usize,
+) -> Vec<(f64, f64)> {
+    let n = plugins.len();
+    let mut times = vec![Vec::with_capacity(rounds); n];
+    for round in 0..WARMUP + rounds {
+        let mut t = vec![0.0; n];
+        for k in 0..n {
+            let i = (round + k) % n;
+            t[i] = call(&mut plugins[i].1, pred, target, backward);
+        }
+        if round >= WARMUP {
+            for i in 0..n {
+                times[i].push(t[i]);
+            }
+        }
+    }
+    (0..n)
+        .map(|i| {
+            let diff = times[i].iter().zip(&times[0]).map(|(a, b)| a - b).collect();
+            (median(times[i].clone()), median(diff))
+        })
+        .collect()
+}
+
+fn us(s: f64) -> String {
+    format!("{:.1} us", s * 1e6)
 }
 
 fn main() {
-    let release = target_dir();
-    let wasm = release.join("wasm32-wasip2/release/amat_segmentation.wasm");
-    let native = release.join("release/libamat_segmentation.so");
-    for p in [&wasm, &native] {
-        assert!(
-            p.exists(),
-            "{} missing: run `bash host/scripts/build-plugins.sh release` first",
-            p.display()
-        );
-    }
-    println!("threads: {} (libtorch intra-op)", tch::get_num_threads());
-
-    tch::manual_seed(0);
-    let pred = Tensor::randn([8, 2, 128, 128], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-    let target = Tensor::randint(2, [8, 128, 128], (Kind::Int64, Device::Cpu)).to_kind(Kind::Float);
-
+    let rounds = common::env("AMAT_BENCH_ROUNDS", 200);
+    tch::set_num_threads(common::env("AMAT_BENCH_THREADS", 1) as i32);
+    let (wasm, native) = (common::segmentation_wasm(), common::segmentation_native());
     let limits = SandboxLimits::default();
     let mut plugins = [
+        ("built-in", Plugin::builtin_segmentation(2)),
         ("wasm", Plugin::load(&wasm, &limits).unwrap()),
         ("native", Plugin::load(&native, &limits).unwrap()),
     ];
-
-    let builtin_fwd = time(|| {
-        let _ = dice_ce_loss(&pred, &target);
-    });
-    let builtin_bwd = time(|| {
-        let l = dice_ce_loss(&pred, &target).sum(Kind::Float);
-        let _ = Tensor::run_backward(&[l], &[&pred], false, false);
-    });
     println!(
-        "\n{:<10} {:>14} {:>14} {:>12} {:>12}",
-        "loss", "forward", "fwd+bwd", "fwd ratio", "f+b ratio"
+        "one loss call, {rounds} interleaved rounds, libtorch threads {}, default sandbox limits",
+        tch::get_num_threads()
     );
-    println!(
-        "{:<10} {:>14?} {:>14?} {:>12} {:>12}",
-        "built-in", builtin_fwd, builtin_bwd, "1.000", "1.000"
-    );
-    for (name, plugin) in plugins.iter_mut() {
-        let fwd = time(|| {
-            let _ = plugin.loss(&pred, &target).unwrap();
-        });
-        let bwd = time(|| {
-            let l = plugin.loss(&pred, &target).unwrap().sum(Kind::Float);
-            let _ = Tensor::run_backward(&[l], &[&pred], false, false);
-        });
+    tch::manual_seed(0);
+    for shape in [[8i64, 2, 128, 128], [1, 2, 4, 4]] {
+        let pred = Tensor::randn(shape, (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let target = Tensor::randint(
+            2,
+            [shape[0], shape[2], shape[3]],
+            (Kind::Int64, Device::Cpu),
+        )
+        .to_kind(Kind::Float);
         println!(
-            "{:<10} {:>14?} {:>14?} {:>12.3} {:>12.3}",
-            name,
-            fwd,
-            bwd,
-            fwd.as_secs_f64() / builtin_fwd.as_secs_f64(),
-            bwd.as_secs_f64() / builtin_bwd.as_secs_f64()
+            "\npred {shape:?}\n{:<10} {:>12} {:>14} {:>8} {:>12} {:>14} {:>8}",
+            "loss", "forward", "- built-in", "ratio", "fwd+bwd", "- built-in", "ratio"
         );
+        let fwd = measure(&mut plugins, &pred, &target, false, rounds);
+        let bwd = measure(&mut plugins, &pred, &target, true, rounds);
+        for (k, (name, _)) in plugins.iter().enumerate() {
+            let ((f, df), (b, db)) = (fwd[k], bwd[k]);
+            println!(
+                "{name:<10} {:>12} {:>14} {:>8.3} {:>12} {:>14} {:>8.3}",
+                us(f),
+                us(df),
+                f / fwd[0].0,
+                us(b),
+                us(db),
+                b / bwd[0].0
+            );
+        }
     }
 
     let bytes = std::fs::read(&wasm).unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let t = Instant::now();
-    let (_, src) = compile_component(&bytes, Some(cache.path())).unwrap();
-    let cold = t.elapsed();
-    assert_eq!(src, CompileSource::Compiled);
-    let t = Instant::now();
-    let (_, src) = compile_component(&bytes, Some(cache.path())).unwrap();
-    let cached = t.elapsed();
-    assert_eq!(src, CompileSource::Cached);
+    let time = |expect: CompileSource| -> Duration {
+        let t = Instant::now();
+        let (_, src) = compile_component(&bytes, Some(cache.path())).unwrap();
+        assert_eq!(src, expect);
+        t.elapsed()
+    };
+    let cold = time(CompileSource::Compiled);
+    let cached = time(CompileSource::Cached);
     println!(
         "\ncomponent ({} KiB): compile cold {cold:?}, from cache {cached:?} ({:.0}x faster)",
         bytes.len() / 1024,

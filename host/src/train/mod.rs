@@ -57,6 +57,10 @@ pub struct EpochRecord {
     pub not_learned: f64,
     /// AMAT: single-sample forward passes spent in boundary searches.
     pub search_forwards: usize,
+    /// AMAT: seconds spent judging samples and searching boundaries (part
+    /// of `seconds`): AMAT's cost over SAT.
+    #[serde(default)]
+    pub margin_seconds: f64,
     pub seconds: f64,
 }
 
@@ -77,8 +81,9 @@ pub struct Trainer {
     pub history: Vec<EpochRecord>,
     pub judge: Judge,
     pub range: Range,
-    /// Search forwards of the current epoch.
+    /// Search forwards and margin-update seconds of the current epoch.
     search_forwards: usize,
+    margin_seconds: f64,
 }
 
 /// The torch seed of an epoch: random starts depend only on (seed, epoch),
@@ -128,6 +133,7 @@ impl Trainer {
                 max: info.intensity_max as f64,
             },
             search_forwards: 0,
+            margin_seconds: 0.0,
         })
     }
 
@@ -162,6 +168,7 @@ impl Trainer {
             m.reset_counts();
         }
         self.search_forwards = 0;
+        self.margin_seconds = 0.0;
         let (mut clean_sum, mut adv_sum) = (0.0, 0.0);
         bar.set_length(order.len().div_ceil(self.cfg.train.batch_size) as u64);
         bar.set_position(0);
@@ -253,6 +260,7 @@ impl Trainer {
             (pred_clean, clean, pred_adv, adv, objective)
         };
         if self.margins.is_some() {
+            let start = Instant::now();
             self.update_margins(
                 plugin,
                 x,
@@ -262,6 +270,7 @@ impl Trainer {
                 (&pred_clean, &clean),
                 (&pred_adv, &adv),
             )?;
+            self.margin_seconds += start.elapsed().as_secs_f64();
         }
         self.opt.minimize(&objective, lr);
         let sum = |t: &Tensor| t.detach().sum(Kind::Double).double_value(&[]);
@@ -404,6 +413,7 @@ impl Trainer {
             stayed: share(counts.stayed),
             not_learned: share(counts.not_learned),
             search_forwards: self.search_forwards,
+            margin_seconds: self.margin_seconds,
             seconds,
         }
     }

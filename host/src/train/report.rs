@@ -19,7 +19,7 @@ pub fn write_epochs(dir: &Path, history: &[EpochRecord]) -> Result<()> {
     }
     write_atomic(&dir.join("epochs.jsonl"), jsonl.as_bytes())?;
     let mut csv = String::from(
-        "epoch,phase,lr,clean_loss,adv_loss,eps_min,eps_median,eps_max,eps_histogram,grown,crossed,stayed,not_learned,search_forwards,seconds\n",
+        "epoch,phase,lr,clean_loss,adv_loss,eps_min,eps_median,eps_max,eps_histogram,grown,crossed,stayed,not_learned,search_forwards,margin_seconds,seconds\n",
     );
     for r in history {
         let hist = r
@@ -31,7 +31,7 @@ pub fn write_epochs(dir: &Path, history: &[EpochRecord]) -> Result<()> {
         let adv = r.adv_loss.map(|a| a.to_string()).unwrap_or_default();
         writeln!(
             csv,
-            "{},{},{},{},{adv},{},{},{},{hist},{},{},{},{},{},{:.3}",
+            "{},{},{},{},{adv},{},{},{},{hist},{},{},{},{},{},{:.3},{:.3}",
             r.epoch,
             r.phase,
             r.lr,
@@ -44,6 +44,7 @@ pub fn write_epochs(dir: &Path, history: &[EpochRecord]) -> Result<()> {
             r.stayed,
             r.not_learned,
             r.search_forwards,
+            r.margin_seconds,
             r.seconds
         )?;
     }
@@ -100,11 +101,21 @@ pub fn summary(
         _ => {}
     }
     let total: f64 = history.iter().map(|r| r.seconds).sum();
-    let _ = writeln!(
+    let _ = write!(
         s,
-        "- training time {total:.1} s ({:.2} s per epoch)\n",
+        "- training time {total:.1} s ({:.2} s per epoch)",
         total / history.len().max(1) as f64
     );
+    if method == "amat" {
+        // AMAT's own cost over SAT: judging samples and searching boundaries.
+        let margin: f64 = history.iter().map(|r| r.margin_seconds).sum();
+        let _ = write!(
+            s,
+            ", of which margin updates {margin:.1} s ({:.1} %)",
+            100.0 * margin / total.max(f64::MIN_POSITIVE)
+        );
+    }
+    s.push_str("\n\n");
     if let (Some(first), Some(last)) = (history.first(), history.last()) {
         let _ = writeln!(s, "| | first epoch | last epoch |\n|---|---|---|");
         let _ = writeln!(
