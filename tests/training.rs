@@ -191,6 +191,8 @@ fn kind_of_samples(
         .collect()
 }
 
+/// The boundary rule with the clean gate and reset_wrong: the rule amat
+/// shipped first (IMA-like), kept as an ablation.
 #[test]
 fn amat_margins_adapt_per_sample() {
     let _torch = lock();
@@ -207,7 +209,8 @@ fn amat_margins_adapt_per_sample() {
 
     let cfg = config(
         "[run]\nmethod = \"amat\"\nthreads = 1\n[data.synthetic]\n[train]\nepochs = 26\nwarmup_epochs = 14\nbatch_size = 8\n\
-         [amat]\neps_max = 3.0\ngrow_epochs = 6\ntau = 0.6\n",
+         [train.attack]\nsteps = 10\nstep_factor = 2.5\n\
+         [amat]\nrule = \"boundary\"\ntau_clean = 0.6\nreset_wrong = true\neps_max = 3.0\ngrow_epochs = 6\ntau = 0.6\n",
     );
     let mut t = Trainer::new(&cfg, &plugin, Device::Cpu, train.len()).unwrap();
     for _ in 0..cfg.train.epochs {
@@ -298,8 +301,9 @@ fn s(p: &Path) -> &str {
 /// start, so AMAT's margins move at once.
 fn small_config(dir: &Path, name: &str, extra: &str) -> PathBuf {
     let base = "[run]\nthreads = 1\nseed = 3\n[data.synthetic]\ntrain = 20\ntest = 6\nsize = 16\n\
-         [model]\nwidth = 4\n[train]\nepochs = 4\nbatch_size = 8\n[amat]\ngrow_epochs = 3\ntau = 3.0\n\
-         [eval]\neps = [0.0, 0.5, 1.0]\nbatch_size = 4\n[eval.attack]\nsteps = 4\n";
+         [model]\nwidth = 4\n[train]\nepochs = 4\nbatch_size = 8\n[train.attack]\nsteps = 10\nstep_factor = 2.5\n\
+         [amat]\ngrow_epochs = 3\ntau = 3.0\n\
+         [eval]\neps = [0.0, 0.5, 1.0]\nbatch_size = 4\nrestarts = 1\n[eval.attack]\nsteps = 4\n";
     fn merge(into: &mut toml::Table, from: toml::Table) {
         for (k, v) in from {
             match (into.get_mut(&k), v) {

@@ -14,8 +14,10 @@ use amat_host::model::NormKind;
 use amat_host::plugin::Plugin;
 use amat_host::reference::{self, StateInputs};
 use amat_host::train::Trainer;
+use amat_host::train::amat::Judge;
 use amat_host::train::config::{Method, RunConfig};
 use indicatif::ProgressBar;
+use rand::seq::SliceRandom;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -170,4 +172,141 @@ fn reference_matches_amat_on_first_step_loss_and_pgd_norm() {
     compare(&python, Norm::L2, 1.0, NormKind::Instance);
     compare(&python, Norm::Linf, 0.03, NormKind::Instance);
     compare(&python, Norm::L2, 1.0, NormKind::Batch);
+}
+
+/// AMAT's reference rule against the Python reference written from AMAT.md:
+/// three epochs of two batches, no random start, margins compared after
+/// every epoch. `tau` sits at the median clean loss, so some samples hold
+/// and some cross from the first epoch on.
+/// With `gate`, the clean gate lets through the samples whose clean loss is
+/// at most the 6th smallest (6 of 8).
+fn compare_reference_rule(python: &Path, gate: bool) {
+    let case = format!("reference rule, clean gate {gate}");
+    let text = format!(
+        "[run]\nmethod = \"amat\"\nthreads = 1\n[data.synthetic]\ntrain = 8\ntest = 1\nsize = 16\n\
+         [model]\ndepth = 2\nwidth = 4\n\
+         [train]\nbatch_size = 4\nwarmup_epochs = 0\nbeta = 0.5\n[train.attack]\nsteps = 4\nrandom_start = false\n\
+         [amat]\nrule = \"reference\"\ndelta_eps = 0.5\neps_max = 4.0\n"
+    );
+    let mut cfg = RunConfig::parse(&text, Path::new("parity")).unwrap();
+    tch::set_num_threads(1);
+    let mut plugin = Plugin::builtin_segmentation(3);
+    tch::manual_seed(11);
+    let samples = (0..8)
+        .map(|i| Sample {
+            id: format!("s{i}"),
+            image: Tensor::rand([1, 16, 16], (Kind::Float, Device::Cpu)),
+            target: Tensor::randint(3, [16, 16], (Kind::Float, Device::Cpu)),
+        })
+        .collect();
+    let data = Dataset {
+        name: "parity".into(),
+        samples,
+    };
+    let mut t = Trainer::new(&cfg, &plugin, Device::Cpu, data.len()).unwrap();
+    let all: Vec<usize> = (0..8).collect();
+    let (x, y) = data.batch(&all, Device::Cpu);
+    let mut clean = {
+        let _guard = tch::no_grad_guard();
+        floats(&plugin.loss(&t.model.forward_t(&x, false), &y).unwrap())
+    };
+    clean.sort_by(f64::total_cmp);
+    let tau = 0.5 * (clean[3] + clean[4]);
+    cfg.amat.tau = Some(tau);
+    t.cfg.amat.tau = Some(tau);
+    if gate {
+        cfg.amat.tau_clean = Some(clean[5] + 1e-3);
+        t.cfg.amat.tau_clean = cfg.amat.tau_clean;
+    }
+    t.judge = Judge::loss_at_most(tau);
+
+    let dir = tempfile::tempdir().unwrap();
+    let start = t.margins.as_ref().unwrap().values.clone();
+    let inputs = StateInputs {
+        info: plugin.info(),
+        weights: &t.vs,
+        data: &data,
+        margins: &start,
+        order: &all,
+        torch_seed: 0,
+        threads: 1,
+    };
+    reference::write_state(dir.path(), &cfg, &inputs).unwrap();
+    let mut ours = Vec::new();
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        // The order the trainer is about to draw.
+        let mut rng = t.rng.clone();
+        let mut order: Vec<usize> = (0..8).collect();
+        order.shuffle(&mut rng);
+        orders.push(order);
+        let rec = t
+            .train_epoch(&mut plugin, &data, &ProgressBar::hidden())
+            .unwrap();
+        let m = t.margins.as_ref().unwrap().values.clone();
+        ours.push((m, rec.clean_loss));
+    }
+    let config_path = dir.path().join("config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["orders"] = serde_json::json!(orders);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+
+    let out = Command::new(python)
+        .arg(reference::script())
+        .args(["amat-epochs", "--state"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{case}: the reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let epochs = theirs["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 3);
+    for (e, ((margins, clean_loss), theirs)) in ours.iter().zip(epochs).enumerate() {
+        let their_m: Vec<f64> = theirs["margins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        println!("{case}: epoch {e}: margins amat {margins:?} reference {their_m:?}");
+        for (a, b) in margins.iter().zip(&their_m) {
+            assert!(
+                (*a as f64 - b).abs() <= TOLERANCE,
+                "{case}: epoch {e}: margins differ: amat {margins:?}, reference {their_m:?}"
+            );
+        }
+        let their_loss = theirs["clean_loss"].as_f64().unwrap();
+        assert!(
+            (clean_loss - their_loss).abs() <= TOLERANCE,
+            "{case}: epoch {e}: clean loss amat {clean_loss}, reference {their_loss}"
+        );
+    }
+    // Not vacuous: crossings pulled margins below their start, and the
+    // margins ended apart from each other.
+    let crossed = ours.iter().any(|(m, _)| m.iter().any(|&v| v < 0.5));
+    let last = &ours[2].0;
+    let spread = last.iter().cloned().fold(f32::MIN, f32::max)
+        - last.iter().cloned().fold(f32::MAX, f32::min);
+    assert!(
+        crossed && spread > 0.25,
+        "{case}: margins should cross and spread: {ours:?}"
+    );
+}
+
+#[test]
+fn reference_rule_matches_the_python_reference_epoch_by_epoch() {
+    let python = match reference::python() {
+        Ok(p) => p,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    compare_reference_rule(&python, false);
+    compare_reference_rule(&python, true);
 }

@@ -34,6 +34,10 @@ pub enum Command {
     Eval(EvalCommand),
     /// Attack one sample of a checkpoint's data; save the noise and the predictions as .npy.
     Attack(AttackCommand),
+    /// AMAT's adversarial judgement from a trained STD model: the per-sample
+    /// score (and loss) distribution of a split and the thresholds it implies,
+    /// printed and written as an [amat.judge] snippet (calibration.toml).
+    Calibrate(CalibrateCommand),
     /// Compare finished runs: a table of a metric at every noise level and one plot.
     Compare(CompareCommand),
     /// Prepare datasets: decode through the task plugin, split, cache.
@@ -136,6 +140,23 @@ pub struct AttackCommand {
     pub split: String,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct CalibrateCommand {
+    #[command(flatten)]
+    pub checkpoint: CheckpointOptions,
+    /// The split scored: train (the authors' choice) | val | test.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Set each threshold where this share of the split is judged wrong on
+    /// clean input, instead of at the mean (the authors' choice).
+    #[arg(long)]
+    pub wrong_share: Option<f64>,
+    /// A score to calibrate (repeatable; `loss` for the loss) [default: every
+    /// score the plugin describes].
+    #[arg(long = "score")]
+    pub scores: Vec<String>,
+}
+
 impl From<CheckpointOptions> for crate::eval::command::CheckpointArgs {
     fn from(o: CheckpointOptions) -> Self {
         Self {
@@ -221,6 +242,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     done.dir.display()
                 ),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Calibrate(c) => {
+            let cal = crate::eval::calibrate::calibrate(&crate::eval::calibrate::CalibrateArgs {
+                checkpoint: c.checkpoint.into(),
+                split: c.split,
+                wrong_share: c.wrong_share,
+                scores: c.scores,
+            })?;
+            println!(
+                "{} split, {} samples; threshold = {}",
+                cal.split, cal.samples, cal.rule
+            );
+            println!(
+                "{:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7}",
+                "score", "mean", "sd", "min", "q25", "median", "max", "threshold", "wrong"
+            );
+            for s in &cal.scores {
+                println!(
+                    "{:<16} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>9.4} {:>10.4} {:>6.1}%",
+                    s.name,
+                    s.mean,
+                    s.sd,
+                    s.min,
+                    s.q25,
+                    s.median,
+                    s.max,
+                    s.threshold,
+                    100.0 * s.judged_wrong
+                );
+            }
+            println!("\n{}", cal.snippet());
+            println!("written: {}", cal.dir.join("calibration.toml").display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval(c) => {

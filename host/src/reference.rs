@@ -55,7 +55,10 @@ pub fn write_state(dir: &Path, cfg: &RunConfig, s: &StateInputs) -> Result<()> {
         },
         "sat": { "eps": cfg.sat.eps },
         "amat": {
-            "tau": a.tau.unwrap_or(s.info.tau as f64), "delta_eps": a.delta_eps(), "eps_max": a.eps_max,
+            "tau": a.tau.unwrap_or(s.info.tau as f64), "delta_eps": a.delta_eps(),
+            // JSON has no infinity: none stands for it.
+            "eps_max": a.eps_max.is_finite().then_some(a.eps_max),
+            "rule": a.rule, "tau_clean": a.tau_clean, "reset_wrong": a.reset_wrong,
             "search_steps": a.search_steps, "search_tolerance": a.search_tolerance, "margins": s.margins,
         },
         "range": [s.info.intensity_min, s.info.intensity_max],

@@ -9,8 +9,13 @@
 
 use std::ffi::c_void;
 
-/// Bumped whenever a table below changes shape.
-pub const ABI_VERSION: u32 = 1;
+/// Bumped whenever a table below changes shape. Tables only ever grow at
+/// their end, so a host keeps loading plugins of earlier versions: version 2
+/// (contract 0.2.0) appends `scores` to [`PluginApi`]; [`HostApi`] is
+/// unchanged (its new unary ops are new codes of `unary`).
+pub const ABI_VERSION: u32 = 2;
+/// The earliest plugin ABI the host still loads.
+pub const OLDEST_ABI_VERSION: u32 = 1;
 /// The one symbol a native plugin exports.
 pub const ENTRY_SYMBOL: &[u8] = b"amat_task_v1\0";
 
@@ -135,6 +140,26 @@ pub struct PluginApi {
     pub correct:
         extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: *mut Handle, err: &Sink) -> i32,
     /// Writes the metrics as JSON, or an error message.
+    pub metrics: extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32,
+    /// Version 2 on: writes the per-sample scores as JSON, or an error
+    /// message. Absent from (past the end of) a version 1 table.
+    pub scores: extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32,
+}
+
+/// The leading fields of every [`PluginApi`] version: what a host may read
+/// before it knows the version, and all of a version 1 table.
+#[repr(C)]
+pub struct PluginApiV1 {
+    pub version: u32,
+    pub describe: extern "C" fn(out: &Sink) -> i32,
+    pub decode:
+        extern "C" fn(files: *const FileRef, nfiles: usize, options: Bytes, out: &Sink) -> i32,
+    pub loss:
+        extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: *mut Handle, err: &Sink) -> i32,
+    /// Version 1's "still correct" mask (0 for none); version 2 plugins
+    /// always answer none.
+    pub correct:
+        extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: *mut Handle, err: &Sink) -> i32,
     pub metrics: extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32,
 }
 

@@ -40,10 +40,12 @@ pub trait Task {
     fn decode(request: &DecodeRequest) -> Result<Vec<Example>, String>;
     /// Per-sample loss: `pred` is [B, ...], the result must be [B].
     fn loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String>;
-    /// Per-sample "still correct" mask, or `None` to let the host use
-    /// `loss <= tau`.
-    fn correct(_pred: &Tensor, _target: &Tensor) -> Result<Option<Tensor>, String> {
-        Ok(None)
+    /// Per-sample judgement scores, one per `TaskInfo::scores` entry in that
+    /// order, each with one value per sample. The host compares them with
+    /// thresholds a run sets to judge "still correct" under attack; without
+    /// scores it judges `loss <= tau`.
+    fn scores(_pred: &Tensor, _target: &Tensor) -> Result<Vec<SampleScore>, String> {
+        Ok(Vec::new())
     }
     /// Quality of a whole evaluation set, one value per `metric_names` entry.
     fn metrics(pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, String>;
@@ -72,8 +74,12 @@ macro_rules! export_task {
                 fn loss(p: &Host, t: &Host) -> Result<Host, String> {
                     $crate::wasm::loss::<$task>(p, t)
                 }
-                fn correct(p: &Host, t: &Host) -> Result<Option<Host>, String> {
-                    $crate::wasm::correct::<$task>(p, t)
+                fn scores(
+                    p: &Host,
+                    t: &Host,
+                ) -> Result<Vec<$crate::wasm::bindings::amat::task::types::SampleScore>, String>
+                {
+                    $crate::wasm::scores::<$task>(p, t)
                 }
                 fn metrics(
                     p: &Host,

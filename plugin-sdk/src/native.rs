@@ -261,17 +261,17 @@ extern "C" fn loss<T: Task>(
     })
 }
 
-extern "C" fn correct<T: Task>(
-    ctx: Ctx,
-    pred: Handle,
-    target: Handle,
-    out: *mut Handle,
-    err: &Sink,
-) -> i32 {
-    guarded(ctx, err, || {
+/// Version 1's predicate slot: a version 2 plugin judges through `scores`.
+extern "C" fn correct(_: Ctx, _: Handle, _: Handle, out: *mut Handle, _: &Sink) -> i32 {
+    unsafe { *out = 0 };
+    abi::OK
+}
+
+extern "C" fn scores<T: Task>(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32 {
+    guarded(ctx, out, || {
         let (p, t) = (Tensor(Raw::borrowed(pred)), Tensor(Raw::borrowed(target)));
-        let mask = T::correct(&p, &t)?;
-        unsafe { *out = mask.map_or(0, |m| m.0.into_owned_handle()) };
+        let s = T::scores(&p, &t)?;
+        out.put(&serde_json::to_vec(&s).map_err(|e| e.to_string())?);
         Ok(())
     })
 }
@@ -292,8 +292,9 @@ pub const fn plugin_api<T: Task>() -> PluginApi {
         describe: describe::<T>,
         decode: decode::<T>,
         loss: loss::<T>,
-        correct: correct::<T>,
+        correct,
         metrics: metrics::<T>,
+        scores: scores::<T>,
     }
 }
 

@@ -47,8 +47,36 @@ impl Tensor {
         Tensor(self.0.reduce(op, dims, keep_dim))
     }
 
+    /// The value of a one-element tensor.
+    pub fn item(&self) -> Result<f64, String> {
+        match self.to_vec()[..] {
+            [v] => Ok(v as f64),
+            ref all => Err(format!(
+                "item() of a tensor of {} elements (shape {:?})",
+                all.len(),
+                self.shape()
+            )),
+        }
+    }
+
     pub fn exp(&self) -> Tensor {
         self.unary(UnaryOp::Exp)
+    }
+    /// log(1 + exp(t)), stable for large |t| (contract 0.2.0).
+    pub fn softplus(&self) -> Tensor {
+        self.unary(UnaryOp::Softplus)
+    }
+    /// log(sigmoid(t)), stable for large |t| (contract 0.2.0).
+    pub fn log_sigmoid(&self) -> Tensor {
+        self.unary(UnaryOp::LogSigmoid)
+    }
+    /// log(1 + t), accurate near 0 (contract 0.2.0).
+    pub fn log1p(&self) -> Tensor {
+        self.unary(UnaryOp::Log1p)
+    }
+    /// exp(t) - 1, accurate near 0 (contract 0.2.0).
+    pub fn expm1(&self) -> Tensor {
+        self.unary(UnaryOp::Expm1)
     }
     pub fn log(&self) -> Tensor {
         self.unary(UnaryOp::Log)

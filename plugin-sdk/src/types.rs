@@ -31,6 +31,37 @@ pub struct TaskInfo {
     pub intensity_max: f32,
     /// Names of the values `metrics` returns, in order.
     pub metric_names: Vec<String>,
+    /// The per-sample judgement scores `Task::scores` returns, in order
+    /// (contract 0.2.0; empty for plugins built for 0.1.0).
+    #[serde(default)]
+    pub scores: Vec<ScoreInfo>,
+}
+
+/// A per-sample score the host can judge "still correct" by, against a
+/// threshold the run's config sets.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreInfo {
+    pub name: String,
+    /// Larger is better (a Dice) or worse (an error, a loss component).
+    pub higher_is_better: bool,
+    pub description: String,
+}
+
+impl ScoreInfo {
+    pub fn new(name: &str, higher_is_better: bool, description: &str) -> Self {
+        Self {
+            name: name.into(),
+            higher_is_better,
+            description: description.into(),
+        }
+    }
+}
+
+/// One score's value for every sample of a batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampleScore {
+    pub name: String,
+    pub values: Vec<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,7 +112,7 @@ impl Dense {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Example {
     pub id: String,
-    /// [channels, height, width]
+    /// [channels, *spatial]
     pub image: Dense,
     pub target: Dense,
 }
@@ -129,6 +160,8 @@ wit_enum!(UnaryOp {
     Floor = "floor", Ceil = "ceil", Round = "round", Square = "square",
     Reciprocal = "reciprocal", LogicalNot = "logical-not", Isnan = "isnan",
     Isfinite = "isfinite", Detach = "detach",
+    // Contract 0.2.0 appends; 0.1.0 codes keep their meaning.
+    Softplus = "softplus", LogSigmoid = "log-sigmoid", Log1p = "log1p", Expm1 = "expm1",
 });
 
 wit_enum!(BinaryOp {

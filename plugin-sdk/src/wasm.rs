@@ -3,8 +3,8 @@
 //! its own reason.
 
 use crate::types::{
-    BinaryOp, DType, DecodeRequest, Example, File, Metric, ReduceOp, ScalarOp, TargetKind,
-    TaskInfo, UnaryOp,
+    BinaryOp, DType, DecodeRequest, Example, File, Metric, ReduceOp, SampleScore, ScalarOp,
+    TargetKind, TaskInfo, UnaryOp,
 };
 use crate::{Task, Tensor};
 use std::mem::ManuallyDrop;
@@ -161,6 +161,15 @@ pub fn describe<T: Task>() -> wit::TaskInfo {
         intensity_min: i.intensity_min,
         intensity_max: i.intensity_max,
         metric_names: i.metric_names,
+        scores: i
+            .scores
+            .into_iter()
+            .map(|s| wit::ScoreInfo {
+                name: s.name,
+                higher_is_better: s.higher_is_better,
+                description: s.description,
+            })
+            .collect(),
     }
 }
 
@@ -202,12 +211,18 @@ pub fn loss<T: Task>(pred: &host::Tensor, target: &host::Tensor) -> Result<host:
 }
 
 #[doc(hidden)]
-pub fn correct<T: Task>(
+pub fn scores<T: Task>(
     pred: &host::Tensor,
     target: &host::Tensor,
-) -> Result<Option<host::Tensor>, String> {
+) -> Result<Vec<wit::SampleScore>, String> {
     let (p, t) = borrow_pair(pred, target);
-    Ok(T::correct(&p, &t)?.map(|m| m.0.into_owned()))
+    let s: Vec<SampleScore> = T::scores(&p, &t)?;
+    Ok(s.into_iter()
+        .map(|s| wit::SampleScore {
+            name: s.name,
+            values: s.values,
+        })
+        .collect())
 }
 
 #[doc(hidden)]

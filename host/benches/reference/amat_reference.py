@@ -12,8 +12,12 @@ same weights, data, order and torch seed both compute the same numbers:
   - PGD of host/src/attack/mod.rs (per-sample eps, step c * eps / T, L2 or
     Linf, projection, clipping, evaluation mode, input gradient only);
   - the epoch loop of host/src/train/mod.rs (SAT objective
-    (1 - beta) * clean + beta * adv, AMAT margin rule and boundary search of
-    host/src/train/{amat,margins}.rs), and Adam (torch.optim.Adam).
+    (1 - beta) * clean + beta * adv, with AMAT's adversarial mean over the
+    samples its clean gate lets through), and Adam (torch.optim.Adam);
+  - AMAT's two margin rules, written from AMAT.md rather than from the Rust:
+    "reference" (a crossing is any PGD iterate judged wrong, the start
+    included; per-epoch update; F_i averaging; no reset) and "boundary"
+    (per-batch update, bisection along the noise, optional reset_wrong).
 
 Modes:
   worker --state DIR   reads one JSON command per line on stdin, answers one
@@ -22,6 +26,10 @@ Modes:
   check --state DIR    one SAT step on the state's single batch; prints the
                        per-sample clean loss, PGD noise norms, adversarial loss
                        and the clean loss after the optimizer step as JSON.
+  amat-epochs --state DIR
+                       AMAT epochs over config.json's "orders" (one list of
+                       sample indices per epoch); prints the margins and mean
+                       losses after each epoch as JSON.
 The state directory (written by amat) holds config.json, weights.npz, data.npz.
 """
 
@@ -144,16 +152,24 @@ def clip(x, delta, lo, hi):
     return (x + delta).clamp(lo, hi) - x
 
 
-def pgd(model, x, y, eps, attack, lo, hi):
-    """Noise delta with ||delta_i|| <= eps_i and x + delta in [lo, hi]."""
+def pgd(model, x, y, eps, attack, lo, hi, watch=None):
+    """Noise delta with ||delta_i|| <= eps_i and x + delta in [lo, hi].
+
+    `watch(loss)` sees the per-sample loss of every iterate, the start and the
+    last included (evaluation mode)."""
     x = x.detach()
     eps = eps.detach().float().to(x.device)
-    if eps.max().item() <= 0.0:
-        return torch.zeros_like(x)
-    norm, steps = attack["norm"], attack["steps"]
-    alpha = per_sample(eps * (attack["step_factor"] / steps), x)
     was_training = model.training
     model.eval()
+    if eps.max().item() <= 0.0:
+        delta = torch.zeros_like(x)
+        if watch:
+            with torch.no_grad():
+                watch(dice_ce_loss(model(x + delta), y))
+        model.train(was_training)
+        return delta
+    norm, steps = attack["norm"], attack["steps"]
+    alpha = per_sample(eps * (attack["step_factor"] / steps), x)
     with torch.no_grad():
         if attack["random_start"]:
             delta = clip(x, random_in_ball(x, eps, norm), lo, hi)
@@ -161,12 +177,17 @@ def pgd(model, x, y, eps, attack, lo, hi):
             delta = torch.zeros_like(x)
     for _ in range(steps):
         d = delta.detach().requires_grad_(True)
-        loss = dice_ce_loss(model(x + d), y).sum()
-        (g,) = torch.autograd.grad(loss, [d])  # input gradient only
+        per = dice_ce_loss(model(x + d), y)
+        if watch:
+            watch(per.detach())
+        (g,) = torch.autograd.grad(per.sum(), [d])  # input gradient only
         with torch.no_grad():
             step = g / per_sample(sample_norms(g, "l2") + 1e-12, g) if norm == "l2" else g.sign()
             delta = project(delta + step * alpha, eps, norm)
             delta = clip(x, delta, lo, hi)
+    if watch:
+        with torch.no_grad():
+            watch(dice_ce_loss(model(x + delta), y))
     model.train(was_training)
     return delta.detach()
 
@@ -187,14 +208,24 @@ class Trainer:
         self.opt = torch.optim.Adam(
             self.model.parameters(), lr=t["lr"], betas=tuple(t["adam_betas"]), eps=t["adam_eps"]
         )
-        self.margins = list(cfg["amat"]["margins"])
+        a = cfg["amat"]
+        self.margins = list(a["margins"])
+        # JSON has no infinity: a missing eps_max is none.
+        self.eps_max = float("inf") if a.get("eps_max") is None else a["eps_max"]
         self.search_forwards = 0
+        self.visits = None
+
+    def reference_rule(self, method):
+        return method == "amat" and self.cfg["amat"].get("rule", "boundary") == "reference"
 
     def epoch(self, method, images, targets, order):
         """One epoch over `order` (sample indices); returns (clean sum, adv sum)."""
         self.model.train()
         bs = self.cfg["train"]["batch_size"]
         clean_sum = adv_sum = 0.0
+        if self.reference_rule(method):
+            # F_i starts each epoch at E_i (AMAT.md).
+            self.visits = [dict(seen=False, gated=False, held=False, f=e) for e in self.margins]
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
             rows = torch.tensor(idx)
@@ -205,7 +236,25 @@ class Trainer:
                 c, a = self.adversarial_step(method, x, y, idx)
             clean_sum += c
             adv_sum += a
+        if self.reference_rule(method):
+            self.end_epoch()
         return clean_sum, adv_sum
+
+    def end_epoch(self):
+        """Reference rule: gated and held in some visit grows; gated and
+        crossed in every visit moves to F_i; not gated stays (or resets)."""
+        a = self.cfg["amat"]
+        for i, v in enumerate(self.visits):
+            if not v["seen"]:
+                continue
+            e = self.margins[i]
+            if not v["gated"]:
+                new = a["delta_eps"] if a.get("reset_wrong") else e
+            elif v["held"]:
+                new = min(e + a["delta_eps"], self.eps_max)
+            else:
+                new = v["f"]
+            self.margins[i] = float(np.float32(min(max(new, 0.0), self.eps_max)))
 
     def minimize(self, objective):
         self.opt.zero_grad(set_to_none=True)
@@ -219,32 +268,56 @@ class Trainer:
 
     def adversarial_step(self, method, x, y, idx):
         cfg = self.cfg
+        a = cfg["amat"]
         if method == "amat":
             levels = [self.margins[i] for i in idx]
         else:
             levels = [cfg["sat"]["eps"]] * len(idx)
         eps = torch.tensor(levels, dtype=torch.float32, device=self.device)
         lo, hi = cfg["range"]
-        delta = pgd(self.model, x, y, eps, cfg["train"]["attack"], lo, hi)
+        crossed = [False] * len(idx)
+
+        def judge_iterate(loss):
+            for r, ok in enumerate((loss <= a["tau"]).tolist()):
+                crossed[r] = crossed[r] or not ok
+
+        watch = judge_iterate if self.reference_rule(method) else None
+        delta = pgd(self.model, x, y, eps, cfg["train"]["attack"], lo, hi, watch)
         pred_clean = self.model(x)
         clean = dice_ce_loss(pred_clean, y)
         beta = cfg["train"]["beta"]
-        if all(e == 0.0 for e in levels):
-            adv, objective = clean, clean.mean()
+        adv = clean if all(e == 0.0 for e in levels) else dice_ce_loss(self.model(x + delta), y)
+        tau_clean = a.get("tau_clean")
+        if method == "amat" and tau_clean is not None:
+            gate = (clean.detach() <= tau_clean).tolist()
         else:
-            adv = dice_ce_loss(self.model(x + delta), y)
-            objective = clean.mean() * (1.0 - beta) + adv.mean() * beta
-        if method == "amat":
-            self.update_margins(x, y, delta, idx, clean, adv)
+            gate = [True] * len(idx)
+        n_gated = sum(gate)
+        g = torch.tensor(gate, dtype=torch.float32, device=self.device)
+        adv_term = (adv * g).sum() / n_gated if n_gated else adv.sum() * 0.0
+        objective = clean.mean() * (1.0 - beta) + adv_term * beta
+        if self.reference_rule(method):
+            norms = sample_norms(delta, cfg["train"]["attack"]["norm"]).tolist()
+            for r, i in enumerate(idx):
+                v = self.visits[i]
+                v["seen"] = True
+                if not gate[r]:
+                    continue
+                v["gated"] = True
+                if crossed[r]:
+                    v["f"] = (v["f"] + norms[r]) / 2.0
+                else:
+                    v["held"] = True
+        elif method == "amat":
+            self.update_margins(x, y, delta, idx, gate, adv)
         self.minimize(objective)
         return clean.detach().double().sum().item(), adv.detach().double().sum().item()
 
-    def update_margins(self, x, y, delta, idx, clean, adv):
+    def update_margins(self, x, y, delta, idx, gate, adv):
+        """Boundary rule, after each batch."""
         a = self.cfg["amat"]
-        tau = a["tau"]
-        clean_ok = (clean.detach() <= tau).tolist()
-        adv_ok = (adv.detach() <= tau).tolist()
-        crossed = [r for r in range(len(idx)) if clean_ok[r] and not adv_ok[r]]
+        adv_ok = (adv.detach() <= a["tau"]).tolist()
+        crossed = [r for r in range(len(idx)) if gate[r] and not adv_ok[r]]
         boundary = [None] * len(idx)
         if crossed:
             rows = torch.tensor(crossed, device=self.device)
@@ -253,11 +326,11 @@ class Trainer:
             found = self.boundary(x.index_select(0, rows), y.index_select(0, rows), d, norms)
             for r, b in zip(crossed, found):
                 boundary[r] = b
-        delta_eps, eps_max = a["delta_eps"], a["eps_max"]
+        delta_eps, eps_max = a["delta_eps"], self.eps_max
         for r, i in enumerate(idx):
             eps = self.margins[i]
-            if not clean_ok[r]:
-                new = delta_eps
+            if not gate[r]:
+                new = delta_eps if a.get("reset_wrong") else eps
             elif adv_ok[r]:
                 new = min(eps + delta_eps, eps_max)
             else:
@@ -402,13 +475,27 @@ def check(args):
     print(json.dumps(out))
 
 
+def amat_epochs(args):
+    """AMAT epochs over the given orders, no random start (config.json)."""
+    device = torch.device(args.device)
+    cfg, weights, images, targets = load_state(args.state, device)
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["torch_seed"])
+    t = Trainer(cfg, weights, device)
+    out = []
+    for order in cfg["orders"]:
+        clean, adv = t.epoch("amat", images, targets, order)
+        out.append({"margins": list(t.margins), "clean_loss": clean / len(order), "adv_loss": adv / len(order)})
+    print(json.dumps({"epochs": out}))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["worker", "check"])
+    p.add_argument("mode", choices=["worker", "check", "amat-epochs"])
     p.add_argument("--state", required=True, help="directory with config.json, weights.npz, data.npz")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
-    worker(args) if args.mode == "worker" else check(args)
+    {"worker": worker, "check": check, "amat-epochs": amat_epochs}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,11 @@ fn clip(x: &Tensor, delta: &Tensor, range: Range) -> Tensor {
     (x + delta).clamp(range.min, range.max) - x
 }
 
+/// Sees PGD's iterates, the start and the last included: the noise, the
+/// prediction at `x + delta` (evaluation mode, detached) and its per-sample
+/// loss. AMAT's crossings and the evaluation's worst iterate are watches.
+pub type Watch<'w> = dyn FnMut(&mut Plugin, &Tensor, &Tensor, &Tensor) -> Result<()> + 'w;
+
 /// Runs PGD on `model` (evaluation mode) and returns the noise `delta`, with
 /// `||delta_i|| <= eps[i]` and `x + delta` in `range`. `x` must lie in `range`.
 /// A zero noise level gives zero noise, and no random numbers are drawn when
@@ -146,10 +151,30 @@ pub fn pgd(
     cfg: &PgdConfig,
     range: Range,
 ) -> Result<Tensor> {
+    pgd_watched(model, plugin, x, y, eps, cfg, range, None)
+}
+
+/// [`pgd`], showing every iterate to `watch`: T + 1 of them (the start, and
+/// the iterate after each step), at the cost of one forward for the last.
+#[allow(clippy::too_many_arguments)] // pgd's inputs and the watch
+pub fn pgd_watched(
+    model: &dyn ModuleT,
+    plugin: &mut Plugin,
+    x: &Tensor,
+    y: &Tensor,
+    eps: &Tensor,
+    cfg: &PgdConfig,
+    range: Range,
+    mut watch: Option<&mut Watch>,
+) -> Result<Tensor> {
     let x = x.detach();
     let eps = eps.detach().to_kind(Kind::Float).to_device(x.device());
     if eps.max().double_value(&[]) <= 0.0 {
-        return Ok(x.zeros_like());
+        let delta = x.zeros_like();
+        if let Some(w) = watch {
+            see(model, plugin, &x, y, &delta, w)?;
+        }
+        return Ok(delta);
     }
     let alpha = per_sample(&(&eps * (cfg.step_factor / cfg.steps as f64)), &x);
     let mut delta = {
@@ -163,7 +188,11 @@ pub fn pgd(
     for _ in 0..cfg.steps {
         let d = delta.detach().set_requires_grad(true);
         let pred = model.forward_t(&(&x + &d), false);
-        let loss = plugin.loss(&pred, y)?.sum(Kind::Float);
+        let per = plugin.loss(&pred, y)?;
+        if let Some(w) = watch.as_deref_mut() {
+            w(plugin, &delta, &pred.detach(), &per.detach())?;
+        }
+        let loss = per.sum(Kind::Float);
         // Gradient w.r.t. the noise only: the weights' .grad is never touched.
         let g = Tensor::run_backward(&[&loss], &[&d], false, false).remove(0);
         let _guard = tch::no_grad_guard();
@@ -174,7 +203,26 @@ pub fn pgd(
         delta = project(&(&delta + step * &alpha), &eps, cfg.norm);
         delta = clip(&x, &delta, range);
     }
-    Ok(delta.detach())
+    let delta = delta.detach();
+    if let Some(w) = watch {
+        see(model, plugin, &x, y, &delta, w)?;
+    }
+    Ok(delta)
+}
+
+/// Shows the iterate `delta` to `watch` (forward only).
+fn see(
+    model: &dyn ModuleT,
+    plugin: &mut Plugin,
+    x: &Tensor,
+    y: &Tensor,
+    delta: &Tensor,
+    watch: &mut Watch,
+) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    let pred = model.forward_t(&(x + delta), false);
+    let loss = plugin.loss(&pred, y)?.detach();
+    watch(plugin, delta, &pred, &loss)
 }
 
 /// Per-sample loss [B] at `x + s[i] * delta` (forward only, evaluation mode):

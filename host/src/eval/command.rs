@@ -34,7 +34,7 @@ pub struct Loaded {
 }
 
 /// The run folder a checkpoint folder belongs to.
-fn run_dir_of(ckpt: &Path) -> PathBuf {
+pub(crate) fn run_dir_of(ckpt: &Path) -> PathBuf {
     match ckpt.parent() {
         Some(p) if p.file_name().is_some_and(|n| n == "checkpoints") => {
             p.parent().unwrap_or(p).to_path_buf()

@@ -1,8 +1,9 @@
 //! Robustness curves: for each noise level of a list, attack a whole split
-//! with PGD (keeping each sample's worst restart), let the plugin compute its
+//! with PGD (keeping each sample's worst iterate over all steps and restarts), let the plugin compute its
 //! set-level metrics on all the attacked predictions at once, and report
 //! metric(eps) with the curve's normalised area.
 
+pub mod calibrate;
 pub mod command;
 pub mod compare;
 pub mod report;
@@ -61,21 +62,34 @@ pub fn normalised_area(eps: &[f64], values: &[f64]) -> f64 {
     area / range
 }
 
-/// Prediction and per-sample loss at `x`, forward only.
-fn predict(
-    model: &dyn ModuleT,
-    plugin: &mut Plugin,
-    x: &Tensor,
-    y: &Tensor,
-) -> Result<(Tensor, Tensor)> {
-    let _guard = tch::no_grad_guard();
-    let pred = model.forward_t(x, false);
-    let loss = plugin.loss(&pred, y)?.detach();
-    Ok((pred, loss))
+/// The worst iterate seen so far, per sample: noise, prediction and loss.
+#[derive(Default)]
+struct Worst(Option<(Tensor, Tensor, Tensor)>);
+
+impl Worst {
+    /// Keeps, per sample, whichever of the old and the new iterate has the
+    /// higher loss (the old one on a tie).
+    fn see(&mut self, delta: &Tensor, pred: &Tensor, loss: &Tensor) {
+        self.0 = Some(match self.0.take() {
+            None => (delta.copy(), pred.copy(), loss.copy()),
+            Some((d0, p0, l0)) => {
+                let worse = loss.gt_tensor(&l0);
+                let pick = |new: &Tensor, old: &Tensor| {
+                    new.where_self(&attack::per_sample(&worse, new), old)
+                };
+                (
+                    pick(delta, &d0),
+                    pick(pred, &p0),
+                    loss.where_self(&worse, &l0),
+                )
+            }
+        });
+    }
 }
 
-/// The worst of `restarts` PGD attacks per sample at level `eps`: returns
-/// the attacked prediction and loss.
+/// PGD at level `eps` with `cfg.restarts` restarts, keeping per sample the
+/// worst (highest-loss) iterate over every step of every restart, the
+/// random starts included: returns that iterate's noise, prediction and loss.
 pub fn worst_case(
     model: &dyn ModuleT,
     plugin: &mut Plugin,
@@ -87,27 +101,26 @@ pub fn worst_case(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let b = x.size()[0];
     let levels = Tensor::full([b], eps, (Kind::Float, x.device()));
-    let mut best: Option<(Tensor, Tensor, Tensor)> = None;
+    let mut worst = Worst::default();
     let restarts = if eps == 0.0 { 1 } else { cfg.restarts };
     for _ in 0..restarts {
-        let delta = attack::pgd(model, plugin, x, y, &levels, &cfg.attack, range)?;
-        let (pred, loss) = predict(model, plugin, &(x + &delta), y)?;
-        best = Some(match best {
-            None => (delta, pred, loss),
-            Some((d0, p0, l0)) => {
-                let worse = loss.gt_tensor(&l0);
-                let pick = |new: &Tensor, old: &Tensor| {
-                    new.where_self(&attack::per_sample(&worse, new), old)
-                };
-                (
-                    pick(&delta, &d0),
-                    pick(&pred, &p0),
-                    loss.where_self(&worse, &l0),
-                )
-            }
-        });
+        let mut watch = |_: &mut Plugin, delta: &Tensor, pred: &Tensor, loss: &Tensor| {
+            worst.see(delta, pred, loss);
+            Ok(())
+        };
+        // The noise of the last iterate is not needed: the watch kept the worst.
+        let _last = attack::pgd_watched(
+            model,
+            plugin,
+            x,
+            y,
+            &levels,
+            &cfg.attack,
+            range,
+            Some(&mut watch),
+        )?;
     }
-    Ok(best.expect("at least one restart"))
+    Ok(worst.0.expect("PGD shows at least one iterate"))
 }
 
 /// The robustness curve of `model` on `data`. Seeds torch with `seed` so

@@ -12,10 +12,14 @@ mod limits;
 mod native;
 mod wasm;
 
-pub use amat_plugin_sdk::types::{DecodeRequest, Example, File, Metric, TargetKind, TaskInfo};
+pub use amat_plugin_sdk::types::{
+    DecodeRequest, Example, File, Metric, SampleScore, ScoreInfo, TargetKind, TaskInfo,
+};
 pub use error::{CallError, PluginError};
 pub use limits::{LimitArgs, SandboxLimits};
-pub use wasm::{CompileSource, cache_dir, compile as compile_component};
+pub use wasm::{
+    CONTRACT_VERSION, CONTRACT_VERSIONS, CompileSource, cache_dir, compile as compile_component,
+};
 
 use crate::tensor::TensorUsage;
 use anyhow::Result;
@@ -57,8 +61,13 @@ trait Backend: Send {
     fn describe(&mut self) -> Result<TaskInfo, CallError>;
     fn decode(&mut self, request: &DecodeRequest) -> Result<Vec<Example>, CallError>;
     fn loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, CallError>;
+    /// Contract 0.1.0's predicate; `None` from newer plugins.
     fn correct(&mut self, pred: &Tensor, target: &Tensor) -> Result<Option<Tensor>, CallError>;
+    /// Contract 0.2.0's per-sample scores; empty from older plugins.
+    fn scores(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<SampleScore>, CallError>;
     fn metrics(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, CallError>;
+    /// The contract (or native ABI) the plugin was built for, for reports.
+    fn contract(&self) -> String;
 }
 
 pub struct Plugin {
@@ -200,6 +209,10 @@ impl Plugin {
     pub fn path(&self) -> &Path {
         &self.path
     }
+    /// The contract the plugin was built for, e.g. `amat:task@0.1.0`.
+    pub fn contract(&self) -> String {
+        self.backend.contract()
+    }
 
     fn err(&self, call: &'static str, e: CallError) -> PluginError {
         PluginError::call(&self.path, call, e).named(&self.info.name)
@@ -231,6 +244,20 @@ impl Plugin {
         Ok(Some(out.detach().to_kind(Kind::Float).gt(0.5)))
     }
 
+    /// Per-sample judgement scores: exactly the described ones, in order,
+    /// each with one finite value per sample.
+    pub fn scores(
+        &mut self,
+        pred: &Tensor,
+        target: &Tensor,
+    ) -> Result<Vec<SampleScore>, PluginError> {
+        let out = self.timed("scores", |b| b.scores(pred, target))?;
+        let batch = pred.size().first().copied().unwrap_or(0) as usize;
+        check_scores(&out, &self.info.scores, batch)
+            .map_err(|m| self.err("scores", CallError::BadResult(m)))?;
+        Ok(out)
+    }
+
     pub fn metrics(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, PluginError> {
         let m = self.timed("metrics", |b| b.metrics(pred, target))?;
         if let Some(bad) = m.iter().find(|m| !m.value.is_finite()) {
@@ -260,6 +287,42 @@ fn validate_info(info: &TaskInfo) -> Result<(), String> {
     }
     if !info.tau.is_finite() {
         return Err(format!("tau is {}", info.tau));
+    }
+    for (i, s) in info.scores.iter().enumerate() {
+        if s.name.is_empty() || s.name == "loss" {
+            return Err(format!(
+                "score {i} is named `{}`: names must be non-empty and not `loss` (the host's own)",
+                s.name
+            ));
+        }
+        if info.scores[..i].iter().any(|o| o.name == s.name) {
+            return Err(format!("score `{}` is described twice", s.name));
+        }
+    }
+    Ok(())
+}
+
+/// Scores must be the described ones, in order, with `batch` finite values.
+fn check_scores(out: &[SampleScore], described: &[ScoreInfo], batch: usize) -> Result<(), String> {
+    let names = |v: &mut dyn Iterator<Item = &str>| v.collect::<Vec<_>>().join(", ");
+    if out.len() != described.len() || out.iter().zip(described).any(|(o, d)| o.name != d.name) {
+        return Err(format!(
+            "scores returned [{}], described [{}]",
+            names(&mut out.iter().map(|s| s.name.as_str())),
+            names(&mut described.iter().map(|s| s.name.as_str()))
+        ));
+    }
+    for s in out {
+        if s.values.len() != batch {
+            return Err(format!(
+                "score `{}` has {} values for a batch of {batch}",
+                s.name,
+                s.values.len()
+            ));
+        }
+        if let Some(v) = s.values.iter().find(|v| !v.is_finite()) {
+            return Err(format!("score `{}` holds {v}", s.name));
+        }
     }
     Ok(())
 }

@@ -4,9 +4,11 @@
 //! host's libtorch and no Rust-ABI type crosses the boundary.
 
 use super::{Backend, CallError, SandboxLimits, Usage};
-use crate::plugin::{DecodeRequest, Example, Metric, TaskInfo};
+use crate::plugin::{DecodeRequest, Example, Metric, SampleScore, TaskInfo};
 use crate::tensor::{Op, TensorTable};
-use amat_plugin_sdk::abi::{self, Bytes, Ctx, FileRef, Handle, HostApi, PluginApi, Sink};
+use amat_plugin_sdk::abi::{
+    self, Bytes, Ctx, FileRef, Handle, HostApi, PluginApi, PluginApiV1, Sink,
+};
 use amat_plugin_sdk::types::{BinaryOp, DType, ReduceOp, ScalarOp, UnaryOp};
 use anyhow::{Context, Result, anyhow, bail};
 use std::ffi::c_void;
@@ -20,7 +22,10 @@ struct NativeCtx {
 }
 
 pub(super) struct NativeBackend {
-    api: &'static PluginApi,
+    /// The fields every ABI version has.
+    api: &'static PluginApiV1,
+    /// The whole table, from ABI version 2 on.
+    api_v2: Option<&'static PluginApi>,
     ctx: Box<NativeCtx>,
     // Dropped last: `api` points into it.
     _lib: libloading::Library,
@@ -37,24 +42,44 @@ impl NativeBackend {
             .map_err(|e| anyhow!("cannot load library: {e}"))?;
         let entry: libloading::Symbol<abi::EntryFn> = unsafe { lib.get(abi::ENTRY_SYMBOL) }
             .map_err(|_| anyhow!("not an amat plugin: the library exports no `amat_task_v1`"))?;
-        let api = unsafe { entry(&HOST_API) };
-        let api = unsafe { api.as_ref() }
-            .ok_or_else(|| anyhow!("plugin refused the host's ABI version {}", abi::ABI_VERSION))?;
-        if api.version != abi::ABI_VERSION {
+        // Offer the current ABI first; a plugin of an earlier one refuses it and
+        // gets the same table (it only ever grew at its end) under its version.
+        let mut found = None;
+        for version in (abi::OLDEST_ABI_VERSION..=abi::ABI_VERSION).rev() {
+            let host = host_api(version);
+            // SAFETY: `host` is 'static; the plugin returns null or a pointer to
+            // its static table, which `_lib` keeps loaded.
+            if let Some(api) = unsafe { entry(host).cast::<PluginApiV1>().as_ref() } {
+                found = Some(api);
+                break;
+            }
+        }
+        let api: &'static PluginApiV1 = found.ok_or_else(|| {
+            anyhow!(
+                "the plugin refused every native ABI this host speaks ({}..={}): rebuild it against plugin-sdk {}",
+                abi::OLDEST_ABI_VERSION,
+                abi::ABI_VERSION,
+                super::CONTRACT_VERSION
+            )
+        })?;
+        if !(abi::OLDEST_ABI_VERSION..=abi::ABI_VERSION).contains(&api.version) {
             bail!(
-                "plugin speaks ABI version {}, the host {}",
+                "plugin speaks native ABI version {}, the host {}..={}",
                 api.version,
+                abi::OLDEST_ABI_VERSION,
                 abi::ABI_VERSION
             );
         }
-        // SAFETY: the table is static data of the library, which `_lib` keeps loaded.
-        let api: &'static PluginApi = unsafe { &*(api as *const PluginApi) };
+        // SAFETY: a version 2 table is a `PluginApi`, whose prefix is `PluginApiV1`.
+        let api_v2 = (api.version >= 2)
+            .then(|| unsafe { &*(api as *const PluginApiV1).cast::<PluginApi>() });
         let ctx = Box::new(NativeCtx {
             table: TensorTable::new(limits.tensors),
             device: Device::Cpu,
         });
         Ok(Self {
             api,
+            api_v2,
             ctx,
             _lib: lib,
         })
@@ -70,7 +95,7 @@ impl NativeBackend {
         &mut self,
         pred: &Tensor,
         target: &Tensor,
-        call: impl FnOnce(&PluginApi, Ctx, Handle, Handle, &Sink) -> (i32, R),
+        call: impl FnOnce(&PluginApiV1, Ctx, Handle, Handle, &Sink) -> (i32, R),
     ) -> Result<(R, Vec<u8>), CallError> {
         self.ctx.table.begin_call();
         self.ctx.device = pred.device();
@@ -187,6 +212,21 @@ impl Backend for NativeBackend {
             return Ok(None);
         }
         self.take_tensor(h).map(Some)
+    }
+
+    fn scores(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<SampleScore>, CallError> {
+        let Some(v2) = self.api_v2 else {
+            return Ok(Vec::new());
+        };
+        let ((), bytes) = self.tensor_call(pred, target, |_, ctx, p, t, out| {
+            ((v2.scores)(ctx, p, t, out), ())
+        })?;
+        self.ctx.table.end_call();
+        serde_json::from_slice(&bytes).map_err(|e| CallError::BadResult(format!("scores: {e}")))
+    }
+
+    fn contract(&self) -> String {
+        format!("native ABI {}", self.api.version)
     }
 
     fn metrics(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, CallError> {
@@ -359,28 +399,42 @@ extern "C" fn h_drop(ctx: Ctx, t: Handle) {
     ctx.table.remove(t as u32);
 }
 
-static HOST_API: HostApi = HostApi {
-    version: abi::ABI_VERSION,
-    from_f32: h_from_f32,
-    from_s64: h_from_s64,
-    full: h_full,
-    shape: h_shape,
-    dtype: h_dtype,
-    to_f32: h_to_f32,
-    unary: h_unary,
-    binary: h_binary,
-    scalar: h_scalar,
-    reduce: h_reduce,
-    argmax: h_argmax,
-    softmax: h_softmax,
-    log_softmax: h_log_softmax,
-    clamp: h_clamp,
-    reshape: h_reshape,
-    permute: h_permute,
-    narrow: h_narrow,
-    one_hot: h_one_hot,
-    gather: h_gather,
-    where_else: h_where_else,
-    to_dtype: h_to_dtype,
-    drop: h_drop,
-};
+/// The host table as ABI `version` labels it; the functions are the same
+/// for every version.
+const fn host_table(version: u32) -> HostApi {
+    HostApi {
+        version,
+        from_f32: h_from_f32,
+        from_s64: h_from_s64,
+        full: h_full,
+        shape: h_shape,
+        dtype: h_dtype,
+        to_f32: h_to_f32,
+        unary: h_unary,
+        binary: h_binary,
+        scalar: h_scalar,
+        reduce: h_reduce,
+        argmax: h_argmax,
+        softmax: h_softmax,
+        log_softmax: h_log_softmax,
+        clamp: h_clamp,
+        reshape: h_reshape,
+        permute: h_permute,
+        narrow: h_narrow,
+        one_hot: h_one_hot,
+        gather: h_gather,
+        where_else: h_where_else,
+        to_dtype: h_to_dtype,
+        drop: h_drop,
+    }
+}
+
+static HOST_API_V1: HostApi = host_table(1);
+static HOST_API_V2: HostApi = host_table(2);
+
+fn host_api(version: u32) -> &'static HostApi {
+    match version {
+        1 => &HOST_API_V1,
+        _ => &HOST_API_V2,
+    }
+}

@@ -8,9 +8,8 @@
 //! so it grants no entropy and keeps plugins deterministic.
 
 use super::{Backend, CallError, SandboxLimits, Usage};
-use crate::plugin::{DecodeRequest, Example, File, Metric, TargetKind, TaskInfo};
-use crate::tensor::{Op, TensorTable, dtype_of};
-use amat_plugin_sdk::types::{BinaryOp, DType, ReduceOp, ScalarOp, UnaryOp};
+use crate::plugin::{DecodeRequest, Example, Metric, SampleScore, TaskInfo};
+use crate::tensor::{Op, TensorTable};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -18,23 +17,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
-use wasmtime::component::{
-    Component, HasSelf, Linker, Resource, ResourceTable, types::ComponentItem,
-};
+use wasmtime::component::{Component, Linker, Resource, ResourceTable, types::ComponentItem};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "task",
-        imports: { default: trappable },
-        with: { "amat:task/tensors.tensor": super::TensorRep },
-    });
-}
+mod contract;
 
-use bindings::amat::task::{tensors as wit_t, types as wit};
+pub use contract::{CURRENT as CONTRACT_VERSION, LOADED as CONTRACT_VERSIONS};
 
 /// The host type behind the WIT `tensor` resource: the resource's rep is a
 /// handle of the plugin's [`TensorTable`].
@@ -64,8 +54,6 @@ const ALLOWED_IMPORTS: &[&str] = &[
 
 /// The value of `wasi:random/insecure-seed` for every instance.
 const HASH_SEED: u128 = 0x616d_6174;
-
-const EXPORTS: &[&str] = &["describe", "decode", "loss", "correct", "metrics"];
 
 /// How often the engine's epoch advances: the resolution of call deadlines.
 const TICK: Duration = Duration::from_millis(5);
@@ -193,180 +181,10 @@ impl State {
     }
 }
 
-impl wit_t::Host for State {}
-
-impl wit_t::HostTensor for State {
-    fn from_f32(
-        &mut self,
-        data: Vec<f32>,
-        shape: Vec<i64>,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        own(self.table.from_f32(&data, &shape, self.device))
-    }
-    fn from_s64(
-        &mut self,
-        data: Vec<i64>,
-        shape: Vec<i64>,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        own(self.table.from_s64(&data, &shape, self.device))
-    }
-    fn full(&mut self, value: f64, shape: Vec<i64>) -> wasmtime::Result<Resource<TensorRep>> {
-        own(self.table.full(value, &shape, self.device))
-    }
-    fn shape(&mut self, t: Resource<TensorRep>) -> wasmtime::Result<Vec<i64>> {
-        self.table.get(t.rep()).map(|t| t.size()).map_err(op_err)
-    }
-    fn dtype(&mut self, t: Resource<TensorRep>) -> wasmtime::Result<wit_t::Dtype> {
-        let d = self
-            .table
-            .get(t.rep())
-            .map(|t| dtype_of(t.kind()))
-            .map_err(op_err)?;
-        Ok(match d {
-            DType::Float => wit_t::Dtype::Float,
-            DType::Long => wit_t::Dtype::Long,
-            DType::Boolean => wit_t::Dtype::Boolean,
-        })
-    }
-    fn to_f32(&mut self, t: Resource<TensorRep>) -> wasmtime::Result<Vec<f32>> {
-        self.table.to_f32(t.rep()).map_err(op_err)
-    }
-    fn unary(
-        &mut self,
-        t: Resource<TensorRep>,
-        op: wit_t::UnaryOp,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(&t, Op::Unary(same_case(op as u32, UnaryOp::from_code)?))
-    }
-    fn binary(
-        &mut self,
-        t: Resource<TensorRep>,
-        op: wit_t::BinaryOp,
-        other: Resource<TensorRep>,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(
-            &t,
-            Op::Binary(same_case(op as u32, BinaryOp::from_code)?, other.rep()),
-        )
-    }
-    fn scalar(
-        &mut self,
-        t: Resource<TensorRep>,
-        op: wit_t::ScalarOp,
-        value: f64,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(
-            &t,
-            Op::Scalar(same_case(op as u32, ScalarOp::from_code)?, value),
-        )
-    }
-    fn reduce(
-        &mut self,
-        t: Resource<TensorRep>,
-        op: wit_t::ReduceOp,
-        dims: Vec<i64>,
-        keep: bool,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(
-            &t,
-            Op::Reduce(same_case(op as u32, ReduceOp::from_code)?, &dims, keep),
-        )
-    }
-    fn argmax(
-        &mut self,
-        t: Resource<TensorRep>,
-        dim: i64,
-        keep: bool,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(&t, Op::Argmax(dim, keep))
-    }
-    fn softmax(
-        &mut self,
-        t: Resource<TensorRep>,
-        dim: i64,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(&t, Op::Softmax(dim))
-    }
-    fn log_softmax(
-        &mut self,
-        t: Resource<TensorRep>,
-        dim: i64,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(&t, Op::LogSoftmax(dim))
-    }
-    fn clamp(
-        &mut self,
-        t: Resource<TensorRep>,
-        min: f64,
-        max: f64,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(&t, Op::Clamp(min, max))
-    }
-    fn reshape(
-        &mut self,
-        t: Resource<TensorRep>,
-        shape: Vec<i64>,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(&t, Op::Reshape(&shape))
-    }
-    fn permute(
-        &mut self,
-        t: Resource<TensorRep>,
-        dims: Vec<i64>,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(&t, Op::Permute(&dims))
-    }
-    fn narrow(
-        &mut self,
-        t: Resource<TensorRep>,
-        dim: i64,
-        start: i64,
-        length: i64,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(&t, Op::Narrow(dim, start, length))
-    }
-    fn one_hot(
-        &mut self,
-        t: Resource<TensorRep>,
-        classes: i64,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(&t, Op::OneHot(classes))
-    }
-    fn gather(
-        &mut self,
-        t: Resource<TensorRep>,
-        dim: i64,
-        index: Resource<TensorRep>,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(&t, Op::Gather(dim, index.rep()))
-    }
-    fn where_else(
-        &mut self,
-        t: Resource<TensorRep>,
-        cond: Resource<TensorRep>,
-        other: Resource<TensorRep>,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(&t, Op::WhereElse(cond.rep(), other.rep()))
-    }
-    fn to_dtype(
-        &mut self,
-        t: Resource<TensorRep>,
-        d: wit_t::Dtype,
-    ) -> wasmtime::Result<Resource<TensorRep>> {
-        self.apply(&t, Op::ToDtype(same_case(d as u32, DType::from_code)?))
-    }
-    fn drop(&mut self, t: Resource<TensorRep>) -> wasmtime::Result<()> {
-        self.table.remove(t.rep());
-        Ok(())
-    }
-}
-
 /// The WIT enums and the SDK's list the same cases in the same order.
 fn same_case<T>(code: u32, from: fn(u32) -> Option<T>) -> wasmtime::Result<T> {
     from(code).ok_or_else(|| wasmtime::Error::msg(format!("op code {code} unknown to the host")))
 }
-
-impl wit::Host for State {}
 
 /// The engine settings that limits decide: the wasm stack cap and whether
 /// calls have a deadline (epoch interruption). One engine per distinct pair.
@@ -532,18 +350,55 @@ fn check_magic(bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Refuses components of another world or with imports the sandbox does not grant.
-fn check_shape(engine: &Engine, component: &Component) -> Result<()> {
+/// The contract version a component was built for: the version of the
+/// `amat:task` interfaces it imports (a loss needs `tensors`).
+fn contract_version(engine: &Engine, component: &Component) -> Result<String> {
+    let ty = component.component_type();
+    let versions: Vec<String> = ty
+        .imports(engine)
+        .filter_map(|(name, _)| name.strip_prefix("amat:task/").map(str::to_string))
+        .filter_map(|rest| rest.split_once('@').map(|(_, v)| v.to_string()))
+        .collect();
+    let Some(version) = versions.first().cloned() else {
+        return Err(Refusal(
+            "imports no amat:task interface: not an amat task plugin (build it against plugin-sdk)"
+                .into(),
+        )
+        .into());
+    };
+    if versions.iter().any(|v| *v != version) {
+        return Err(Refusal(format!(
+            "imports amat:task at several versions ({})",
+            versions.join(", ")
+        ))
+        .into());
+    }
+    if !contract::LOADED.contains(&version.as_str()) {
+        return Err(Refusal(format!(
+            "built for amat:task@{version}; this host provides amat:task@{} (and loads {}): rebuild against plugin-sdk {}",
+            contract::CURRENT,
+            contract::LOADED.join(", "),
+            contract::CURRENT
+        ))
+        .into());
+    }
+    Ok(version)
+}
+
+/// Refuses components of another world or with imports the sandbox does not
+/// grant; returns the contract version the component speaks.
+fn check_shape(engine: &Engine, component: &Component) -> Result<String> {
+    let version = contract_version(engine, component)?;
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-    let missing: Vec<&str> = EXPORTS
+    let missing: Vec<&str> = contract::exports(&version)
         .iter()
         .copied()
         .filter(|e| !exports.iter().any(|x| x == e))
         .collect();
     if !missing.is_empty() {
         return Err(Refusal(format!(
-            "a component of another world: it exports [{}], not the amat:task/task@0.1.0 functions (missing {})",
+            "a component of another world: it exports [{}], not the amat:task/task@{version} functions (missing {})",
             exports.join(", "),
             missing.join(", ")
         ))
@@ -569,13 +424,15 @@ fn check_shape(engine: &Engine, component: &Component) -> Result<()> {
         ))
         .into());
     }
-    Ok(())
+    Ok(version)
 }
 
 pub(super) struct WasmBackend {
-    pre: bindings::TaskPre<State>,
+    pre: contract::Pre,
     store: Store<State>,
-    task: bindings::Task,
+    task: contract::Instance,
+    /// The contract version the component was built for.
+    version: String,
     stderr: MemoryOutputPipe,
     limits: SandboxLimits,
     last: Usage,
@@ -586,11 +443,12 @@ impl WasmBackend {
         let bytes = std::fs::read(path).context("cannot read file")?;
         let engine = engine(EngineKey::of(limits));
         let (component, _) = compile_for(&engine, &bytes, cache_dir().as_deref())?;
-        check_shape(&engine, &component)?;
+        let version = check_shape(&engine, &component)?;
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::Task::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
-        let pre = bindings::TaskPre::new(
+        contract::add_to_linker(&mut linker)?;
+        let pre = contract::Pre::new(
+            &version,
             linker
                 .instantiate_pre(&component)
                 .map_err(anyhow::Error::from)
@@ -602,6 +460,7 @@ impl WasmBackend {
             store,
             task,
             stderr,
+            version,
             limits: limits.clone(),
             last: Usage::default(),
         })
@@ -618,7 +477,7 @@ impl WasmBackend {
     /// and records what the call used.
     fn guarded<R>(
         &mut self,
-        f: impl FnOnce(&bindings::Task, &mut Store<State>) -> wasmtime::Result<Result<R, CallError>>,
+        f: impl FnOnce(&contract::Instance, &mut Store<State>) -> wasmtime::Result<Result<R, CallError>>,
     ) -> Result<R, CallError> {
         start_clock(&mut self.store, &self.limits);
         let r = f(&self.task, &mut self.store);
@@ -657,9 +516,9 @@ fn take(store: &mut Store<State>, r: Resource<TensorRep>) -> Result<Tensor, Call
 }
 
 fn instantiate(
-    pre: &bindings::TaskPre<State>,
+    pre: &contract::Pre,
     limits: &SandboxLimits,
-) -> Result<(Store<State>, bindings::Task, MemoryOutputPipe)> {
+) -> Result<(Store<State>, contract::Instance, MemoryOutputPipe)> {
     let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
     let mut store = new_store(pre.engine(), limits, stderr.clone());
     let task = pre
@@ -753,111 +612,52 @@ fn classify(e: wasmtime::Error, limits: &SandboxLimits, stderr: &MemoryOutputPip
     }
 }
 
-fn info_from_wit(i: wit::TaskInfo) -> TaskInfo {
-    TaskInfo {
-        name: i.name,
-        version: i.version,
-        description: i.description,
-        input_channels: i.input_channels,
-        output_channels: i.output_channels,
-        target_kind: match i.target_kind {
-            wit::TargetKind::ClassMap => TargetKind::ClassMap,
-            wit::TargetKind::Heatmaps => TargetKind::Heatmaps,
-            wit::TargetKind::DenseBoxes => TargetKind::DenseBoxes,
-            wit::TargetKind::Labels => TargetKind::Labels,
-        },
-        tau: i.tau,
-        intensity_min: i.intensity_min,
-        intensity_max: i.intensity_max,
-        metric_names: i.metric_names,
-    }
-}
-
-fn dense(d: wit::Dense) -> Result<amat_plugin_sdk::types::Dense, CallError> {
-    amat_plugin_sdk::types::Dense::new(d.shape, d.data).map_err(CallError::BadResult)
-}
-
 impl Backend for WasmBackend {
     fn describe(&mut self) -> Result<TaskInfo, CallError> {
-        self.guarded(|task, store| Ok(Ok(task.call_describe(store)?)))
-            .map(info_from_wit)
+        self.guarded(|task, store| Ok(Ok(task.describe(store)?)))
     }
 
     fn decode(&mut self, request: &DecodeRequest) -> Result<Vec<Example>, CallError> {
-        let req = wit::DecodeRequest {
-            files: request
-                .files
-                .iter()
-                .map(|f: &File| wit::File {
-                    name: f.name.clone(),
-                    bytes: f.bytes.clone(),
-                })
-                .collect(),
-            options: request.options.clone(),
-        };
-        let out = self
-            .guarded(|task, store| Ok(task.call_decode(store, &req)?.map_err(CallError::Plugin)))?;
-        out.into_iter()
-            .map(|e| {
-                Ok(Example {
-                    id: e.id,
-                    image: dense(e.image)?,
-                    target: dense(e.target)?,
-                })
-            })
-            .collect()
+        self.guarded(|task, store| task.decode(store, request))
     }
 
     fn loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, CallError> {
         let (p, t) = self.lend(pred, target);
         self.guarded(|task, store| {
-            Ok(
-                match task.call_loss(
-                    &mut *store,
-                    Resource::new_borrow(p),
-                    Resource::new_borrow(t),
-                )? {
-                    Ok(res) => take(store, res),
-                    Err(msg) => Err(CallError::Plugin(msg)),
-                },
-            )
+            Ok(match task.loss(&mut *store, p, t)? {
+                Ok(res) => take(store, res),
+                Err(e) => Err(e),
+            })
         })
     }
 
     fn correct(&mut self, pred: &Tensor, target: &Tensor) -> Result<Option<Tensor>, CallError> {
         let (p, t) = self.lend(pred, target);
         self.guarded(|task, store| {
-            Ok(
-                match task.call_correct(
-                    &mut *store,
-                    Resource::new_borrow(p),
-                    Resource::new_borrow(t),
-                )? {
-                    Ok(Some(res)) => take(store, res).map(Some),
-                    Ok(None) => Ok(None),
-                    Err(msg) => Err(CallError::Plugin(msg)),
-                },
-            )
+            Ok(match task.correct(&mut *store, p, t)? {
+                Ok(Some(res)) => take(store, res).map(Some),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            })
         })
+    }
+
+    fn scores(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<SampleScore>, CallError> {
+        let (p, t) = self.lend(pred, target);
+        self.guarded(|task, store| task.scores(store, p, t))
     }
 
     fn metrics(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, CallError> {
         let (p, t) = self.lend(pred, target);
-        let m = self.guarded(|task, store| {
-            Ok(task
-                .call_metrics(store, Resource::new_borrow(p), Resource::new_borrow(t))?
-                .map_err(CallError::Plugin))
-        })?;
-        Ok(m.into_iter()
-            .map(|m| Metric {
-                name: m.name,
-                value: m.value,
-            })
-            .collect())
+        self.guarded(|task, store| task.metrics(store, p, t))
     }
 
     fn last_usage(&self) -> Usage {
         self.last
+    }
+
+    fn contract(&self) -> String {
+        format!("amat:task@{}", self.version)
     }
 }
 

@@ -144,6 +144,10 @@ fn run(table: &TensorTable, t: &Tensor, op: Op) -> Result<Tensor> {
             U::Isnan => t.f_isnan(),
             U::Isfinite => t.f_isfinite(),
             U::Detach => Ok(t.detach()),
+            U::Softplus => t.f_softplus(),
+            U::LogSigmoid => t.f_log_sigmoid(),
+            U::Log1p => t.f_log1p(),
+            U::Expm1 => t.f_expm1(),
         },
         Op::Binary(b, o) => {
             let o = table.get(o)?;

@@ -1,27 +1,98 @@
 //! The task-agnostic pieces of AMAT: when a prediction still counts as
 //! correct, and where along an adversarial noise the loss boundary lies.
 
-use crate::attack::per_sample;
-use crate::plugin::Plugin;
+use super::config::AmatConfig;
+use crate::attack::{self, PgdConfig, Range, per_sample};
+use crate::plugin::{Plugin, TaskInfo};
 use anyhow::Result;
+use std::time::Instant;
 use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
-/// Decides "still correct": the plugin's own predicate when it exports one,
-/// otherwise loss <= tau.
+/// One threshold of the adversarial judgement.
+#[derive(Clone, Debug, PartialEq)]
+struct Threshold {
+    /// A score of the plugin, or `loss`.
+    name: String,
+    value: f64,
+    higher_is_better: bool,
+}
+
+/// Decides "still correct under attack" (AMAT's adversarial judgement):
+/// every threshold of `amat.judge` met by the plugin's per-sample scores;
+/// without thresholds, a 0.1.0 plugin's own predicate if it has one, else
+/// loss <= tau.
 #[derive(Debug)]
 pub struct Judge {
     pub tau: f64,
-    /// Whether the plugin has a predicate; unknown until the first call.
+    thresholds: Vec<Threshold>,
+    /// Whether a 0.1.0 plugin has a predicate; unknown until the first call.
     predicate: Option<bool>,
 }
 
 impl Judge {
-    pub fn new(tau: f64) -> Self {
+    /// The judgement a run's `[amat]` section asks for, checked against the
+    /// scores the plugin describes.
+    pub fn new(cfg: &AmatConfig, info: &TaskInfo) -> Result<Self, String> {
+        let thresholds = cfg
+            .judge
+            .iter()
+            .map(|(name, &value)| {
+                let higher_is_better = if name == "loss" {
+                    false
+                } else {
+                    let known: Vec<&str> = info.scores.iter().map(|s| s.name.as_str()).collect();
+                    info.scores
+                        .iter()
+                        .find(|s| &s.name == name)
+                        .ok_or_else(|| {
+                            format!(
+                                "amat.judge.{name}: the plugin `{}` has no score `{name}` (it has: {}; `loss` names the loss)",
+                                info.name,
+                                if known.is_empty() { "none".into() } else { known.join(", ") }
+                            )
+                        })?
+                        .higher_is_better
+                };
+                Ok(Threshold {
+                    name: name.clone(),
+                    value,
+                    higher_is_better,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            tau: cfg.tau.unwrap_or(info.tau as f64),
+            thresholds,
+            predicate: None,
+        })
+    }
+
+    /// A judge of `loss <= tau` alone.
+    pub fn loss_at_most(tau: f64) -> Self {
         Self {
             tau,
+            thresholds: Vec::new(),
             predicate: None,
         }
+    }
+
+    /// The judgement in words, for reports: e.g. `hard_dice >= 0.81`.
+    pub fn describe(&self) -> String {
+        if self.thresholds.is_empty() {
+            return match self.predicate {
+                Some(true) => "the plugin's own predicate (contract 0.1.0)".into(),
+                _ => format!("loss <= {}", self.tau),
+            };
+        }
+        self.thresholds
+            .iter()
+            .map(|t| {
+                let op = if t.higher_is_better { ">=" } else { "<=" };
+                format!("{} {op} {}", t.name, t.value)
+            })
+            .collect::<Vec<_>>()
+            .join(" and ")
     }
 
     /// Per-sample correctness of `pred`. `loss` is the per-sample loss if the
@@ -34,6 +105,43 @@ impl Judge {
         loss: Option<&Tensor>,
     ) -> Result<Vec<bool>> {
         let _guard = tch::no_grad_guard();
+        let loss_of = |plugin: &mut Plugin| -> Result<Vec<f64>> {
+            let l = match loss {
+                Some(l) => l.detach(),
+                None => plugin.loss(pred, y)?.detach(),
+            };
+            Ok(Vec::<f64>::try_from(
+                l.to_device(Device::Cpu).to_kind(Kind::Double),
+            )?)
+        };
+        if !self.thresholds.is_empty() {
+            let batch = pred.size()[0] as usize;
+            let scores = if self.thresholds.iter().any(|t| t.name != "loss") {
+                plugin.scores(pred, y)?
+            } else {
+                Vec::new()
+            };
+            let mut ok = vec![true; batch];
+            for t in &self.thresholds {
+                let values = if t.name == "loss" {
+                    loss_of(plugin)?
+                } else {
+                    scores
+                        .iter()
+                        .find(|s| s.name == t.name)
+                        .map(|s| s.values.clone())
+                        .unwrap_or_default()
+                };
+                for (o, v) in ok.iter_mut().zip(values) {
+                    *o &= if t.higher_is_better {
+                        v >= t.value
+                    } else {
+                        v <= t.value
+                    };
+                }
+            }
+            return Ok(ok);
+        }
         if self.predicate != Some(false) {
             let mask = plugin.correct(pred, y)?;
             self.predicate = Some(mask.is_some());
@@ -41,16 +149,56 @@ impl Judge {
                 return Ok(bools(&mask));
             }
         }
-        let loss = match loss {
-            Some(l) => l.detach(),
-            None => plugin.loss(pred, y)?.detach(),
-        };
-        Ok(bools(&loss.le(self.tau)))
+        Ok(loss_of(plugin)?
+            .into_iter()
+            .map(|l| l <= self.tau)
+            .collect())
     }
 }
 
 fn bools(mask: &Tensor) -> Vec<bool> {
     Vec::<bool>::try_from(mask.to_device(Device::Cpu).to_kind(Kind::Bool)).expect("a [B] mask")
+}
+
+/// What a watched training attack found.
+pub struct Crossings {
+    /// The last iterate: the noise the adversarial term trains on.
+    pub delta: Tensor,
+    /// Per sample: some iterate, the random start included, was judged wrong.
+    pub crossed: Vec<bool>,
+    /// Time spent judging iterates: AMAT's own cost over SAT's attack.
+    pub judge_seconds: f64,
+}
+
+/// The reference rule's attack: PGD at each sample's margin, judging every
+/// iterate (AMAT.md: a crossing is ANY iterate judged wrong, so a sample
+/// broken mid-attack and repaired by the last step still counts as broken).
+pub fn crossings(
+    model: &dyn ModuleT,
+    plugin: &mut Plugin,
+    judge: &mut Judge,
+    (x, y): (&Tensor, &Tensor),
+    eps: &Tensor,
+    cfg: &PgdConfig,
+    range: Range,
+) -> Result<Crossings> {
+    let mut crossed = vec![false; x.size()[0] as usize];
+    let mut judge_seconds = 0.0;
+    let mut watch = |plugin: &mut Plugin, _: &Tensor, pred: &Tensor, loss: &Tensor| {
+        let start = Instant::now();
+        let ok = judge.correct(plugin, pred, y, Some(loss))?;
+        for (c, ok) in crossed.iter_mut().zip(ok) {
+            *c |= !ok;
+        }
+        judge_seconds += start.elapsed().as_secs_f64();
+        Ok(())
+    };
+    let delta = attack::pgd_watched(model, plugin, x, y, eps, cfg, range, Some(&mut watch))?;
+    Ok(Crossings {
+        delta,
+        crossed,
+        judge_seconds,
+    })
 }
 
 /// Limits of the boundary search.

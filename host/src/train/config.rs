@@ -7,6 +7,7 @@ use crate::data::source::DataSource;
 use crate::model::{DeviceChoice, ModelConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -143,7 +144,13 @@ impl Default for TrainConfig {
             step_gamma: 0.1,
             warmup_epochs: 1,
             beta: 0.5,
-            attack: PgdConfig::default(),
+            // The authors' training attack for segmentation (5 for landmarks
+            // and detection).
+            attack: PgdConfig {
+                steps: 20,
+                step_factor: 4.0,
+                ..PgdConfig::default()
+            },
         }
     }
 }
@@ -161,39 +168,120 @@ impl Default for SatConfig {
     }
 }
 
+/// How AMAT moves margins (AMAT.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AmatRule {
+    /// The authors' AMAT: per-epoch update; a crossing is any PGD iterate
+    /// judged wrong; crossed samples move to the average of their noise norms.
+    #[default]
+    Reference,
+    /// The authors' earlier, IMA-like rule: per-batch update; crossed samples
+    /// move to the boundary found by a binary search along their noise.
+    Boundary,
+}
+
+impl std::fmt::Display for AmatRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AmatRule::Reference => "reference",
+            AmatRule::Boundary => "boundary",
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmatConfig {
-    /// Largest margin, in units of `train.attack.norm`.
+    /// reference (the authors' AMAT) | boundary (their earlier rule).
+    pub rule: AmatRule,
+    /// Growth step of a margin and every margin's start; when left out,
+    /// `eps_max / grow_epochs`.
+    pub delta_eps: Option<f64>,
+    /// Largest margin, in units of `train.attack.norm`; may be `inf`
+    /// (then `delta_eps` must be set).
     pub eps_max: f64,
-    /// E_grow: epochs for a margin to grow from 0 to `eps_max`;
-    /// the growth step is delta_eps = eps_max / grow_epochs.
+    /// A convenience for `delta_eps`: epochs for a margin to grow from 0 to
+    /// `eps_max`.
     pub grow_epochs: usize,
-    /// N_bs: at most this many halvings in the boundary search.
+    /// The clean gate: only samples whose clean loss is at most this get the
+    /// adversarial term and a margin update. Left out: off (every sample),
+    /// as in the authors' runs.
+    pub tau_clean: Option<f64>,
+    /// A sample that fails the clean gate goes back to delta_eps (IMA);
+    /// otherwise its margin stays.
+    pub reset_wrong: bool,
+    /// Boundary rule: N_bs, at most this many halvings in the search.
     pub search_steps: usize,
-    /// The search stops once the boundary is bracketed to within
-    /// `search_tolerance * delta_eps`; 0 always runs all `search_steps`.
+    /// Boundary rule: the search stops once the boundary is bracketed to
+    /// within `search_tolerance * delta_eps`; 0 always runs all `search_steps`.
     pub search_tolerance: f64,
-    /// Loss at or below which a prediction still counts as correct; the
-    /// plugin's value when left out. Unused when the plugin has `correct`.
+    /// The adversarial judgement when `judge` is empty: a prediction still
+    /// counts as correct while its loss is at most tau (the plugin's value
+    /// when left out).
     pub tau: Option<f64>,
+    /// The adversarial judgement on the plugin's per-sample scores: score
+    /// name -> threshold; a sample is correct when every listed score is at
+    /// least (higher is better) or at most (lower is better) its threshold.
+    /// `loss` names the loss itself. `amat-host calibrate` suggests values.
+    pub judge: BTreeMap<String, f64>,
 }
 
 impl Default for AmatConfig {
     fn default() -> Self {
         Self {
+            rule: AmatRule::Reference,
+            delta_eps: None,
             eps_max: 2.0,
             grow_epochs: 10,
+            tau_clean: None,
+            reset_wrong: false,
             search_steps: 10,
             search_tolerance: 0.25,
             tau: None,
+            judge: BTreeMap::new(),
         }
     }
 }
 
 impl AmatConfig {
     pub fn delta_eps(&self) -> f64 {
-        self.eps_max / self.grow_epochs as f64
+        self.delta_eps
+            .unwrap_or(self.eps_max / self.grow_epochs as f64)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.eps_max.is_nan() || self.eps_max <= 0.0 {
+            return Err(bad(format!(
+                "amat.eps_max = {} must be positive (inf allowed)",
+                self.eps_max
+            )));
+        }
+        if self.grow_epochs == 0 {
+            return Err(bad("amat.grow_epochs must be at least 1"));
+        }
+        match self.delta_eps {
+            Some(d) => positive("amat.delta_eps", d)?,
+            None if self.eps_max.is_infinite() => {
+                return Err(bad(
+                    "amat.eps_max = inf needs amat.delta_eps (the growth step) set",
+                ));
+            }
+            None => {}
+        }
+        non_negative("amat.search_tolerance", self.search_tolerance)?;
+        if let Some(tau) = self.tau {
+            non_negative("amat.tau", tau)?;
+        }
+        if let Some(tau) = self.tau_clean {
+            non_negative("amat.tau_clean", tau)?;
+        }
+        for (name, v) in &self.judge {
+            if !v.is_finite() {
+                return Err(bad(format!("amat.judge.{name} = {v} must be finite")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -203,7 +291,8 @@ pub struct EvalConfig {
     /// Noise levels of the robustness curve, in units of `eval.attack.norm`;
     /// ascending, starting with 0 (the clean point). Same list for every method.
     pub eps: Vec<f64>,
-    /// Attacks per level; each sample keeps its worst (highest-loss) one.
+    /// Attacks per level; each sample keeps its worst (highest-loss) iterate
+    /// over every step of every restart.
     pub restarts: usize,
     pub batch_size: usize,
     /// The split evaluated: test | val | train.
@@ -215,11 +304,13 @@ impl Default for EvalConfig {
     fn default() -> Self {
         Self {
             eps: vec![0.0, 0.25, 0.5, 1.0, 2.0],
-            restarts: 1,
+            restarts: 2,
             batch_size: 16,
             split: "test".into(),
+            // Paper strength: PGD-100, step 0.05 eps, random start.
             attack: PgdConfig {
-                steps: 20,
+                steps: 100,
+                step_factor: 5.0,
                 ..PgdConfig::default()
             },
         }
@@ -327,17 +418,7 @@ impl RunConfig {
         }
         t.attack.validate("train.attack")?;
         non_negative("sat.eps", self.sat.eps)?;
-        let a = &self.amat;
-        positive("amat.eps_max", a.eps_max)?;
-        if a.grow_epochs == 0 {
-            return Err(bad("amat.grow_epochs must be at least 1"));
-        }
-        non_negative("amat.search_tolerance", a.search_tolerance)?;
-        if let Some(tau) = a.tau
-            && !tau.is_finite()
-        {
-            return Err(bad(format!("amat.tau = {tau} must be finite")));
-        }
+        self.amat.validate()?;
         let e = &self.eval;
         for (i, &v) in e.eps.iter().enumerate() {
             non_negative(&format!("eval.eps[{i}]"), v)?;

@@ -17,6 +17,7 @@ use crate::model::{NormKind, UNet};
 use crate::plugin::Plugin;
 use amat::{Judge, Search};
 use anyhow::{Result, bail};
+use config::AmatRule;
 use config::{Method, RunConfig};
 use indicatif::ProgressBar;
 use margins::Margins;
@@ -115,7 +116,7 @@ impl Trainer {
         );
         let opt = Optimizer::new(&vs, &cfg.train);
         let margins = (method == Method::Amat).then(|| Margins::new(train_len, &cfg.amat));
-        let tau = cfg.amat.tau.unwrap_or(info.tau as f64);
+        let judge = Judge::new(&cfg.amat, info).map_err(anyhow::Error::msg)?;
         Ok(Self {
             cfg: cfg.clone(),
             method,
@@ -127,7 +128,7 @@ impl Trainer {
             rng: ChaCha8Rng::seed_from_u64(cfg.run.seed),
             epoch: 0,
             history: Vec::new(),
-            judge: Judge::new(tau),
+            judge,
             range: Range {
                 min: info.intensity_min as f64,
                 max: info.intensity_max as f64,
@@ -165,7 +166,7 @@ impl Trainer {
         let mut order: Vec<usize> = (0..data.len()).collect();
         order.shuffle(&mut self.rng);
         if let Some(m) = &mut self.margins {
-            m.reset_counts();
+            m.begin_epoch();
         }
         self.search_forwards = 0;
         self.margin_seconds = 0.0;
@@ -182,6 +183,11 @@ impl Trainer {
             clean_sum += clean;
             adv_sum += adv;
             bar.inc(1);
+        }
+        if adversarial && let Some(m) = &mut self.margins {
+            let start = Instant::now();
+            m.end_epoch();
+            self.margin_seconds += start.elapsed().as_secs_f64();
         }
         let n = data.len().max(1) as f64;
         let record = self.record(
@@ -219,8 +225,9 @@ impl Trainer {
         }
     }
 
-    /// SAT / AMAT: (1 - beta) * clean + beta * adversarial, then AMAT's
-    /// margin update (before the step, with the weights the attack saw).
+    /// SAT / AMAT: (1 - beta) * clean + beta * adversarial (AMAT: the
+    /// adversarial mean over the samples the clean gate lets through), then
+    /// AMAT's margin bookkeeping, with the weights the attack saw.
     fn adversarial_step(
         &mut self,
         plugin: &mut Plugin,
@@ -231,50 +238,103 @@ impl Trainer {
     ) -> Result<(f64, f64)> {
         let levels = self.noise_levels(idx);
         let eps = Tensor::from_slice(&levels).to_device(self.device);
-        let delta = attack::pgd(
-            &self.model,
-            plugin,
-            x,
-            y,
-            &eps,
-            &self.cfg.train.attack,
-            self.range,
-        )?;
+        let reference = self.margins.as_ref().map(|m| m.rule) == Some(AmatRule::Reference);
+        let (delta, crossed) = if reference {
+            let found = amat::crossings(
+                &self.model,
+                plugin,
+                &mut self.judge,
+                (x, y),
+                &eps,
+                &self.cfg.train.attack,
+                self.range,
+            )?;
+            self.margin_seconds += found.judge_seconds;
+            (found.delta, Some(found.crossed))
+        } else {
+            let delta = attack::pgd(
+                &self.model,
+                plugin,
+                x,
+                y,
+                &eps,
+                &self.cfg.train.attack,
+                self.range,
+            )?;
+            (delta, None)
+        };
         let beta = self.cfg.train.beta;
-        let (pred_clean, clean, pred_adv, adv, objective) = if levels.iter().all(|&e| e == 0.0) {
-            // No noise: the adversarial term is the clean term, and the objective plain clean training.
+        let (_, clean, pred_adv, adv) = if levels.iter().all(|&e| e == 0.0) {
+            // No noise: the adversarial term is the clean term.
             let pred_clean = self.model.forward_t(x, true);
             let clean = plugin.loss(&pred_clean, y)?;
-            let objective = clean.mean(Kind::Float);
             (
                 pred_clean.shallow_clone(),
                 clean.shallow_clone(),
                 pred_clean,
                 clean,
-                objective,
             )
         } else {
-            let (pred_clean, clean, pred_adv, adv) =
-                self.clean_and_adversarial(plugin, x, &(x + &delta), y)?;
-            let objective = clean.mean(Kind::Float) * (1.0 - beta) + adv.mean(Kind::Float) * beta;
-            (pred_clean, clean, pred_adv, adv, objective)
+            self.clean_and_adversarial(plugin, x, &(x + &delta), y)?
         };
+        let gate = self.clean_gate(&clean)?;
+        let gated = Tensor::from_slice(&gate)
+            .to_kind(Kind::Float)
+            .to_device(self.device);
+        let n_gated = gate.iter().filter(|&&g| g).count();
+        let adv_term = if n_gated == 0 {
+            adv.sum(Kind::Float) * 0.0
+        } else {
+            (&adv * &gated).sum(Kind::Float) / n_gated as f64
+        };
+        let objective = clean.mean(Kind::Float) * (1.0 - beta) + adv_term * beta;
         if self.margins.is_some() {
             let start = Instant::now();
-            self.update_margins(
-                plugin,
-                x,
-                y,
-                &delta,
-                idx,
-                (&pred_clean, &clean),
-                (&pred_adv, &adv),
-            )?;
+            match crossed {
+                Some(crossed) => self.observe(&delta, idx, &gate, &crossed)?,
+                None => {
+                    self.update_margins(plugin, (x, y), &delta, idx, &gate, (&pred_adv, &adv))?
+                }
+            }
             self.margin_seconds += start.elapsed().as_secs_f64();
         }
         self.opt.minimize(&objective, lr);
         let sum = |t: &Tensor| t.detach().sum(Kind::Double).double_value(&[]);
         Ok((sum(&clean), sum(&adv)))
+    }
+
+    /// AMAT's clean gate: which samples are learned on clean input (every
+    /// sample when the gate is off, and for SAT).
+    fn clean_gate(&self, clean: &Tensor) -> Result<Vec<bool>> {
+        let n = clean.size()[0] as usize;
+        match (self.method, self.cfg.amat.tau_clean) {
+            (Method::Amat, Some(tau)) => {
+                let l = Vec::<f64>::try_from(
+                    clean.detach().to_device(Device::Cpu).to_kind(Kind::Double),
+                )?;
+                Ok(l.into_iter().map(|l| l <= tau).collect())
+            }
+            _ => Ok(vec![true; n]),
+        }
+    }
+
+    /// Reference rule: records this batch's visits; margins move at the end
+    /// of the epoch.
+    fn observe(
+        &mut self,
+        delta: &Tensor,
+        idx: &[usize],
+        gate: &[bool],
+        crossed: &[bool],
+    ) -> Result<()> {
+        let norms = Vec::<f32>::try_from(
+            sample_norms(delta, self.cfg.train.attack.norm).to_device(Device::Cpu),
+        )?;
+        let margins = self.margins.as_mut().expect("AMAT");
+        for (r, &i) in idx.iter().enumerate() {
+            margins.observe(i, gate[r], crossed[r], norms[r] as f64);
+        }
+        Ok(())
     }
 
     /// Predictions and per-sample losses on clean and attacked inputs, in
@@ -307,26 +367,21 @@ impl Trainer {
         ))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Boundary rule: judges the attacked predictions, searches the
+    /// boundary of the samples that crossed, and moves every margin now.
     fn update_margins(
         &mut self,
         plugin: &mut Plugin,
-        x: &Tensor,
-        y: &Tensor,
+        (x, y): (&Tensor, &Tensor),
         delta: &Tensor,
         idx: &[usize],
-        (pred_clean, clean): (&Tensor, &Tensor),
+        gate: &[bool],
         (pred_adv, adv): (&Tensor, &Tensor),
     ) -> Result<()> {
-        let clean_ok = self
-            .judge
-            .correct(plugin, &pred_clean.detach(), y, Some(clean))?;
         let adv_ok = self
             .judge
             .correct(plugin, &pred_adv.detach(), y, Some(adv))?;
-        let crossed: Vec<usize> = (0..idx.len())
-            .filter(|&r| clean_ok[r] && !adv_ok[r])
-            .collect();
+        let crossed: Vec<usize> = (0..idx.len()).filter(|&r| gate[r] && !adv_ok[r]).collect();
         let mut boundary = vec![None; idx.len()];
         if !crossed.is_empty() {
             let margins = self.margins.as_ref().expect("AMAT");
@@ -362,7 +417,7 @@ impl Trainer {
         }
         let margins = self.margins.as_mut().expect("AMAT");
         for (r, &i) in idx.iter().enumerate() {
-            margins.update(i, clean_ok[r], adv_ok[r], boundary[r]);
+            margins.update(i, gate[r], adv_ok[r], boundary[r]);
         }
         Ok(())
     }

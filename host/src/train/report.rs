@@ -97,6 +97,27 @@ pub fn summary(
                 a.delta_eps(),
                 cfg.train.beta
             );
+            let judge = if a.judge.is_empty() {
+                match a.tau {
+                    Some(t) => format!("loss <= {t}"),
+                    None => "loss <= the plugin's tau".into(),
+                }
+            } else {
+                a.judge
+                    .iter()
+                    .map(|(k, v)| format!("{k} vs {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let gate = a
+                .tau_clean
+                .map(|t| format!("clean loss <= {t}"))
+                .unwrap_or_else(|| "off".into());
+            let _ = writeln!(
+                s,
+                "- AMAT rule {}, adversarial judgement {judge}, clean gate {gate}, reset_wrong {}",
+                a.rule, a.reset_wrong
+            );
         }
         _ => {}
     }

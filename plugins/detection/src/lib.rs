@@ -27,7 +27,8 @@ pub mod map;
 pub mod target;
 
 use amat_plugin_sdk::{
-    DecodeRequest, Example, Metric, TargetKind, Task, TaskInfo, Tensor, export_task,
+    DecodeRequest, Example, Metric, SampleScore, ScoreInfo, TargetKind, Task, TaskInfo, Tensor,
+    export_task,
 };
 use map::{Detection, coco_thresholds, mean_ap};
 use target::{BBox, TARGET_CHANNELS, box_at, boxes_of};
@@ -80,6 +81,13 @@ fn scores(pred: &Tensor) -> Tensor {
 
 /// Per-sample loss [B] (see the crate docs).
 pub fn centernet_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
+    let [focal, size, offset] = loss_parts(pred, target)?;
+    Ok(focal + size * SIZE_WEIGHT + offset * OFFSET_WEIGHT)
+}
+
+/// The loss's parts, each [B]: focal loss on the centre heatmaps, and the L1
+/// errors of box size and centre offset at the true centres (unweighted).
+pub fn loss_parts(pred: &Tensor, target: &Tensor) -> Result<[Tensor; 3], String> {
     check_shapes(pred, target)?;
     let c = CLASSES.len() as i64;
     let all = [1, 2, 3];
@@ -98,7 +106,7 @@ pub fn centernet_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> 
         ((pred.narrow(1, from, 2) - target.narrow(1, from, 2)).abs() * &centres).sum(&all, false)
     };
     let at_centres = centres.sum(&all, false).clamp(1.0, f32::MAX as f64);
-    Ok(focal + (l1(c) * SIZE_WEIGHT + l1(c + 2) * OFFSET_WEIGHT) / at_centres)
+    Ok([focal, l1(c) / &at_centres, l1(c + 2) / at_centres])
 }
 
 /// Detections of every image: 3x3 local maxima of the sigmoid heatmaps.
@@ -211,6 +219,11 @@ impl Task for Detection2d {
             intensity_min: 0.0,
             intensity_max: 1.0,
             metric_names: vec!["map_50".into(), "map_50_95".into()],
+            scores: SCORE_NAMES
+                .iter()
+                .zip(SCORE_TEXT)
+                .map(|(n, d)| ScoreInfo::new(n, false, d))
+                .collect(),
         }
     }
 
@@ -227,6 +240,26 @@ impl Task for Detection2d {
         let (b, h, w) = (b as usize, h as usize, w as usize);
         Ok(score(&detections(pred, b, h, w), &truths(target, b, h, w)))
     }
+
+    fn scores(pred: &Tensor, target: &Tensor) -> Result<Vec<SampleScore>, String> {
+        let parts = loss_parts(pred, target).map_err(|e| format!("scores: {e}"))?;
+        Ok(SCORE_NAMES
+            .iter()
+            .zip(parts)
+            .map(|(name, t)| SampleScore {
+                name: name.to_string(),
+                values: t.to_vec().into_iter().map(f64::from).collect(),
+            })
+            .collect())
+    }
 }
+
+/// The judgement scores: the loss's parts, as the authors judge detections.
+const SCORE_NAMES: [&str; 3] = ["focal", "size_l1", "offset_l1"];
+const SCORE_TEXT: [&str; 3] = [
+    "per-sample focal loss of the centre heatmaps (objectness and class)",
+    "per-sample L1 error of box sizes at the true centres",
+    "per-sample L1 error of centre offsets at the true centres",
+];
 
 export_task!(Detection2d);

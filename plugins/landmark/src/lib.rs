@@ -23,7 +23,8 @@ pub mod decode;
 pub mod target;
 
 use amat_plugin_sdk::{
-    DecodeRequest, Example, Metric, TargetKind, Task, TaskInfo, Tensor, export_task,
+    DecodeRequest, Example, Metric, SampleScore, ScoreInfo, TargetKind, Task, TaskInfo, Tensor,
+    export_task,
 };
 pub use target::{LANDMARKS, LandmarkTarget, Point};
 
@@ -167,6 +168,14 @@ impl Task for Landmark {
                 "sdr_4mm".into(),
                 "sdr_8mm".into(),
             ],
+            scores: vec![
+                ScoreInfo::new(
+                    "mre_mm",
+                    false,
+                    "per-sample mean radial error (mm) of the landmarks present",
+                ),
+                ScoreInfo::new("heatmap_loss", false, "the per-sample loss"),
+            ],
         }
     }
 
@@ -183,6 +192,32 @@ impl Task for Landmark {
         let targets = LandmarkTarget::decode_batch(&target.to_vec())?;
         let predicted = argmax_points(pred, b, h, w);
         Ok(summarize(&radial_errors(&predicted, &targets)))
+    }
+
+    fn scores(pred: &Tensor, target: &Tensor) -> Result<Vec<SampleScore>, String> {
+        let (b, h, w) = check_shapes(pred, target).map_err(|e| format!("scores: {e}"))?;
+        let targets = LandmarkTarget::decode_batch(&target.to_vec())?;
+        let predicted = argmax_points(pred, b, h, w);
+        // A sample without landmarks has nothing to miss: error 0.
+        let mre = predicted
+            .iter()
+            .zip(&targets)
+            .map(|(p, t)| {
+                let e = radial_errors(std::slice::from_ref(p), std::slice::from_ref(t));
+                e.iter().sum::<f64>() / e.len().max(1) as f64
+            })
+            .collect();
+        let loss = heatmap_loss(pred, target)?.to_vec();
+        Ok(vec![
+            SampleScore {
+                name: "mre_mm".into(),
+                values: mre,
+            },
+            SampleScore {
+                name: "heatmap_loss".into(),
+                values: loss.into_iter().map(f64::from).collect(),
+            },
+        ])
     }
 }
 

@@ -11,7 +11,8 @@
 pub mod decode;
 
 use amat_plugin_sdk::{
-    DecodeRequest, Example, Metric, TargetKind, Task, TaskInfo, Tensor, export_task,
+    DecodeRequest, Example, Metric, SampleScore, ScoreInfo, TargetKind, Task, TaskInfo, Tensor,
+    export_task,
 };
 
 pub struct Segmentation;
@@ -58,6 +59,11 @@ impl Task for Segmentation {
             intensity_min: 0.0,
             intensity_max: 1.0,
             metric_names: vec!["dice_mean".into()],
+            scores: vec![ScoreInfo::new(
+                "hard_dice",
+                true,
+                "per-sample hard Dice, the largest over foreground classes (the authors' judgement)",
+            )],
         }
     }
 
@@ -84,6 +90,13 @@ impl Task for Segmentation {
         let ce = -(&log_p * &y).sum(&[1], false).mean(&[1, 2], false);
         let soft_dice = dice(&log_p.exp(), &y).mean(&[1], false);
         Ok(ce + (1.0 - soft_dice))
+    }
+
+    fn scores(pred: &Tensor, target: &Tensor) -> Result<Vec<SampleScore>, String> {
+        Ok(vec![SampleScore {
+            name: "hard_dice".into(),
+            values: hard_dice(pred, target)?,
+        }])
     }
 
     fn metrics(pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, String> {
@@ -124,6 +137,35 @@ impl Task for Segmentation {
         );
         Ok(out)
     }
+}
+
+/// Per sample, the largest hard Dice over the foreground classes present in
+/// the prediction or the target; 1 when neither holds any foreground.
+pub fn hard_dice(pred: &Tensor, target: &Tensor) -> Result<Vec<f64>, String> {
+    let shape = pred.shape();
+    if shape.len() < 3 {
+        return Err(format!(
+            "scores: prediction must be [B, C, *spatial], got {shape:?}"
+        ));
+    }
+    let (b, classes) = (shape[0] as usize, shape[1]);
+    let y = one_hot(target, classes);
+    let hard = pred
+        .argmax(1, false)
+        .one_hot(classes)
+        .permute(&[0, 3, 1, 2]);
+    let inter = (&hard * &y).sum(&[2, 3], false).to_vec();
+    let total = (hard.sum(&[2, 3], false) + y.sum(&[2, 3], false)).to_vec();
+    let c = classes as usize;
+    Ok((0..b)
+        .map(|i| {
+            (1..c)
+                .filter(|&k| total[i * c + k] > 0.0)
+                .map(|k| 2.0 * inter[i * c + k] as f64 / total[i * c + k] as f64)
+                .reduce(f64::max)
+                .unwrap_or(1.0)
+        })
+        .collect())
 }
 
 export_task!(Segmentation);

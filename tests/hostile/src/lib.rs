@@ -81,6 +81,7 @@ impl Task for Hostile {
             intensity_min: 0.0,
             intensity_max: 1.0,
             metric_names: vec!["accuracy".into()],
+            scores: Vec::new(),
         }
     }
 
