@@ -182,13 +182,11 @@ fn reference_matches_amat_on_first_step_loss_and_pgd_norm() {
 /// at most the 6th smallest (6 of 8).
 fn compare_reference_rule(python: &Path, gate: bool) {
     let case = format!("reference rule, clean gate {gate}");
-    let text = format!(
-        "[run]\nmethod = \"amat\"\nthreads = 1\n[data.synthetic]\ntrain = 8\ntest = 1\nsize = 16\n\
+    let text = "[run]\nmethod = \"amat\"\nthreads = 1\n[data.synthetic]\ntrain = 8\ntest = 1\nsize = 16\n\
          [model]\ndepth = 2\nwidth = 4\n\
          [train]\nbatch_size = 4\nwarmup_epochs = 0\nbeta = 0.5\n[train.attack]\nsteps = 4\nrandom_start = false\n\
-         [amat]\nrule = \"reference\"\ndelta_eps = 0.5\neps_max = 4.0\n"
-    );
-    let mut cfg = RunConfig::parse(&text, Path::new("parity")).unwrap();
+         [amat]\nrule = \"reference\"\ndelta_eps = 0.5\neps_max = 4.0\n";
+    let mut cfg = RunConfig::parse(text, Path::new("parity")).unwrap();
     tch::set_num_threads(1);
     let mut plugin = Plugin::builtin_segmentation(3);
     tch::manual_seed(11);
