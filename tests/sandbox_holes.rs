@@ -505,7 +505,7 @@ fn the_cache_key_covers_the_sample_list_and_the_splits() {
         let k: f64 = s.id.rsplit(':').next().unwrap().parse().unwrap();
         assert_eq!(
             first_pixel(&s.image),
-            k / 255.0,
+            (k / 255.0) as f32 as f64,
             "sample {} holds another's image",
             s.id
         );
