@@ -16,8 +16,8 @@ mod wasm;
 
 pub use amat_plugin_sdk::types::{DecodeRequest, Example, File, Metric, TargetKind, TaskInfo};
 pub(crate) use error::one_line as one_line_text;
-pub(crate) use info::escaped as escape_controls;
 pub use error::{CallError, PluginError};
+pub(crate) use info::escaped as escape_controls;
 pub use limits::{LimitArgs, SandboxLimits};
 pub use output::TARGET as OUTPUT_TARGET;
 pub use wasm::{CompileSource, cache_dir, compile as compile_component};
