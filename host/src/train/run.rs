@@ -65,10 +65,12 @@ impl Default for Progress {
 }
 
 /// One writer per run folder: an advisory lock on `.<name>.lock` beside it,
-/// held from before the folder is staged (or resumed) until the process
-/// ends. Whoever holds it owns the folder and any `.<name>.partial-*` left by
-/// a process killed before its first checkpoint, and removes those.
+/// held from before the folder is staged (or resumed) until the run ends,
+/// when the file is removed. Whoever holds it owns the folder and any
+/// `.<name>.partial-*` left by a process killed before its first checkpoint,
+/// and removes those.
 struct RunLock {
+    path: PathBuf,
     _file: std::fs::File,
 }
 
@@ -95,6 +97,21 @@ impl RunLock {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()));
             }
         }
+        // The holder before us may have removed the file between our open and
+        // our lock: then we locked a file no one else will see.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let ours = file.metadata()?;
+            let now = std::fs::metadata(&path).ok();
+            if now.is_none_or(|m| (m.dev(), m.ino()) != (ours.dev(), ours.ino())) {
+                bail!(
+                    "run folder {} was in use by another amat-host process just now (lock {}); try again",
+                    target.display(),
+                    path.display()
+                );
+            }
+        }
         let stale = partials(&parent, &name);
         for p in &stale {
             tracing::info!(
@@ -103,7 +120,14 @@ impl RunLock {
             );
             let _ = std::fs::remove_dir_all(p);
         }
-        Ok((Self { _file: file }, stale.len()))
+        Ok((Self { path, _file: file }, stale.len()))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // Removed while still locked, so no one locks a file about to vanish.
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
