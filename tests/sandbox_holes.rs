@@ -189,8 +189,10 @@ fn a_plugin_that_prints_at_every_call_keeps_running() {
     let mut p = load("stderr-spam");
     // About 250 bytes a call: a fixed 8 KiB pipe failed the 33rd.
     for call in 0..300 {
-        p.loss(&pred, &target)
+        let loss = p
+            .loss(&pred, &target)
             .unwrap_or_else(|e| panic!("call {call}: {e}"));
+        assert_eq!(loss.size(), [2]);
     }
 }
 

@@ -57,6 +57,7 @@ impl PluginOutput {
     }
 
     /// Bytes of the running call dropped from [`Self::contents`].
+    #[cfg(test)]
     pub fn dropped(&self) -> u64 {
         self.lock().dropped
     }
@@ -64,12 +65,13 @@ impl PluginOutput {
     /// Forgets the previous call's output.
     pub fn begin_call(&self) {
         let mut inner = self.lock();
-        if inner.lines_hidden > 0 {
+        if inner.lines_hidden > 0 || inner.dropped > 0 {
             tracing::debug!(
                 target: TARGET,
-                "[{}] ... {} more line(s) not shown",
+                "[{}] ... {} more line(s) not shown; {} byte(s) past the kept {TAIL} dropped",
                 self.prefix,
-                inner.lines_hidden
+                inner.lines_hidden,
+                inner.dropped
             );
         }
         *inner = Inner::default();

@@ -275,7 +275,7 @@ mod tests {
         use rand::Rng;
         let mut rng = ChaCha8Rng::seed_from_u64(18);
         let values: Vec<f64> = (0..100_000)
-            .map(|_| f64::from_bits(rng.r#gen::<u64>() >> 2 | 0x3000_0000_0000_0000))
+            .map(|_| f64::from_bits((rng.r#gen::<u64>() >> 2) | 0x3000_0000_0000_0000))
             .filter(|v| v.is_finite())
             .collect();
         let back: Vec<f64> =
