@@ -27,6 +27,7 @@ fn limits() -> SandboxLimits {
         tensors: TensorBudget {
             max_live: 1000,
             max_elements_per_call: ELEMENTS,
+            ..TensorBudget::default()
         },
         ..SandboxLimits::default()
     }

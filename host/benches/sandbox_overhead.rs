@@ -37,6 +37,8 @@ fn off() -> SandboxLimits {
         tensors: TensorBudget {
             max_live: usize::MAX,
             max_elements_per_call: u64::MAX,
+            max_ops_per_call: u64::MAX,
+            max_dims: usize::MAX,
         },
         ..SandboxLimits::default()
     }

@@ -12,6 +12,9 @@ use std::process::ExitCode;
     about = "Adaptive-margin adversarial training for medical-image networks"
 )]
 pub struct Cli {
+    /// Show what wasm plugins print (prefixed, escaped, cut; a few lines per call).
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -199,14 +202,19 @@ pub enum PluginCommand {
 }
 
 pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default = if cli.verbose {
+        format!("warn,{}=debug", crate::plugin::OUTPUT_TARGET)
+    } else {
+        "warn".into()
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("AMAT_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -216,8 +224,9 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// One line, control characters (a plugin's or a file's ANSI escapes) escaped.
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    crate::plugin::escape_controls(&s.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -98,8 +98,12 @@ pub struct Dense {
 impl Dense {
     /// Checks that the data fills the shape exactly.
     pub fn new(shape: Vec<i64>, data: Vec<f32>) -> Result<Self, String> {
-        let want: i64 = shape.iter().product();
-        if shape.iter().any(|&d| d < 0) || want as usize != data.len() {
+        // Checked: a shape from untrusted bytes must not overflow (a panic in
+        // a debug build, a wrong count in a release one).
+        let want = shape
+            .iter()
+            .try_fold(1i64, |n, &d| if d < 0 { None } else { n.checked_mul(d) });
+        if want.and_then(|w| usize::try_from(w).ok()) != Some(data.len()) {
             return Err(format!(
                 "dense data of {} values does not fill shape {shape:?}",
                 data.len()

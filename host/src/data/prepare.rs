@@ -57,6 +57,8 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
         options: options.to_string(),
     })?;
     let decode_seconds = decode_start.elapsed().as_secs_f64();
+    check_examples(&examples, plugin.info().input_channels)
+        .with_context(|| format!("plugin {}, decode", args.plugin.display()))?;
 
     let ids = examples
         .iter()
@@ -103,7 +105,7 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
         .clone()
         .unwrap_or_else(|| Path::new("data/prepared").join(&spec.name));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let key = cache_key(&plugin_record, &records, &options);
+    let key = cache_key(&plugin_record, &records, &options, &samples);
     write_cache(&dir.join(CACHE), &kept)?;
     let manifest = Manifest {
         name: spec.name.clone(),
@@ -134,6 +136,8 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
 pub fn load_splits(manifest_path: &Path, plugin: &Plugin) -> Result<Splits> {
     let mut m = Manifest::read(manifest_path).map_err(anyhow::Error::msg)?;
     let dir = manifest_path.parent().unwrap_or(Path::new("."));
+    let cache = confined(dir, &m.cache)
+        .with_context(|| format!("data manifest {}, field `cache`", manifest_path.display()))?;
     let paths: Vec<PathBuf> = m.files.iter().map(|f| f.path.clone()).collect();
     let (records, files) =
         read_files(&paths).with_context(|| format!("data manifest {}", manifest_path.display()))?;
@@ -141,8 +145,7 @@ pub fn load_splits(manifest_path: &Path, plugin: &Plugin) -> Result<Splits> {
         name: plugin.info().name.clone(),
         version: plugin.info().version.clone(),
     };
-    let key = cache_key(&plugin_record, &records, &m.options);
-    let cache = dir.join(&m.cache);
+    let key = cache_key(&plugin_record, &records, &m.options, &m.samples);
     if key == m.cache_key {
         match read_cache(&cache, &m) {
             Ok(splits) => return Ok(splits),
@@ -150,7 +153,7 @@ pub fn load_splits(manifest_path: &Path, plugin: &Plugin) -> Result<Splits> {
         }
     } else {
         eprintln!(
-            "note: data manifest {}: plugin, files or options changed since it was prepared; decoding again",
+            "note: data manifest {}: plugin, files, options or the sample list changed since it was prepared; decoding again",
             manifest_path.display()
         );
     }
@@ -167,6 +170,8 @@ pub fn load_splits(manifest_path: &Path, plugin: &Plugin) -> Result<Splits> {
         files,
         options: m.options.to_string(),
     })?;
+    check_examples(&examples, plugin.info().input_channels)
+        .with_context(|| format!("plugin {}, decode", plugin.path().display()))?;
     let mut by_id: HashMap<String, Example> =
         examples.into_iter().map(|e| (e.id.clone(), e)).collect();
     let mut kept = Vec::with_capacity(m.samples.len());
@@ -229,18 +234,26 @@ fn read_files(paths: &[PathBuf]) -> Result<(Vec<FileRecord>, Vec<File>)> {
     Ok((records, files))
 }
 
-/// What decoded tensors depend on: plugin, input files, options.
+/// What the cache holds: decoded tensors of these samples, in this order and
+/// these splits, from this plugin, input files and options. The cache is
+/// read by position, so an edited sample list must never meet an old cache.
 pub fn cache_key(
     plugin: &PluginRecord,
     files: &[FileRecord],
     options: &serde_json::Value,
+    samples: &[SampleRecord],
 ) -> String {
     let files: Vec<(&str, &str)> = files
         .iter()
         .map(|f| (f.name.as_str(), f.sha256.as_str()))
         .collect();
-    let text =
-        serde_json::json!({ "plugin": plugin, "files": files, "options": options }).to_string();
+    let text = serde_json::json!({
+        "plugin": plugin,
+        "files": files,
+        "options": options,
+        "samples": samples,
+    })
+    .to_string();
     format!("{:x}", Sha256::digest(text.as_bytes()))
 }
 
@@ -303,8 +316,33 @@ fn read_cache(path: &Path, m: &Manifest) -> Result<Splits> {
     splits_from(m, samples)
 }
 
-/// Samples (in manifest order) into their splits.
+/// Samples (in manifest order) into their splits. Every sample must have
+/// the first one's image and target shapes: batches stack them.
 fn splits_from(m: &Manifest, samples: Vec<Sample>) -> Result<Splits> {
+    if let Some(first) = samples.first() {
+        if first.image.dim() != 3 {
+            bail!(
+                "data {}: sample `{}` has image shape {:?}, not [C, H, W]",
+                m.name,
+                first.id,
+                first.image.size()
+            );
+        }
+        let shapes = |s: &Sample| (s.image.size(), s.target.size());
+        if let Some(odd) = samples.iter().find(|s| shapes(s) != shapes(first)) {
+            bail!(
+                "data {}: sample `{}` has image {:?} and target {:?}, sample `{}` image {:?} and target {:?}; \
+                 every sample needs the same shapes",
+                m.name,
+                odd.id,
+                odd.image.size(),
+                odd.target.size(),
+                first.id,
+                first.image.size(),
+                first.target.size()
+            );
+        }
+    }
     let mut splits = Splits::default();
     for set in [&mut splits.train, &mut splits.val, &mut splits.test] {
         set.name = m.name.clone();
@@ -332,6 +370,61 @@ fn temp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp-{}", std::process::id()));
     path.with_file_name(name)
+}
+
+/// Refuses decoded examples the host cannot batch: an image that is not
+/// [channels, H, W], or shapes that differ from the first example's. Names
+/// the example.
+fn check_examples(examples: &[Example], channels: u32) -> Result<()> {
+    let Some(first) = examples.first() else {
+        return Ok(());
+    };
+    for e in examples {
+        let id = crate::plugin::one_line_text(&e.id);
+        if e.image.shape.len() != 3 || e.image.shape[0] != channels as i64 {
+            bail!(
+                "example `{id}` has image shape {:?}, expected [{channels}, H, W]",
+                e.image.shape
+            );
+        }
+        if e.image.shape != first.image.shape || e.target.shape != first.target.shape {
+            bail!(
+                "example `{id}` has image {:?} and target {:?}, the first example `{}` image {:?} and target {:?}; \
+                 every example needs the same shapes",
+                e.image.shape,
+                e.target.shape,
+                crate::plugin::one_line_text(&first.id),
+                first.image.shape,
+                first.target.shape
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `dir/name` for a manifest's `cache` field, which must stay inside the
+/// dataset folder: relative, no `..`, and no symbolic link on the way (a
+/// manifest is untrusted input, and the cache is written to).
+fn confined(dir: &Path, name: &Path) -> Result<PathBuf> {
+    use std::path::Component;
+    if name.as_os_str().is_empty() || !name.components().all(|c| matches!(c, Component::Normal(_)))
+    {
+        bail!(
+            "`{}` must be a file name inside the dataset folder (no absolute path, no `..`)",
+            name.display()
+        );
+    }
+    let mut at = dir.to_path_buf();
+    for c in name.components() {
+        at.push(c);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "`{}` is a symbolic link; the cache must be a plain file in the dataset folder",
+                at.display()
+            );
+        }
+    }
+    Ok(at)
 }
 
 /// Absolute and without `..`, when the file exists (else as given, made absolute).

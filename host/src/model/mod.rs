@@ -49,6 +49,28 @@ impl ModelConfig {
         if self.width < 1 {
             return Err(format!("model.width = {} must be at least 1", self.width));
         }
+        // The widest level has width << depth channels.
+        if self.width > (1i64 << 16) >> self.depth {
+            return Err(format!(
+                "model.width = {} is too wide for model.depth = {} (at most {} channels at the bottom)",
+                self.width,
+                self.depth,
+                1 << 16
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses images too small for `depth` halvings (a level of size 0).
+    pub fn check_input(&self, height: i64, width: i64) -> Result<(), String> {
+        let need = 1i64 << self.depth;
+        if height < need || width < need {
+            return Err(format!(
+                "model.depth = {} halves the image {} times: it needs at least {need} x {need} pixels, \
+                 the images are {height} x {width}",
+                self.depth, self.depth
+            ));
+        }
         Ok(())
     }
 }
@@ -224,6 +246,23 @@ impl ModuleT for UNet {
 mod tests {
     use super::*;
     use tch::Kind;
+
+    #[test]
+    fn a_model_too_deep_for_the_images_is_refused() {
+        let cfg = ModelConfig {
+            depth: 4,
+            ..ModelConfig::default()
+        };
+        cfg.check_input(16, 16).unwrap();
+        let e = cfg.check_input(8, 64).unwrap_err();
+        assert!(e.contains("at least 16 x 16"), "{e}");
+        let wide = ModelConfig {
+            depth: 6,
+            width: 1 << 40,
+            ..ModelConfig::default()
+        };
+        assert!(wide.validate().unwrap_err().contains("too wide"));
+    }
 
     #[test]
     fn output_has_the_input_size_and_head_channels() {

@@ -141,7 +141,7 @@ pub fn check(path: &Path, samples: &[PathBuf], options: &str, limits: &SandboxLi
     report.note = Some(match plugin.kind() {
         PluginKind::Wasm => format!(
             "wasm component, sandboxed: deadline {} per call, linear memory {} MiB, stack {} KiB, \
-             tensors {} live / {} elements per call; no filesystem, network, environment, clock or randomness",
+             tensors {} live / {} elements / {} ops per call; no filesystem, network, environment, clock or randomness",
             if limits.call_timeout_ms > 0 {
                 format!("{} ms", limits.call_timeout_ms)
             } else {
@@ -150,7 +150,8 @@ pub fn check(path: &Path, samples: &[PathBuf], options: &str, limits: &SandboxLi
             limits.max_memory_mib,
             limits.max_stack_kib,
             limits.tensors.max_live,
-            limits.tensors.max_elements_per_call
+            limits.tensors.max_elements_per_call,
+            limits.tensors.max_ops_per_call
         ),
         PluginKind::Native => {
             "native library: trusted code, NOT sandboxed (no time, memory or stack \

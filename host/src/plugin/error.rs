@@ -54,9 +54,10 @@ pub struct PluginError {
 /// Longest plugin-supplied text that reaches a message.
 const MAX_TEXT: usize = 400;
 
-/// One line, at most [`MAX_TEXT`] characters.
+/// One line, at most [`MAX_TEXT`] characters, control characters (ANSI
+/// escapes) escaped.
 pub(crate) fn one_line(s: &str) -> String {
-    let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = super::info::escaped(&s.split_whitespace().collect::<Vec<_>>().join(" "));
     if flat.chars().count() > MAX_TEXT {
         let cut: String = flat.chars().take(MAX_TEXT).collect();
         format!("{cut}… ({} characters in all)", flat.chars().count())

@@ -10,7 +10,8 @@ pub struct SandboxLimits {
     /// Wall-clock deadline of one call, in milliseconds (epoch interruption,
     /// checked every 5 ms). 0 turns the deadline off: for trusted plugins only.
     pub call_timeout_ms: u64,
-    /// Cap on the component's linear memory, in MiB.
+    /// Cap on the component's linear memory, in MiB: one sum over all its
+    /// memories (a component may create at most two).
     pub max_memory_mib: u64,
     /// Cap on the wasm stack, in KiB (deep recursion traps). It must fit in
     /// the host thread's own stack, hence at most [`MAX_STACK_KIB`].
@@ -53,6 +54,8 @@ impl SandboxLimits {
                 "tensors.max_elements_per_call",
                 self.tensors.max_elements_per_call,
             ),
+            ("tensors.max_ops_per_call", self.tensors.max_ops_per_call),
+            ("tensors.max_dims", self.tensors.max_dims as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("sandbox.{name} must be at least 1"));
@@ -79,7 +82,7 @@ pub struct LimitArgs {
     /// Deadline of one wasm call in milliseconds (0: none) [default: 10000].
     #[arg(long, value_name = "MS")]
     pub call_timeout_ms: Option<u64>,
-    /// Cap on a wasm plugin's linear memory in MiB [default: 1024].
+    /// Cap on a wasm plugin's linear memory (all memories together) in MiB [default: 1024].
     #[arg(long, value_name = "MIB")]
     pub max_memory_mib: Option<u64>,
     /// Cap on the wasm stack in KiB [default: 1024, at most 1536].
@@ -91,7 +94,7 @@ pub struct LimitArgs {
     /// Elements of one wasm table [default: 100000].
     #[arg(long, value_name = "N")]
     pub max_table_elements: Option<usize>,
-    /// Core instances (and memories) of a wasm plugin [default: 32].
+    /// Core instances of a wasm plugin [default: 32].
     #[arg(long, value_name = "N")]
     pub max_instances: Option<u32>,
     /// Host tensors a plugin may hold alive at once [default: 10000].
@@ -100,6 +103,9 @@ pub struct LimitArgs {
     /// Tensor elements a plugin may create in one call [default: 268435456].
     #[arg(long, value_name = "N")]
     pub max_tensor_elements: Option<u64>,
+    /// Tensor ops (autograd nodes) a plugin may create in one call [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub max_tensor_ops: Option<u64>,
 }
 
 impl LimitArgs {
@@ -120,6 +126,7 @@ impl LimitArgs {
             max_instances => l.max_instances,
             max_live_tensors => l.tensors.max_live,
             max_tensor_elements => l.tensors.max_elements_per_call,
+            max_tensor_ops => l.tensors.max_ops_per_call,
         );
         limits
     }

@@ -8,15 +8,20 @@
 mod builtin;
 pub mod check;
 mod error;
+mod info;
 mod limits;
 mod native;
+mod output;
 mod wasm;
 
 pub use amat_plugin_sdk::types::{
     DecodeRequest, Example, File, Metric, SampleScore, ScoreInfo, TargetKind, TaskInfo,
 };
+pub(crate) use error::one_line as one_line_text;
 pub use error::{CallError, PluginError};
+pub(crate) use info::escaped as escape_controls;
 pub use limits::{LimitArgs, SandboxLimits};
+pub use output::TARGET as OUTPUT_TARGET;
 pub use wasm::{
     CONTRACT_VERSION, CONTRACT_VERSIONS, CompileSource, cache_dir, compile as compile_component,
 };
@@ -133,7 +138,8 @@ impl Plugin {
             elapsed: start.elapsed(),
             usage: backend.last_usage(),
         };
-        validate_info(&info)
+        let info = info::clean(info)
+            .and_then(|i| validate_info(&i).map(|()| i))
             .map_err(|m| PluginError::call(&path, "describe", CallError::BadResult(m)))?;
         Ok(Plugin {
             path,
@@ -260,6 +266,8 @@ impl Plugin {
 
     pub fn metrics(&mut self, pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, PluginError> {
         let m = self.timed("metrics", |b| b.metrics(pred, target))?;
+        info::check_metrics(&self.info.metric_names, &m)
+            .map_err(|e| self.err("metrics", CallError::BadResult(e)))?;
         if let Some(bad) = m.iter().find(|m| !m.value.is_finite()) {
             return Err(self.err(
                 "metrics",
@@ -271,17 +279,12 @@ impl Plugin {
 }
 
 fn validate_info(info: &TaskInfo) -> Result<(), String> {
-    if info.name.is_empty() {
-        return Err("task name is empty".into());
-    }
-    if info.input_channels == 0 || info.output_channels == 0 {
-        return Err("input and output channels must be positive".into());
-    }
     let ordered =
         info.intensity_min.partial_cmp(&info.intensity_max) == Some(std::cmp::Ordering::Less);
-    if !ordered {
+    let finite = info.intensity_min.is_finite() && info.intensity_max.is_finite();
+    if !ordered || !finite {
         return Err(format!(
-            "intensity range [{}, {}] is empty",
+            "intensity range [{}, {}] is empty or not finite",
             info.intensity_min, info.intensity_max
         ));
     }

@@ -7,6 +7,7 @@
 //! `HashMap` asks for (e.g. inside the `tiff` crate): it gets a fixed seed,
 //! so it grants no entropy and keeps plugins deterministic.
 
+use super::output::PluginOutput;
 use super::{Backend, CallError, SandboxLimits, Usage};
 use crate::plugin::{DecodeRequest, Example, Metric, SampleScore, TaskInfo};
 use crate::tensor::{Op, TensorTable};
@@ -19,7 +20,6 @@ use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 use wasmtime::component::{Component, Linker, Resource, ResourceTable, types::ComponentItem};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 mod contract;
@@ -57,8 +57,6 @@ const HASH_SEED: u128 = 0x616d_6174;
 
 /// How often the engine's epoch advances: the resolution of call deadlines.
 const TICK: Duration = Duration::from_millis(5);
-/// What a plugin's stderr may hold (panic messages end up in errors).
-const STDERR_CAPACITY: usize = 8 * 1024;
 
 /// A host op failed inside a plugin call; `limit` when a budget refused it.
 #[derive(Debug)]
@@ -94,12 +92,19 @@ impl std::fmt::Display for Refusal {
 }
 impl std::error::Error for Refusal {}
 
+/// Linear memories a component may create. A plugin built by Rust has one;
+/// every extra memory would be another `max_memory_mib` without the sum below.
+const MAX_MEMORIES: usize = 2;
+
 struct Limiter {
+    /// Cap on the sum of every linear memory of the plugin.
     max_memory: usize,
     max_tables: usize,
     max_table_elements: usize,
     max_instances: usize,
-    /// Largest linear memory granted so far (memories never shrink).
+    /// Bytes of all linear memories together (memories never shrink).
+    total_memory: usize,
+    /// The largest `total_memory` so far.
     peak_memory: usize,
 }
 
@@ -110,15 +115,21 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
+        // Called with `current` 0 when a memory is created: the sum covers
+        // every memory of every core instance.
+        let total = self
+            .total_memory
+            .saturating_add(desired.saturating_sub(current));
+        if total > self.max_memory {
             return Err(wasmtime::Error::new(MemoryCapHit(format!(
-                "linear memory grow from {} MiB to {} MiB refused (cap {} MiB)",
-                current >> 20,
-                desired >> 20,
+                "linear memory grow from {} MiB to {} MiB refused (cap {} MiB over all memories)",
+                self.total_memory >> 20,
+                total >> 20,
                 self.max_memory >> 20
             ))));
         }
-        self.peak_memory = self.peak_memory.max(desired);
+        self.total_memory = total;
+        self.peak_memory = self.peak_memory.max(total);
         Ok(true)
     }
     fn table_growing(
@@ -142,7 +153,7 @@ impl ResourceLimiter for Limiter {
         self.max_tables
     }
     fn memories(&self) -> usize {
-        self.max_instances
+        MAX_MEMORIES
     }
 }
 
@@ -304,17 +315,23 @@ fn compile_for(
     cache: Option<&Path>,
 ) -> Result<(Component, CompileSource)> {
     check_magic(bytes)?;
+    let digest = format!("{:x}", Sha256::digest(bytes));
     let key = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
-        format!("{:x}-{:016x}", Sha256::digest(bytes), h.finish())
+        format!("{digest}-{:016x}", h.finish())
     };
-    let cached = cache.map(|d| d.join(format!("{key}.cwasm")));
-    if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
-        // SAFETY: the file was written by `Component::serialize` of this engine
-        // configuration (the key includes its hash); a broken file is an Err.
-        if let Ok(c) = unsafe { Component::deserialize_file(engine, path) } {
+    let cached = cache
+        .filter(|d| private_dir(d))
+        .map(|d| d.join(format!("{key}.cwasm")));
+    if let Some(path) = &cached
+        && let Some(compiled) = verified(path, &digest)
+    {
+        // SAFETY: these are the bytes whose digest `verified` checked against
+        // the one written beside them when this process's engine serialized
+        // the component of `digest`, in a folder only this user can write.
+        if let Ok(c) = unsafe { Component::deserialize(engine, &compiled) } {
             return Ok((c, CompileSource::Cached));
         }
     }
@@ -322,9 +339,71 @@ fn compile_for(
         .map_err(anyhow::Error::from)
         .context("not a valid wasm component")?;
     if let Some(path) = cached {
-        let _ = store_atomically(&path, &component.serialize()?);
+        let compiled = component.serialize()?;
+        let seal = format!("{digest} {:x}\n", Sha256::digest(&compiled));
+        // The seal last: a compiled file without its seal is never trusted.
+        let _ = store_atomically(&path, &compiled)
+            .and_then(|()| store_atomically(&seal_path(&path), seal.as_bytes()));
     }
     Ok((component, CompileSource::Compiled))
+}
+
+/// `<key>.cwasm.sha256`: the component's digest and the compiled file's.
+fn seal_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// The compiled file's bytes when its seal names this component and matches
+/// them: a compiled file copied from another component, or changed on disk,
+/// is compiled again instead of deserialized (which runs native code).
+fn verified(path: &Path, digest: &str) -> Option<Vec<u8>> {
+    let seal = std::fs::read_to_string(seal_path(path)).ok()?;
+    let (component, compiled) = seal.trim().split_once(' ')?;
+    let bytes = std::fs::read(path).ok()?;
+    (component == digest && compiled == format!("{:x}", Sha256::digest(&bytes))).then_some(bytes)
+}
+
+/// Whether `dir` (created if missing) is a folder only this user can write:
+/// another user able to write there could plant both a compiled file and its
+/// seal. Elsewhere than Unix, the seal alone.
+fn private_dir(dir: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .is_err()
+        {
+            return false;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(dir) else {
+            return false;
+        };
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc_geteuid() };
+        let private = meta.is_dir() && meta.uid() == me && meta.mode() & 0o022 == 0;
+        if !private && !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "component cache {} is writable by others or not yours: not used",
+                dir.display()
+            );
+        }
+        private
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).is_ok()
+}
+
+#[cfg(unix)]
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
 }
 
 fn store_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -332,7 +411,7 @@ fn store_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp{}",
-        path.file_name().unwrap().to_string_lossy(),
+        path.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));
     std::fs::write(&tmp, bytes)?;
@@ -361,7 +440,7 @@ fn contract_version(engine: &Engine, component: &Component) -> Result<String> {
         .collect();
     let Some(version) = versions.first().cloned() else {
         return Err(Refusal(
-            "imports no amat:task interface: not an amat task plugin (build it against plugin-sdk)"
+            "a component of another world: it imports no amat:task interface (build a task plugin against plugin-sdk)"
                 .into(),
         )
         .into());
@@ -433,7 +512,9 @@ pub(super) struct WasmBackend {
     task: contract::Instance,
     /// The contract version the component was built for.
     version: String,
-    stderr: MemoryOutputPipe,
+    stderr: PluginOutput,
+    /// Names the plugin in its `--verbose` output.
+    file: String,
     limits: SandboxLimits,
     last: Usage,
 }
@@ -454,13 +535,18 @@ impl WasmBackend {
                 .map_err(anyhow::Error::from)
                 .context("cannot link component")?,
         )?;
-        let (store, task, stderr) = instantiate(&pre, limits)?;
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (store, task, stderr) = instantiate(&pre, limits, &file)?;
         Ok(Self {
             pre,
             store,
             task,
             stderr,
             version,
+            file,
             limits: limits.clone(),
             last: Usage::default(),
         })
@@ -468,7 +554,7 @@ impl WasmBackend {
 
     /// A trapped instance may not be entered again: start a fresh one.
     fn reset(&mut self) {
-        if let Ok((store, task, stderr)) = instantiate(&self.pre, &self.limits) {
+        if let Ok((store, task, stderr)) = instantiate(&self.pre, &self.limits, &self.file) {
             (self.store, self.task, self.stderr) = (store, task, stderr);
         }
     }
@@ -480,6 +566,7 @@ impl WasmBackend {
         f: impl FnOnce(&contract::Instance, &mut Store<State>) -> wasmtime::Result<Result<R, CallError>>,
     ) -> Result<R, CallError> {
         start_clock(&mut self.store, &self.limits);
+        self.stderr.begin_call();
         let r = f(&self.task, &mut self.store);
         let state = self.store.data_mut();
         state.table.end_call();
@@ -518,9 +605,11 @@ fn take(store: &mut Store<State>, r: Resource<TensorRep>) -> Result<Tensor, Call
 fn instantiate(
     pre: &contract::Pre,
     limits: &SandboxLimits,
-) -> Result<(Store<State>, contract::Instance, MemoryOutputPipe)> {
-    let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-    let mut store = new_store(pre.engine(), limits, stderr.clone());
+    file: &str,
+) -> Result<(Store<State>, contract::Instance, PluginOutput)> {
+    let stdout = PluginOutput::new(format!("{file} stdout"));
+    let stderr = PluginOutput::new(format!("{file} stderr"));
+    let mut store = new_store(pre.engine(), limits, stdout, stderr.clone());
     let task = pre
         .instantiate(&mut store)
         .map_err(|e| anyhow!("{}", classify(e, limits, &stderr)))?;
@@ -528,10 +617,16 @@ fn instantiate(
 }
 
 /// A store under `limits`: memory limiter, call deadline, and a WASI context
-/// with nothing behind it but a captured stderr (no environment variables,
+/// with nothing behind it but captured stdout and stderr (no environment variables,
 /// arguments, stdin or stdout).
-fn new_store(engine: &Engine, limits: &SandboxLimits, stderr: MemoryOutputPipe) -> Store<State> {
+fn new_store(
+    engine: &Engine,
+    limits: &SandboxLimits,
+    stdout: PluginOutput,
+    stderr: PluginOutput,
+) -> Store<State> {
     let wasi = WasiCtxBuilder::new()
+        .stdout(stdout)
         .stderr(stderr)
         .insecure_random_seed(HASH_SEED)
         .build();
@@ -544,6 +639,7 @@ fn new_store(engine: &Engine, limits: &SandboxLimits, stderr: MemoryOutputPipe) 
             max_tables: limits.max_tables as usize,
             max_table_elements: limits.max_table_elements,
             max_instances: limits.max_instances as usize,
+            total_memory: 0,
             peak_memory: 0,
         },
         wasi,
@@ -560,7 +656,7 @@ fn new_store(engine: &Engine, limits: &SandboxLimits, stderr: MemoryOutputPipe) 
 
 /// Names what stopped a call: a limit, a failed host op, or a trap (with the
 /// plugin's panic message when it left one on stderr).
-fn classify(e: wasmtime::Error, limits: &SandboxLimits, stderr: &MemoryOutputPipe) -> CallError {
+fn classify(e: wasmtime::Error, limits: &SandboxLimits, stderr: &PluginOutput) -> CallError {
     if let Some(f) = e.downcast_ref::<HostOpFailure>() {
         return if f.limit {
             CallError::Limit(f.message.clone())
@@ -570,6 +666,15 @@ fn classify(e: wasmtime::Error, limits: &SandboxLimits, stderr: &MemoryOutputPip
     }
     if let Some(m) = e.downcast_ref::<MemoryCapHit>() {
         return CallError::Limit(format!("memory cap: {m}"));
+    }
+    // wasmtime's own cap on the bytes one call moves from guest to host
+    // (its "hostcall fuel", 128 MiB), hit by a large `decode` result.
+    if format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted") {
+        return CallError::Limit(
+            "copy limit: the plugin handed the host more than 128 MiB in one call; \
+             lower the size in the decode options or split the request into smaller ones"
+                .into(),
+        );
     }
     let deadline = e.downcast_ref::<DeadlineHit>().is_some();
     match e.downcast_ref::<Trap>() {
@@ -670,7 +775,8 @@ mod tests {
     fn run(limits: &SandboxLimits, wat: &str) -> wasmtime::Result<()> {
         let engine = engine(EngineKey::of(limits));
         let module = wasmtime::Module::new(&engine, wat::parse_str(wat).unwrap())?;
-        let mut store = new_store(&engine, limits, MemoryOutputPipe::new(64));
+        let out = || PluginOutput::new("test".into());
+        let mut store = new_store(&engine, limits, out(), out());
         let instance = wasmtime::Instance::new(&mut store, &module, &[])?;
         if let Ok(grow) = instance.get_typed_func::<(), i32>(&mut store, "grow") {
             grow.call(&mut store, ())?;
@@ -705,6 +811,22 @@ mod tests {
         );
         let m = refused(run(&limits, "(module (table 5000 funcref))").unwrap_err());
         assert!(m.contains("5000 elements refused (cap 1000)"), "{m}");
+    }
+
+    #[test]
+    fn the_memory_cap_is_one_sum_over_every_memory() {
+        let limits = SandboxLimits {
+            max_memory_mib: 2,
+            ..SandboxLimits::default()
+        };
+        // Two memories of 1.5 MiB: each under the cap, together over it.
+        run(&limits, "(module (memory 24))").unwrap();
+        let m = refused(run(&limits, "(module (memory 24) (memory 24))").unwrap_err());
+        assert!(m.contains("cap 2 MiB over all memories"), "{m}");
+        // More memories than a plugin needs are refused whatever their size.
+        let many = "(module (memory 0) (memory 0) (memory 0) (memory 0) (memory 0) (memory 0))";
+        let e = run(&limits, many).unwrap_err();
+        assert!(format!("{e:#}").contains("memor"), "{e:#}");
     }
 
     #[test]

@@ -9,6 +9,13 @@ pub struct TensorBudget {
     pub max_live: usize,
     /// Elements created during one call, summed over every op.
     pub max_elements_per_call: u64,
+    /// Ops (tensors created) in one call. Each op is a node of libtorch's
+    /// autograd graph whatever its size: a million ops on an empty view hold
+    /// gigabytes that the element count never sees.
+    pub max_ops_per_call: u64,
+    /// Dimensions of any tensor, and length of any shape or dims list a
+    /// plugin passes: libtorch copies sizes and strides at every op.
+    pub max_dims: usize,
 }
 
 impl Default for TensorBudget {
@@ -16,6 +23,8 @@ impl Default for TensorBudget {
         Self {
             max_live: 10_000,
             max_elements_per_call: 1 << 28,
+            max_ops_per_call: 100_000,
+            max_dims: 16,
         }
     }
 }

@@ -94,19 +94,45 @@ fn broadcast(a: &[i64], b: &[i64]) -> Result<Vec<i64>> {
 }
 
 /// Elements the op will allocate, computed from shapes alone so the budget
-/// can refuse it before anything is allocated.
+/// can refuse it before anything is allocated. Every size is the plugin's
+/// explicit one: a one-hot's classes are never inferred from the data (with
+/// -1 libtorch sizes the result from the largest index, unbounded).
 fn predicted_elements(table: &TensorTable, t: &Tensor, op: &Op) -> Result<u64> {
     let own = numel(&t.size())?;
+    let dims = |what: &str, len: usize| table.check_dims(what, len);
     Ok(match *op {
         Op::Binary(_, o) => numel(&broadcast(&t.size(), &table.get(o)?.size())?)?,
         Op::WhereElse(c, o) => {
             let s = broadcast(&t.size(), &table.get(c)?.size())?;
             numel(&broadcast(&s, &table.get(o)?.size())?)?
         }
-        Op::OneHot(classes) => own
-            .checked_mul(classes.max(0) as u64)
-            .ok_or_else(|| anyhow!("one-hot overflows"))?,
+        Op::OneHot(classes) => {
+            if classes < 1 {
+                bail!(
+                    "tensor budget: one-hot needs its number of classes, got {classes} \
+                     (sizing it from the largest index is refused)"
+                );
+            }
+            dims("the result", t.dim() + 1)?;
+            own.checked_mul(classes as u64)
+                .ok_or_else(|| anyhow!("one-hot overflows"))?
+        }
         Op::Gather(_, i) => numel(&table.get(i)?.size())?,
+        Op::Reshape(shape) => {
+            dims("the shape", shape.len())?;
+            if let Some(d) = shape.iter().find(|&&d| d < -1) {
+                bail!("negative size {d} in shape {shape:?}");
+            }
+            own
+        }
+        Op::Permute(order) => {
+            dims("the permutation", order.len())?;
+            own
+        }
+        Op::Reduce(_, list, _) => {
+            dims("the dims list", list.len())?;
+            own
+        }
         _ => own,
     })
 }
@@ -268,6 +294,7 @@ impl TensorTable {
         shape: &[i64],
         device: Device,
     ) -> Result<u32> {
+        self.check_dims(op, shape.len())?;
         let n = numel(shape)?;
         if n != data.len() as u64 {
             bail!("{op}: {} values do not fill shape {shape:?}", data.len());
@@ -280,6 +307,7 @@ impl TensorTable {
     }
 
     pub fn full(&mut self, value: f64, shape: &[i64], device: Device) -> Result<u32> {
+        self.check_dims("full", shape.len())?;
         self.reserve(numel(shape)?).context("full")?;
         let t = Tensor::f_full(shape, value, (Kind::Float, device))?;
         Ok(self.insert(t))
@@ -315,6 +343,7 @@ mod tests {
         let mut table = TensorTable::new(TensorBudget {
             max_live: 100,
             max_elements_per_call: 1_000_000,
+            ..TensorBudget::default()
         });
         let h = table.from_s64(&[0, 1, 2, 3], &[4], Device::Cpu).unwrap();
         let err = table.apply(h, Op::OneHot(1 << 40)).unwrap_err();
@@ -327,6 +356,7 @@ mod tests {
         let mut table = TensorTable::new(TensorBudget {
             max_live: 3,
             max_elements_per_call: 1000,
+            ..TensorBudget::default()
         });
         let mut first = None;
         for _ in 0..3 {
@@ -347,5 +377,93 @@ mod tests {
         table.end_call();
         let err = table.apply(h, Op::Unary(UnaryOp::Exp)).unwrap_err();
         assert!(format!("{err:#}").contains("stale"), "{err:#}");
+    }
+
+    #[test]
+    fn one_hot_never_infers_its_classes_from_the_data() {
+        let mut table = TensorTable::new(TensorBudget::default());
+        // With -1 libtorch would size the result from this index: 2^40 columns.
+        let h = table.from_s64(&[0, 1 << 40], &[2], Device::Cpu).unwrap();
+        for classes in [-1, 0, -5] {
+            let err = table.apply(h, Op::OneHot(classes)).unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.contains("tensor budget"), "{text}");
+            assert!(text.contains("number of classes"), "{text}");
+        }
+        assert_eq!(table.live(), 1);
+        let small = table.from_s64(&[0, 2], &[2], Device::Cpu).unwrap();
+        let one_hot = table.apply(small, Op::OneHot(3)).unwrap();
+        assert_eq!(table.get(one_hot).unwrap().size(), [2, 3]);
+    }
+
+    #[test]
+    fn shapes_with_too_many_dims_are_refused() {
+        let mut table = TensorTable::new(TensorBudget::default());
+        // One element, but 8M sizes and strides copied at every op.
+        let err = table
+            .full(0.0, &vec![1; 8_000_000], Device::Cpu)
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("over the limit of 16"),
+            "{err:#}"
+        );
+        let h = table.full(0.0, &[1; 16], Device::Cpu).unwrap();
+        for op in [
+            Op::Reshape(&[1; 17]),
+            Op::Permute(&[0; 40]),
+            Op::Reduce(ReduceOp::Sum, &[0; 100], false),
+        ] {
+            let err = table.apply(h, op).unwrap_err();
+            assert!(format!("{err:#}").contains("tensor budget"), "{err:#}");
+        }
+        // A one-hot adds a dimension: refused at the 17th.
+        let long = table.apply(h, Op::ToDtype(DType::Long)).unwrap();
+        let err = table.apply(long, Op::OneHot(1)).unwrap_err();
+        assert!(format!("{err:#}").contains("17 dimensions"), "{err:#}");
+        let err = table.apply(h, Op::Reshape(&[-2, 1])).unwrap_err();
+        assert!(format!("{err:#}").contains("negative size"), "{err:#}");
+    }
+
+    #[test]
+    fn ops_on_an_empty_view_are_counted() {
+        let mut table = TensorTable::new(TensorBudget {
+            max_ops_per_call: 1000,
+            ..TensorBudget::default()
+        });
+        let h = table.full(1.0, &[0], Device::Cpu).unwrap();
+        let mut last = h;
+        let err = (0..2000)
+            .find_map(|_| match table.apply(last, Op::Unary(UnaryOp::Exp)) {
+                Ok(next) => {
+                    last = next;
+                    None
+                }
+                Err(e) => Some(e),
+            })
+            .expect("a thousand ops on zero elements were never refused");
+        assert!(format!("{err:#}").contains("more than 1000 ops"), "{err:#}");
+        table.end_call();
+        assert_eq!(table.last_call().ops, 1000);
+        assert_eq!(table.last_call().elements, 0);
+    }
+
+    #[test]
+    fn the_handle_counter_wraps_instead_of_panicking() {
+        let mut table = TensorTable::new(TensorBudget::default());
+        table.set_next_handle(u32::MAX - 1);
+        let kept = table.full(1.0, &[1], Device::Cpu).unwrap();
+        assert_eq!(kept, u32::MAX - 1);
+        let handles: Vec<u32> = (0..4)
+            .map(|_| table.full(1.0, &[1], Device::Cpu).unwrap())
+            .collect();
+        // 0 is never a handle (the native ABI's "none").
+        assert_eq!(handles, [u32::MAX, 1, 2, 3]);
+        table.end_call();
+        table.set_next_handle(u32::MAX);
+        let a = table.full(1.0, &[1], Device::Cpu).unwrap();
+        // A handle still in the table is skipped at the wrap.
+        table.set_next_handle(a);
+        let b = table.full(1.0, &[1], Device::Cpu).unwrap();
+        assert_ne!(a, b);
     }
 }

@@ -10,12 +10,16 @@ pub struct TensorUsage {
     pub peak_live: usize,
     /// Elements the budget granted, summed over the call's ops.
     pub elements: u64,
+    /// Ops (tensors created) the budget granted.
+    pub ops: u64,
 }
 
 /// Handles -> tensors for one plugin instance.
 ///
-/// Handles are never reused, so a handle kept from an earlier call is
-/// recognised as stale instead of silently aliasing a newer tensor. Every
+/// Handles are not reused until the 32-bit counter wraps (after 2^32
+/// tensors; the wrap skips handles still in the table), so a handle kept from
+/// an earlier call is recognised as stale instead of silently aliasing a
+/// newer tensor. Every
 /// tensor is released when a call ends; the handles the plugin has not
 /// dropped still count against `max_live`, because a wasm runtime keeps an
 /// entry per handle the guest holds (host memory, across calls).
@@ -24,6 +28,7 @@ pub struct TensorTable {
     next: u32,
     budget: TensorBudget,
     created_elements: u64,
+    created_ops: u64,
     peak_live: usize,
     /// Handles the plugin created and has neither dropped nor returned,
     /// across calls.
@@ -41,6 +46,7 @@ impl TensorTable {
             next: 1,
             budget,
             created_elements: 0,
+            created_ops: 0,
             peak_live: 0,
             held: 0,
             last: TensorUsage::default(),
@@ -67,6 +73,12 @@ impl TensorTable {
                 self.budget.max_live
             );
         }
+        if self.created_ops >= self.budget.max_ops_per_call {
+            bail!(
+                "tensor budget: more than {} ops in one call (each is a node of the autograd graph)",
+                self.budget.max_ops_per_call
+            );
+        }
         let total = self.created_elements.saturating_add(elements);
         if total > self.budget.max_elements_per_call {
             bail!(
@@ -75,6 +87,18 @@ impl TensorTable {
             );
         }
         self.created_elements = total;
+        self.created_ops += 1;
+        Ok(())
+    }
+
+    /// Refuses a shape or dims list longer than the budget's `max_dims`.
+    pub fn check_dims(&self, what: &str, len: usize) -> Result<()> {
+        if len > self.budget.max_dims {
+            bail!(
+                "tensor budget: {what} has {len} dimensions, over the limit of {}",
+                self.budget.max_dims
+            );
+        }
         Ok(())
     }
 
@@ -90,8 +114,14 @@ impl TensorTable {
     }
 
     fn store(&mut self, t: Tensor) -> u32 {
-        let h = self.next;
-        self.next = self.next.checked_add(1).expect("tensor handles exhausted");
+        // Wraps rather than panics; `reserve` bounds the handles of one call
+        // and a call's tensors are all released at its end, so the table
+        // always has room for a fresh number.
+        let mut h = self.next;
+        while h == 0 || self.slots.contains_key(&h) {
+            h = h.wrapping_add(1);
+        }
+        self.next = h.wrapping_add(1);
         self.slots.insert(h, t);
         self.peak_live = self.peak_live.max(self.slots.len());
         h
@@ -141,6 +171,7 @@ impl TensorTable {
     pub fn begin_call(&mut self) {
         self.slots.clear();
         self.created_elements = 0;
+        self.created_ops = 0;
         self.peak_live = 0;
     }
 
@@ -150,6 +181,7 @@ impl TensorTable {
         self.last = TensorUsage {
             peak_live: self.peak_live,
             elements: self.created_elements,
+            ops: self.created_ops,
         };
         self.begin_call();
     }
@@ -165,5 +197,11 @@ impl TensorTable {
 
     pub fn take_error(&mut self) -> Option<String> {
         self.last_error.take()
+    }
+
+    /// Moves the handle counter, so a test can reach its wrap.
+    #[cfg(test)]
+    pub(crate) fn set_next_handle(&mut self, next: u32) {
+        self.next = next;
     }
 }

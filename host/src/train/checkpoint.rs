@@ -182,12 +182,15 @@ pub fn load_weights(ckpt: &Path, vs: &mut tch::nn::VarStore) -> Result<()> {
 /// Restores everything `save` wrote into a trainer made from the same config.
 pub fn restore(ckpt: &Path, trainer: &mut Trainer) -> Result<State> {
     let state = read_state(ckpt)?;
-    if state.config_hash != trainer.cfg.hash() {
+    let hash = trainer.cfg.hash();
+    if state.config_hash != hash {
+        // Any text may sit in a state.json: cut by characters, never by bytes.
+        let short = |h: &str| h.chars().take(12).collect::<String>();
         bail!(
             "checkpoint {} was made with another config (hash {}…, this one {}…)",
             ckpt.display(),
-            &state.config_hash[..12],
-            &trainer.cfg.hash()[..12]
+            short(&state.config_hash),
+            short(&hash)
         );
     }
     if state.method != trainer.method {
@@ -205,14 +208,8 @@ pub fn restore(ckpt: &Path, trainer: &mut Trainer) -> Result<State> {
     if let Some(m) = &mut trainer.margins {
         load_margins(ckpt, m)?;
     }
-    let seed_bytes: Vec<u8> = (0..state.rng_seed.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&state.rng_seed[i..i + 2], 16))
-        .collect::<Result<_, _>>()
-        .context("bad rng_seed in state.json")?;
-    let seed: [u8; 32] = seed_bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("rng_seed in state.json is not 32 bytes"))?;
+    let seed = parse_seed(&state.rng_seed)
+        .with_context(|| format!("{}, field `rng_seed`", ckpt.join(STATE).display()))?;
     trainer.rng = ChaCha8Rng::from_seed(seed);
     trainer.rng.set_word_pos(
         state
@@ -220,9 +217,31 @@ pub fn restore(ckpt: &Path, trainer: &mut Trainer) -> Result<State> {
             .parse()
             .context("bad rng_word_pos in state.json")?,
     );
+    if state.epoch > trainer.cfg.train.epochs {
+        bail!(
+            "{}, field `epoch`: {} is past the config's train.epochs = {}",
+            ckpt.join(STATE).display(),
+            state.epoch,
+            trainer.cfg.train.epochs
+        );
+    }
     trainer.epoch = state.epoch;
     trainer.history = state.history.clone();
     Ok(state)
+}
+
+/// 64 hex digits (32 bytes), as `config::hex` writes them.
+fn parse_seed(text: &str) -> Result<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 || !bytes.iter().all(u8::is_ascii_hexdigit) {
+        bail!("not 64 hex digits");
+    }
+    let mut seed = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        // Two ASCII hex digits: always valid UTF-8 and a valid byte.
+        seed[i] = u8::from_str_radix(std::str::from_utf8(pair)?, 16)?;
+    }
+    Ok(seed)
 }
 
 fn load_margins(ckpt: &Path, m: &mut Margins) -> Result<()> {
@@ -245,4 +264,44 @@ fn load_margins(ckpt: &Path, m: &mut Margins) -> Result<()> {
     }
     m.values = values;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_floats_read_back_bit_for_bit() {
+        use rand::Rng;
+        let mut rng = ChaCha8Rng::seed_from_u64(18);
+        let values: Vec<f64> = (0..100_000)
+            .map(|_| f64::from_bits((rng.r#gen::<u64>() >> 2) | 0x3000_0000_0000_0000))
+            .filter(|v| v.is_finite())
+            .collect();
+        let back: Vec<f64> =
+            serde_json::from_str(&serde_json::to_string(&values).unwrap()).unwrap();
+        let lost = values
+            .iter()
+            .zip(&back)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(lost, 0, "{lost} of {} floats changed", values.len());
+    }
+
+    #[test]
+    fn a_seed_of_any_text_is_an_error_not_a_panic() {
+        let good = "ab".repeat(32);
+        assert_eq!(parse_seed(&good).unwrap(), [0xab; 32]);
+        for bad in [
+            "",
+            "a",
+            "abc",
+            "zz",
+            "é",
+            &"ab".repeat(31),
+            &format!("{}é", "a".repeat(62)),
+        ] {
+            assert!(parse_seed(bad).is_err(), "{bad}");
+        }
+    }
 }

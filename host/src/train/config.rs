@@ -371,6 +371,9 @@ impl RunConfig {
 
     /// Checks every value. Files named (plugin, data) must exist.
     pub fn validate(&self) -> Result<(), String> {
+        // Bounds that keep libtorch and the attack's arithmetic finite.
+        const MAX_THREADS: usize = 1024;
+        const MAX_EPS: f64 = 1e6;
         let Some(_) = self.run.method else {
             return Err(bad(
                 "no method: pass --method std|sat|amat or set run.method",
@@ -388,6 +391,12 @@ impl RunConfig {
         }
         if self.run.keep_checkpoints == 0 {
             return Err(bad("run.keep_checkpoints must be at least 1"));
+        }
+        if self.run.threads > MAX_THREADS {
+            return Err(bad(format!(
+                "run.threads = {} is above {MAX_THREADS}",
+                self.run.threads
+            )));
         }
         self.data.validate()?;
         self.model.validate()?;
@@ -422,6 +431,9 @@ impl RunConfig {
         let e = &self.eval;
         for (i, &v) in e.eps.iter().enumerate() {
             non_negative(&format!("eval.eps[{i}]"), v)?;
+            if v > MAX_EPS {
+                return Err(bad(format!("eval.eps[{i}] = {v} is above {MAX_EPS}")));
+            }
         }
         if e.eps.first() != Some(&0.0) {
             return Err(bad("eval.eps must start with 0 (the clean point)"));

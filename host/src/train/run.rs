@@ -64,6 +64,99 @@ impl Default for Progress {
     }
 }
 
+/// One writer per run folder: an advisory lock on `.<name>.lock` beside it,
+/// held from before the folder is staged (or resumed) until the run ends,
+/// when the file is removed. Whoever holds it owns the folder and any
+/// `.<name>.partial-*` left by a process killed before its first checkpoint,
+/// and removes those.
+struct RunLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// Takes the lock (the folder's parent must exist) and removes stale
+    /// staging folders; returns how many there were.
+    fn acquire(target: &Path) -> Result<(Self, usize)> {
+        let (parent, name) = parent_and_name(target)?;
+        let path = parent.join(format!(".{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "run folder {} is in use by another amat-host process (lock {})",
+                target.display(),
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+            }
+        }
+        // The holder before us may have removed the file between our open and
+        // our lock: then we locked a file no one else will see.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let ours = file.metadata()?;
+            let now = std::fs::metadata(&path).ok();
+            if now.is_none_or(|m| (m.dev(), m.ino()) != (ours.dev(), ours.ino())) {
+                bail!(
+                    "run folder {} was in use by another amat-host process just now (lock {}); try again",
+                    target.display(),
+                    path.display()
+                );
+            }
+        }
+        let stale = partials(&parent, &name);
+        for p in &stale {
+            tracing::info!(
+                "removing {}, left by a run stopped before its first checkpoint",
+                p.display()
+            );
+            let _ = std::fs::remove_dir_all(p);
+        }
+        Ok((Self { path, _file: file }, stale.len()))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // Removed while still locked, so no one locks a file about to vanish.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn parent_and_name(target: &Path) -> Result<(PathBuf, String)> {
+    let parent = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the run folder needs a name")?;
+    Ok((parent.to_path_buf(), name.to_string()))
+}
+
+/// Staging folders of the run folder `name` in `parent`.
+fn partials(parent: &Path, name: &str) -> Vec<PathBuf> {
+    let prefix = format!(".{name}.partial-");
+    std::fs::read_dir(parent)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A run folder that exists only under a hidden staging name until
 /// `publish` renames it into place; dropped unpublished, it is removed.
 struct RunDir {
@@ -74,16 +167,9 @@ struct RunDir {
 
 impl RunDir {
     fn stage(target: &Path) -> Result<Self> {
-        let parent = target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent)
+        let (parent, name) = parent_and_name(target)?;
+        std::fs::create_dir_all(&parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
-        let name = target
-            .file_name()
-            .and_then(|n| n.to_str())
-            .context("the run folder needs a name")?;
         let current = parent.join(format!(".{name}.partial-{}", std::process::id()));
         if current.exists() {
             std::fs::remove_dir_all(&current)?;
@@ -209,6 +295,18 @@ impl Session {
         if splits.train.is_empty() {
             bail!("the training split is empty");
         }
+        if split_of(&splits, &cfg.eval.split).is_empty() {
+            bail!(
+                "eval.split = `{}`: that split holds no sample, so the evaluation after training would have none",
+                cfg.eval.split
+            );
+        }
+        if let Some(s) = splits.train.samples.first() {
+            let size = s.image.size();
+            cfg.model
+                .check_input(size[1], size[2])
+                .map_err(anyhow::Error::msg)?;
+        }
         if cfg.run.threads > 0 {
             tch::set_num_threads(cfg.run.threads as i32);
         }
@@ -252,10 +350,30 @@ pub struct Finished {
 }
 
 pub fn run(args: &RunArgs) -> Result<Finished> {
+    let mut lock = None;
     let (cfg, dir) = match &args.resume {
         Some(dir) => {
             if args.config.is_some() {
                 bail!("--resume continues with the run's own config.toml; leave out --config");
+            }
+            let (parent, _) = parent_and_name(dir)?;
+            if !parent.is_dir() {
+                bail!("{}: no such run folder", dir.display());
+            }
+            let (l, stale) = RunLock::acquire(dir)?;
+            lock = Some(l);
+            if !dir.join(CONFIG).is_file() {
+                if stale > 0 {
+                    bail!(
+                        "{} has no checkpoint to resume (the run stopped before its first one); \
+                         start it again with the command that started it (--config ... --out {0})",
+                        dir.display()
+                    );
+                }
+                if !dir.exists() {
+                    bail!("{}: no such run folder", dir.display());
+                }
+                bail!("{}: not a run folder (no {CONFIG})", dir.display());
             }
             let cfg =
                 effective_config(&dir.join(CONFIG), args.plugin.as_deref(), None, args.device)?;
@@ -282,6 +400,21 @@ pub fn run(args: &RunArgs) -> Result<Finished> {
         }
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
+    let _lock = match lock {
+        Some(l) => l,
+        None => {
+            let (parent, _) = parent_and_name(&dir)?;
+            std::fs::create_dir_all(&parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+            RunLock::acquire(&dir)?.0
+        }
+    };
+    if args.resume.is_none() && dir.exists() {
+        bail!(
+            "run folder {} exists: resume it with --resume {0} or choose another --out",
+            dir.display()
+        );
+    }
     let mut session = Session::open(&cfg)?;
     let mut trainer = Trainer::new(
         &cfg,

@@ -46,6 +46,14 @@ thread_local! {
     static KEPT: std::cell::RefCell<Option<Tensor>> = const { std::cell::RefCell::new(None) };
 }
 
+#[cfg(feature = "metrics-drift")]
+static METRIC_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The index the `one-hot-negative` build one-hots with classes = -1: on a
+/// host that sizes the result from it, 2^27 columns (1 GiB of longs).
+#[cfg(feature = "one-hot-negative")]
+const ONE_HOT_INDEX: i64 = 1 << 27;
+
 #[cfg(feature = "fail-after")]
 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -70,12 +78,22 @@ const fn parse(s: &str) -> u64 {
 
 impl Task for Hostile {
     fn describe() -> TaskInfo {
+        #[cfg(feature = "ansi-name")]
+        let name = "\u{1b}[31mhostile\u{1b}[0m\nsecond line".to_string();
+        #[cfg(feature = "huge-name")]
+        let name = format!("hostile{}", "\u{1b}[2J".repeat(1 << 20));
+        #[cfg(not(any(feature = "ansi-name", feature = "huge-name")))]
+        let name = "hostile".to_string();
+        #[cfg(feature = "huge-channels")]
+        let output_channels = 4_000_000_000;
+        #[cfg(not(feature = "huge-channels"))]
+        let output_channels = CLASSES as u32;
         TaskInfo {
-            name: "hostile".into(),
+            name,
             version: env!("CARGO_PKG_VERSION").into(),
             description: "A test plugin that misbehaves on purpose".into(),
             input_channels: 1,
-            output_channels: CLASSES as u32,
+            output_channels,
             target_kind: TargetKind::ClassMap,
             tau: 0.35,
             intensity_min: 0.0,
@@ -92,8 +110,22 @@ impl Task for Hostile {
             return Err(format!("read {} bytes it should not see", secret.len()));
         }
         // A square grey image of raw bytes; its class map is the intensity
-        // cut into `CLASSES` bands.
+        // cut into `CLASSES` bands. With `"slices"` in the options, ten
+        // slices `<file>:axial:<k>` (pixel 0 of slice k is k / 255), as a
+        // volume decoder's; with `"mixed"`, slice 5 is one pixel narrower.
         let file = request.files.first().ok_or("hostile decode: no file")?;
+        if request.options.contains("\"huge\"") {
+            // 144 MiB a list: past what the host copies out of one call.
+            let side = 6000;
+            let zeros = || vec![0f32; (side * side) as usize];
+            return Ok(vec![Example {
+                id: "huge:axial:0".into(),
+                image: Dense::new(vec![1, side, side], zeros())?,
+                target: Dense::new(vec![side, side], zeros())?,
+            }]);
+        }
+        let slices = request.options.contains("\"slices\"");
+        let mixed = request.options.contains("\"mixed\"");
         let n = (file.bytes.len() as f64).sqrt() as usize;
         if n == 0 || n * n != file.bytes.len() {
             return Err(format!(
@@ -108,11 +140,44 @@ impl Task for Hostile {
             .map(|&b| (b as i64 * CLASSES / 256) as f32)
             .collect();
         let side = n as i64;
-        Ok(vec![Example {
-            id: file.name.clone(),
-            image: Dense::new(vec![1, side, side], image)?,
-            target: Dense::new(vec![side, side], target)?,
-        }])
+        if !(slices || mixed) {
+            return Ok(vec![Example {
+                id: file.name.clone(),
+                image: Dense::new(vec![1, side, side], image)?,
+                target: Dense::new(vec![side, side], target)?,
+            }]);
+        }
+        let stem = file.name.split('.').next().unwrap_or("raw");
+        (0..10)
+            .map(|k| {
+                let mut image = image.clone();
+                image[0] = k as f32 / 255.0;
+                let mut target = target.clone();
+                let mut w = side;
+                if mixed && k == 5 {
+                    // Drop the last column of every row.
+                    let keep = |i: &usize| (*i as i64) % side != side - 1;
+                    image = image
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| keep(i))
+                        .map(|(_, v)| *v)
+                        .collect();
+                    target = target
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| keep(i))
+                        .map(|(_, v)| *v)
+                        .collect();
+                    w = side - 1;
+                }
+                Ok(Example {
+                    id: format!("{stem}:axial:{k}"),
+                    image: Dense::new(vec![1, side, w], image)?,
+                    target: Dense::new(vec![side, w], target)?,
+                })
+            })
+            .collect()
     }
 
     fn loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
@@ -131,6 +196,20 @@ impl Task for Hostile {
         return Ok(Tensor::full(1.0, &[1 << 20, 1 << 20, 1 << 10]));
         #[cfg(feature = "tensor-bomb-one-hot")]
         return Ok(target.to_long().one_hot(1 << 40));
+        #[cfg(feature = "one-hot-negative")]
+        return Ok(Tensor::from_i64(&[ONE_HOT_INDEX], &[1]).one_hot(-1));
+        #[cfg(feature = "million-ops")]
+        {
+            // Zero elements, but every op is a node of the host's autograd
+            // graph, kept alive by the next one.
+            let mut t = pred.narrow(0, 0, 0);
+            for _ in 0..1_000_000 {
+                t = t.exp();
+            }
+            return Ok(t.sum(&[1, 2, 3], false));
+        }
+        #[cfg(feature = "stderr-spam")]
+        eprintln!("hostile plugin logs at every call: {}", "x".repeat(200));
         #[cfg(feature = "deep-recursion")]
         return Err(format!(
             "recursion ended at {}",
@@ -188,10 +267,20 @@ impl Task for Hostile {
             .to_float()
             .mean(&[], false)
             .to_vec();
-        Ok(vec![Metric {
+        let accuracy = Metric {
             name: "accuracy".into(),
             value: hit[0] as f64,
-        }])
+        };
+        #[cfg(feature = "metrics-duplicate")]
+        return Ok(vec![accuracy.clone(), accuracy]);
+        #[cfg(feature = "metrics-drift")]
+        if METRIC_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 {
+            return Ok(vec![Metric {
+                name: "accuracy_v2".into(),
+                value: accuracy.value,
+            }]);
+        }
+        Ok(vec![accuracy])
     }
 }
 
