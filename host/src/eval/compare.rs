@@ -202,10 +202,15 @@ pub fn markdown(c: &Comparison) -> String {
         "\nArea: the mean of {} over the eps range (trapezoids). eps 0 is the clean score.\n",
         c.metric
     ));
-    let part_names: Vec<String> = parts(curve, &c.metric)
-        .iter()
-        .map(|m| m.name.clone())
-        .collect();
+    // Every run's parts: a part no sample defines is missing from a curve.
+    let mut part_names: Vec<String> = Vec::new();
+    for r in &c.runs {
+        for m in parts(&r.curve, &c.metric) {
+            if !part_names.contains(&m.name) {
+                part_names.push(m.name.clone());
+            }
+        }
+    }
     if !part_names.is_empty() {
         out.push_str(&format!(
             "\n## Per part of {} on clean inputs (eps 0) and its area\n\n| run |",

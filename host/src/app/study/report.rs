@@ -377,7 +377,13 @@ pub fn markdown(r: &StudyReport) -> String {
                     } else {
                         p.levels[pick]
                     };
-                    let _ = write!(s, " {} |", stat.text());
+                    // A part no sample defines in some seeds has fewer values.
+                    let fewer = if stat.n < a.runs.len() && stat.n > 0 {
+                        format!(" (n {})", stat.n)
+                    } else {
+                        String::new()
+                    };
+                    let _ = write!(s, " {}{fewer} |", stat.text());
                 }
                 s.push('\n');
             }
