@@ -363,10 +363,10 @@ fn segmentation_trains_end_to_end_through_the_wasm_plugin_on_real_slices() {
     assert!(losses[5] < 0.8 * losses[0], "loss fell: {losses:?}");
 }
 
-/// Logits that make `argmax` the given class map: [1, 8, H, W].
+/// Logits that make `argmax` the given class maps: [N, 8, H, W].
 fn logits_of(map: &[i64], h: i64, w: i64) -> Tensor {
     Tensor::from_slice(map)
-        .reshape([1, h, w])
+        .reshape([-1, h, w])
         .one_hot(8)
         .permute([0, 3, 1, 2])
         .to_kind(tch::Kind::Float)
@@ -393,16 +393,13 @@ fn dice_of_identical_maps_is_one_and_a_partial_case_matches_the_hand_count() {
         .unwrap();
     assert_eq!(value(&same, "dice_mean"), 1.0);
 
-    // Predicted [0 1 0 / 1 2 1]: class 0: 2 predicted, 1 true, 1 shared -> 2/3;
-    // class 1: 3 predicted, 3 true, 2 shared -> 4/6; class 2: 1, 2, 1 -> 2/3.
+    // Predicted [0 1 0 / 1 2 1]: class 1 (frontal): 3 predicted, 3 true, 2
+    // shared -> 4/6; class 2 (temporal): 1, 2, 1 -> 2/3. Background is not
+    // scored, and classes absent from both are not returned.
     let partial = plugin
         .metrics(&logits_of(&[0, 1, 0, 1, 2, 1], 2, 3), &target)
         .unwrap();
-    for (name, want) in [
-        ("dice_0", 2.0 / 3.0),
-        ("dice_1", 4.0 / 6.0),
-        ("dice_2", 2.0 / 3.0),
-    ] {
+    for (name, want) in [("dice_frontal", 4.0 / 6.0), ("dice_temporal", 2.0 / 3.0)] {
         assert!(
             (value(&partial, name) - want).abs() < 1e-6,
             "{name}: {partial:?}"
@@ -412,6 +409,26 @@ fn dice_of_identical_maps_is_one_and_a_partial_case_matches_the_hand_count() {
         (value(&partial, "dice_mean") - 2.0 / 3.0).abs() < 1e-6,
         "{partial:?}"
     );
+    let names: Vec<&str> = partial.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["dice_mean", "dice_frontal", "dice_temporal"]);
+}
+
+#[test]
+fn a_class_absent_from_a_samples_target_and_prediction_is_left_out_of_its_mean() {
+    let mut plugin = Plugin::load(wasm(), &SandboxLimits::default()).unwrap();
+    // Sample 1 as above; sample 2 is all frontal, predicted exactly, so
+    // temporal is absent from both its target and its prediction.
+    let target = Tensor::from_slice(&[0i64, 1, 1, 1, 2, 2, 1, 1, 1, 1, 1, 1])
+        .reshape([2, 2, 3])
+        .to_kind(tch::Kind::Float);
+    let pred = logits_of(&[0, 1, 0, 1, 2, 1, 1, 1, 1, 1, 1, 1], 2, 3);
+    let m = plugin.metrics(&pred, &target).unwrap();
+    let value = |name: &str| m.iter().find(|x| x.name == name).unwrap().value;
+    // Frontal: (4/6 + 1) / 2. Temporal: sample 1 alone, 2/3 (5/6 if the
+    // empty sample counted as 1.0).
+    assert!((value("dice_frontal") - 5.0 / 6.0).abs() < 1e-6, "{m:?}");
+    assert!((value("dice_temporal") - 2.0 / 3.0).abs() < 1e-6, "{m:?}");
+    assert!((value("dice_mean") - 0.75).abs() < 1e-6, "{m:?}");
 }
 
 #[test]

@@ -43,6 +43,10 @@ pub enum Command {
     Calibrate(CalibrateCommand),
     /// Compare finished runs: a table of a metric at every noise level and one plot.
     Compare(CompareCommand),
+    /// Run a study: arms (a method and config overrides) x seeds, each run
+    /// resumable; then mean ± sd over seeds in study.{md,json,csv} and plots.
+    #[command(after_long_help = STUDY_HELP)]
+    Study(StudyCommand),
     /// Prepare datasets: decode through the task plugin, split, cache.
     #[command(subcommand)]
     Data(DataCommand),
@@ -76,6 +80,53 @@ pub struct CompareCommand {
     /// The metric compared [default: the first metric of the curves].
     #[arg(long)]
     pub metric: Option<String>,
+}
+
+const STUDY_HELP: &str = "The study file (TOML; unknown keys are errors):
+
+  [study]
+  name = \"segmentation\"
+  base = \"segmentation-long.toml\"   # a run config, relative to this file
+  seeds = [0, 1, 2]
+  # out = \"runs/study-segmentation\" # default runs/study-<name>
+  # metric = \"dice_mean\"            # default: the curves' first metric
+  # reference = \"STD\"               # collapse flags against; default: the first std arm
+  # plugin = \"../target/...wasm\"    # relative to this file; default: the base's run.plugin
+
+  [[arm]]
+  name = \"STD\"
+  method = \"std\"
+
+  [[arm]]
+  name = \"SAT eps 2 beta 1\"
+  method = \"sat\"
+  set = { \"sat.eps\" = 2.0, \"train.beta\" = 1.0 }
+
+`set` holds dotted keys of the run config, applied to the base before it is
+read; eval.*, run.seed and run.method cannot be set. Runs go to
+<out>/<arm name as a slug>/seed-<s>/; the same command again resumes
+unfinished runs from their checkpoints and skips finished ones.";
+
+#[derive(clap::Args, Debug)]
+pub struct StudyCommand {
+    /// The study file (TOML).
+    pub study: PathBuf,
+    /// The task plugin for every run [default: study.plugin, else the base's run.plugin].
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// cpu | cuda | auto for every run [default: the base's run.device].
+    #[arg(long, value_enum)]
+    pub device: Option<crate::model::DeviceChoice>,
+    /// The study folder [default: study.out, else runs/study-<name>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Only rebuild the report from the finished runs.
+    #[arg(long)]
+    pub report_only: bool,
+    /// Stop each run it trains after this many epochs (with a checkpoint);
+    /// the same command without it continues.
+    #[arg(long, conflicts_with = "report_only")]
+    pub stop_after: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -323,6 +374,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "written: {}/comparison.{{md,csv,json,png}}",
                 c.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Study(c) => {
+            use crate::app::study::{self, Study, StudyOptions};
+            let s = Study::load(
+                &c.study,
+                &StudyOptions {
+                    plugin: c.plugin,
+                    device: c.device,
+                    out: c.out,
+                    report_only: c.report_only,
+                },
+            )?;
+            if !c.report_only {
+                study::keep_spec(&s)?;
+                let o = study::run(&s, c.stop_after)?;
+                if !o.complete() {
+                    println!(
+                        "study stopped: {} of {} runs finished, {} stopped; the same command without --stop-after continues",
+                        o.skipped + o.trained,
+                        s.cells.len(),
+                        o.stopped
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                println!(
+                    "study {}: {} run(s) trained, {} already finished",
+                    s.name, o.trained, o.skipped
+                );
+            }
+            let r = study::report::build(&s)?;
+            study::report::write(&s, &r)?;
+            print!("{}", study::report::markdown(&r));
+            println!(
+                "written: {}/study.{{md,json,csv}}, curves.png, clean-vs-robust.png",
+                s.out.display()
             );
             Ok(ExitCode::SUCCESS)
         }

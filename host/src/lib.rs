@@ -4,6 +4,7 @@
 //! supply a decoder, a per-sample loss and metrics, as sandboxed wasm
 //! components or native dylibs.
 
+pub mod app;
 pub mod attack;
 pub mod builtin;
 pub mod cli;

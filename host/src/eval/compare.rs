@@ -4,7 +4,10 @@
 //! levels, norm and steps of their curves must agree.
 
 use super::Curve;
-use super::report::{Series, line_chart};
+use super::report::{
+    Collapse, Series, collapse_line, collapse_rule, collapses, dice_convention, fmt, level_heading,
+    line_chart, noise_note, parts,
+};
 use crate::train::EpochRecord;
 use crate::train::checkpoint::write_atomic;
 use crate::train::config::RunConfig;
@@ -20,8 +23,17 @@ pub struct RunResult {
     pub method: String,
     pub epochs: usize,
     pub seconds_per_epoch: f64,
+    /// Training wall time, the sum of the epochs' seconds.
+    pub train_seconds: f64,
     pub final_clean_loss: f64,
     pub curve: Curve,
+}
+
+impl RunResult {
+    /// Training plus evaluation seconds (evaluation is 0 in older runs).
+    pub fn wall_seconds(&self) -> f64 {
+        self.train_seconds + self.curve.seconds
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -29,6 +41,10 @@ pub struct Comparison {
     pub metric: String,
     pub eps: Vec<f64>,
     pub runs: Vec<RunResult>,
+    /// The run collapses are judged against: the first STD run.
+    pub reference: Option<String>,
+    /// Per run (by name), its collapsed parts of the metric.
+    pub collapses: Vec<(String, Vec<Collapse>)>,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -75,6 +91,7 @@ pub fn read_run(dir: &Path) -> Result<RunResult> {
         method: cfg.method().to_string(),
         epochs: history.len(),
         seconds_per_epoch: seconds / history.len().max(1) as f64,
+        train_seconds: seconds,
         final_clean_loss: history.last().map(|r| r.clean_loss).unwrap_or(f64::NAN),
         curve,
     })
@@ -125,9 +142,26 @@ pub fn compare(dirs: &[PathBuf], metric: Option<&str>) -> Result<Comparison> {
             );
         }
     }
+    let reference = runs.iter().find(|r| r.method == "std");
+    let collapsed = match reference {
+        Some(reference) => runs
+            .iter()
+            .filter(|r| r.dir != reference.dir)
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    collapses(&r.curve, &reference.curve, &metric),
+                )
+            })
+            .filter(|(_, c)| !c.is_empty())
+            .collect(),
+        None => Vec::new(),
+    };
     Ok(Comparison {
         metric,
         eps: first.curve.eps.clone(),
+        reference: reference.map(|r| r.name.clone()),
+        collapses: collapsed,
         runs,
     })
 }
@@ -135,12 +169,18 @@ pub fn compare(dirs: &[PathBuf], metric: Option<&str>) -> Result<Comparison> {
 pub fn markdown(c: &Comparison) -> String {
     let curve = &c.runs[0].curve;
     let mut out = format!(
-        "# Robustness comparison: {}\n\n{} split ({} samples), PGD {} with {} steps and {} restart(s) at every noise level.\n\n",
-        c.metric, curve.split, curve.samples, curve.norm, curve.steps, curve.restarts
+        "# Robustness comparison: {}\n\n{} split ({} samples), PGD {} with {} steps and {} restart(s) at every noise level. {}\n\n",
+        c.metric,
+        curve.split,
+        curve.samples,
+        curve.norm,
+        curve.steps,
+        curve.restarts,
+        noise_note(curve)
     );
     out.push_str("| run | method |");
-    for e in &c.eps {
-        out.push_str(&format!(" eps {e} |"));
+    for i in 0..c.eps.len() {
+        out.push_str(&format!(" {} |", level_heading(curve, i)));
     }
     out.push_str(" area | epochs | s / epoch |\n|---|---|");
     out.push_str(&"---|".repeat(c.eps.len() + 3));
@@ -149,27 +189,89 @@ pub fn markdown(c: &Comparison) -> String {
         let m = r.curve.metric(&c.metric).expect("checked in compare");
         out.push_str(&format!("| {} | {} |", r.name, r.method));
         for v in &m.values {
-            out.push_str(&format!(" {v:.4} |"));
+            out.push_str(&format!(" {} |", fmt(*v)));
         }
         out.push_str(&format!(
-            " **{:.4}** | {} | {:.2} |\n",
-            m.area, r.epochs, r.seconds_per_epoch
+            " **{}** | {} | {:.2} |\n",
+            fmt(m.area),
+            r.epochs,
+            r.seconds_per_epoch
         ));
     }
     out.push_str(&format!(
-        "\nArea: the mean of {} over the eps range (trapezoids). eps 0 is the clean score.\n\
-         Plot: `comparison.png`; per-run details in each run's `summary.md`.\n",
+        "\nArea: the mean of {} over the eps range (trapezoids). eps 0 is the clean score.\n",
         c.metric
     ));
+    // Every run's parts: a part no sample defines is missing from a curve.
+    let mut part_names: Vec<String> = Vec::new();
+    for r in &c.runs {
+        for m in parts(&r.curve, &c.metric) {
+            if !part_names.contains(&m.name) {
+                part_names.push(m.name.clone());
+            }
+        }
+    }
+    if !part_names.is_empty() {
+        out.push_str(&format!(
+            "\n## Per part of {} on clean inputs (eps 0) and its area\n\n| run |",
+            c.metric
+        ));
+        for p in &part_names {
+            out.push_str(&format!(" {p} |"));
+        }
+        out.push_str("\n|---|");
+        out.push_str(&"---|".repeat(part_names.len()));
+        out.push('\n');
+        for r in &c.runs {
+            out.push_str(&format!("| {} |", r.name));
+            for p in &part_names {
+                let cell = match r.curve.metric(p) {
+                    Some(m) => format!("{} ({})", fmt(m.values[0]), fmt(m.area)),
+                    None => "–".into(),
+                };
+                out.push_str(&format!(" {cell} |"));
+            }
+            out.push('\n');
+        }
+        out.push_str("\nEach cell: clean value (area).\n");
+        match &c.reference {
+            Some(reference) => {
+                out.push_str(&format!("\nCollapse flags ({}):", collapse_rule(reference)));
+                if c.collapses.is_empty() {
+                    out.push_str(" none.\n");
+                } else {
+                    out.push('\n');
+                    for (run, list) in &c.collapses {
+                        out.push_str(&format!("- **{run}**: {}\n", collapse_line(list)));
+                    }
+                }
+            }
+            None => out.push_str("\nNo STD run among these, so no collapse flags.\n"),
+        }
+    }
+    if let Some(note) = dice_convention(curve) {
+        out.push_str(&format!("\n{note}\n"));
+    }
+    out.push_str("\nPlot: `comparison.png`; per-run details in each run's `summary.md`.\n");
     out
 }
 
 pub fn csv(c: &Comparison) -> String {
-    let mut out = String::from("run,method,eps,metric,value\n");
+    let mut out = String::from("run,method,eps,rms,metric,value\n");
     for r in &c.runs {
-        let m = r.curve.metric(&c.metric).expect("checked in compare");
-        for (e, v) in c.eps.iter().zip(&m.values) {
-            out.push_str(&format!("{},{},{e},{},{v}\n", r.name, r.method, c.metric));
+        let mut names = vec![c.metric.clone()];
+        names.extend(parts(&r.curve, &c.metric).iter().map(|m| m.name.clone()));
+        for name in names {
+            let m = r.curve.metric(&name).expect("a metric of the curve");
+            for (i, (e, v)) in c.eps.iter().zip(&m.values).enumerate() {
+                out.push_str(&format!(
+                    "{},{},{e},{},{name},{}\n",
+                    r.name,
+                    r.method,
+                    super::report::cell(super::report::rms_at(&r.curve, i)),
+                    super::report::cell(*v)
+                ));
+            }
         }
     }
     out

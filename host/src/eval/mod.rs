@@ -22,11 +22,35 @@ use tch::{Device, Kind, Tensor};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetricCurve {
     pub name: String,
-    /// One value per noise level.
+    /// One value per noise level; NaN (`null` in JSON) where the plugin
+    /// returned none (a value no sample defines).
+    #[serde(default, deserialize_with = "nan_for_null::values")]
     pub values: Vec<f64>,
     /// Trapezoid area under the curve divided by the eps range (the mean
     /// value over the range); the clean value when the list is just [0].
+    #[serde(
+        default = "nan_for_null::nan",
+        deserialize_with = "nan_for_null::value"
+    )]
     pub area: f64,
+}
+
+/// serde_json writes NaN as `null`; these read it back as NaN.
+mod nan_for_null {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn nan() -> f64 {
+        f64::NAN
+    }
+
+    pub fn value<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+
+    pub fn values<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        let v = Vec::<Option<f64>>::deserialize(d)?;
+        Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,14 +61,34 @@ pub struct Curve {
     pub steps: usize,
     pub restarts: usize,
     pub eps: Vec<f64>,
+    /// Each level as a per-pixel size, comparable across image sizes: for
+    /// L2 the RMS eps / sqrt(elements of one input sample); for Linf eps
+    /// itself, the per-pixel bound. Empty in files written before it existed.
+    #[serde(default)]
+    pub rms: Vec<f64>,
     /// Mean per-sample loss at each level.
     pub loss: Vec<f64>,
     pub metrics: Vec<MetricCurve>,
+    /// Wall time of the evaluation (0 in older files).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 impl Curve {
     pub fn metric(&self, name: &str) -> Option<&MetricCurve> {
         self.metrics.iter().find(|m| m.name == name)
+    }
+}
+
+/// The per-pixel size of each level (see [`Curve::rms`]) for inputs of
+/// `elements` values per sample.
+pub fn per_pixel(norm: Norm, eps: &[f64], elements: usize) -> Vec<f64> {
+    match norm {
+        Norm::L2 => {
+            let root = (elements.max(1) as f64).sqrt();
+            eps.iter().map(|e| e / root).collect()
+        }
+        Norm::Linf => eps.to_vec(),
     }
 }
 
@@ -136,6 +180,7 @@ pub fn robustness(
     seed: i64,
     bar: &ProgressBar,
 ) -> Result<Curve> {
+    let start = std::time::Instant::now();
     tch::manual_seed(seed);
     let indices: Vec<usize> = (0..data.len()).collect();
     let batches: Vec<&[usize]> = indices.chunks(cfg.batch_size).collect();
@@ -157,10 +202,14 @@ pub fn robustness(
         per_level.push(metrics.into_iter().map(|m| (m.name, m.value)).collect());
         losses.push(loss_sum / data.len().max(1) as f64);
     }
-    let names: Vec<String> = per_level
-        .first()
-        .map(|l| l.iter().map(|(n, _)| n.clone()).collect())
-        .unwrap_or_default();
+    // Every name any level returned, in order of appearance: a plugin may
+    // leave out a value it cannot define at some level.
+    let mut names: Vec<String> = Vec::new();
+    for (n, _) in per_level.iter().flatten() {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
     let metrics = names
         .iter()
         .map(|name| {
@@ -187,14 +236,49 @@ pub fn robustness(
         steps: cfg.attack.steps,
         restarts: cfg.restarts,
         eps: cfg.eps.clone(),
+        rms: per_pixel(
+            cfg.attack.norm,
+            &cfg.eps,
+            data.samples.first().map_or(1, |s| s.image.numel()),
+        ),
         loss: losses,
         metrics,
+        seconds: start.elapsed().as_secs_f64(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::normalised_area;
+
+    #[test]
+    fn missing_values_round_trip_as_null_and_old_files_read() {
+        use super::{Curve, MetricCurve};
+        let m = MetricCurve {
+            name: "dice_x".into(),
+            values: vec![0.5, f64::NAN],
+            area: f64::NAN,
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(json, r#"{"name":"dice_x","values":[0.5,null],"area":null}"#);
+        let back: MetricCurve = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.values[0], 0.5);
+        assert!(back.values[1].is_nan() && back.area.is_nan());
+        let old = r#"{"split":"test","samples":1,"norm":"l2","steps":1,"restarts":1,
+            "eps":[0.0],"loss":[0.1],"metrics":[]}"#;
+        let c: Curve = serde_json::from_str(old).unwrap();
+        assert!(c.rms.is_empty() && c.seconds == 0.0);
+    }
+
+    #[test]
+    fn per_pixel_levels() {
+        use super::{Norm, per_pixel};
+        assert_eq!(
+            per_pixel(Norm::L2, &[0.0, 2.0], 64 * 64),
+            vec![0.0, 2.0 / 64.0]
+        );
+        assert_eq!(per_pixel(Norm::Linf, &[0.0, 0.1], 64 * 64), vec![0.0, 0.1]);
+    }
 
     #[test]
     fn area_is_the_mean_height() {

@@ -7,6 +7,9 @@ use super::EpochRecord;
 use super::checkpoint::write_atomic;
 use super::config::RunConfig;
 use crate::eval::Curve;
+use crate::eval::report::{
+    COLLAPSED_BELOW, REFERENCE_AT_LEAST, dice_convention, fmt, noise_note, parts, rms_at,
+};
 use anyhow::Result;
 use std::fmt::Write;
 use std::path::Path;
@@ -173,25 +176,51 @@ pub fn summary(
         "## Robustness ({} split, {} samples, PGD {} {} steps, {} restart(s))\n",
         curve.split, curve.samples, curve.norm, curve.steps, curve.restarts
     );
-    let _ = write!(s, "| eps | loss |");
+    let _ = write!(s, "| eps | rms | loss |");
     for m in &curve.metrics {
         let _ = write!(s, " {} |", m.name);
     }
-    let _ = write!(s, "\n|---|---|");
+    let _ = write!(s, "\n|---|---|---|");
     for _ in &curve.metrics {
         s.push_str("---|");
     }
     s.push('\n');
     for (i, eps) in curve.eps.iter().enumerate() {
-        let _ = write!(s, "| {eps} | {:.4} |", curve.loss[i]);
+        let rms = rms_at(curve, i);
+        let rms = if rms.is_nan() {
+            "–".into()
+        } else {
+            format!("{rms:.4}")
+        };
+        let _ = write!(s, "| {eps} | {rms} | {:.4} |", curve.loss[i]);
         for m in &curve.metrics {
-            let _ = write!(s, " {:.4} |", m.values[i]);
+            let _ = write!(s, " {} |", fmt(m.values[i]));
         }
         s.push('\n');
     }
-    let _ = write!(s, "| area | |");
+    let _ = write!(s, "| area | | |");
     for m in &curve.metrics {
-        let _ = write!(s, " {:.4} |", m.area);
+        let _ = write!(s, " {} |", fmt(m.area));
+    }
+    let _ = write!(s, "\n\n{}", noise_note(curve));
+    if let Some(note) = dice_convention(curve) {
+        let _ = write!(s, "\n\n{note}");
+    }
+    // Without a reference run, only "near 0" can be said; `compare` and
+    // `study` flag collapses against an STD run.
+    if let Some(first) = curve.metrics.first() {
+        let low: Vec<String> = parts(curve, &first.name)
+            .iter()
+            .filter(|m| m.values.first().is_some_and(|v| *v < COLLAPSED_BELOW))
+            .map(|m| format!("{} ({:.3})", m.name, m.values[0]))
+            .collect();
+        if !low.is_empty() {
+            let _ = write!(
+                s,
+                "\n\nNear 0 on clean inputs (below {COLLAPSED_BELOW}): {}. A collapse if an STD run scores at least {REFERENCE_AT_LEAST} there (`amat-host compare` flags it).",
+                low.join(", ")
+            );
+        }
     }
     s.push_str("\n\nFiles: `epochs.jsonl`, `epochs.csv`, `robustness.json`, `robustness.csv`, `robustness.png`, `checkpoints/`.\n");
     s

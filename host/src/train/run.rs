@@ -46,6 +46,15 @@ impl Progress {
         }
     }
 
+    /// A line above the bars (on stderr directly when they are hidden).
+    pub fn println(&self, line: &str) {
+        if self.multi.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            let _ = self.multi.println(line);
+        }
+    }
+
     pub fn bar(&self, prefix: &str) -> ProgressBar {
         let bar = self.multi.add(ProgressBar::new(0));
         bar.set_style(
@@ -69,7 +78,7 @@ impl Default for Progress {
 /// when the file is removed. Whoever holds it owns the folder and any
 /// `.<name>.partial-*` left by a process killed before its first checkpoint,
 /// and removes those.
-struct RunLock {
+pub struct RunLock {
     path: PathBuf,
     _file: std::fs::File,
 }
@@ -248,12 +257,9 @@ pub fn effective_config(
     device: Option<DeviceChoice>,
 ) -> Result<RunConfig> {
     let mut cfg = RunConfig::read(path).map_err(anyhow::Error::msg)?;
-    cfg.run.plugin = match plugin {
-        Some(p) => Some(absolute(p)),
-        None => cfg.run.plugin.map(|p| absolute(&relative_to(path, &p))),
-    };
-    if let crate::data::source::DataSource::Manifest(m) = &mut cfg.data {
-        m.manifest = absolute(&relative_to(path, &m.manifest));
+    resolve_paths(&mut cfg, path);
+    if let Some(p) = plugin {
+        cfg.run.plugin = Some(absolute(p));
     }
     if let Some(m) = method {
         cfg.run.method = Some(m);
@@ -262,6 +268,19 @@ pub fn effective_config(
         cfg.run.device = d;
     }
     Ok(cfg)
+}
+
+/// Makes the config's relative paths (plugin, data manifest) absolute,
+/// relative to the folder of the file `origin` they were read from.
+pub fn resolve_paths(cfg: &mut RunConfig, origin: &Path) {
+    cfg.run.plugin = cfg
+        .run
+        .plugin
+        .take()
+        .map(|p| absolute(&relative_to(origin, &p)));
+    if let crate::data::source::DataSource::Manifest(m) = &mut cfg.data {
+        m.manifest = absolute(&relative_to(origin, &m.manifest));
+    }
 }
 
 /// Plugin, data and device of a validated config.
@@ -347,6 +366,24 @@ pub struct Finished {
     pub dir: PathBuf,
     /// None when the run stopped early (`stop_after`).
     pub curve: Option<Curve>,
+    /// The epoch a resumed run continued after.
+    pub resumed_after: Option<usize>,
+}
+
+/// One run to carry out: a config (paths resolved) and its folder.
+pub struct Job<'a> {
+    pub cfg: RunConfig,
+    pub dir: PathBuf,
+    /// Continue from the folder's newest checkpoint; else create the folder.
+    pub resume: bool,
+    /// Stop cleanly (with a checkpoint) once this many epochs are done.
+    pub stop_after: Option<usize>,
+    /// Where the run's bars go (a study shares one display across runs).
+    pub progress: &'a Progress,
+    /// Advanced by one per trained epoch (a study's overall bar).
+    pub epochs_done: Option<&'a ProgressBar>,
+    /// The run folder's lock when the caller took it already (`--resume`).
+    pub lock: Option<RunLock>,
 }
 
 pub fn run(args: &RunArgs) -> Result<Finished> {
@@ -399,6 +436,29 @@ pub fn run(args: &RunArgs) -> Result<Finished> {
             (cfg, dir)
         }
     };
+    execute(Job {
+        cfg,
+        dir,
+        resume: args.resume.is_some(),
+        stop_after: args.stop_after,
+        progress: &Progress::new(),
+        epochs_done: None,
+        lock,
+    })
+}
+
+/// Trains (or continues) one run to its end or `stop_after`, then evaluates
+/// it and writes its report.
+pub fn execute(job: Job) -> Result<Finished> {
+    let Job {
+        cfg,
+        dir,
+        resume,
+        stop_after,
+        progress,
+        epochs_done,
+        lock,
+    } = job;
     cfg.validate().map_err(anyhow::Error::msg)?;
     let _lock = match lock {
         Some(l) => l,
@@ -409,7 +469,7 @@ pub fn run(args: &RunArgs) -> Result<Finished> {
             RunLock::acquire(&dir)?.0
         }
     };
-    if args.resume.is_none() && dir.exists() {
+    if !resume && dir.exists() {
         bail!(
             "run folder {} exists: resume it with --resume {0} or choose another --out",
             dir.display()
@@ -422,10 +482,12 @@ pub fn run(args: &RunArgs) -> Result<Finished> {
         session.device,
         session.splits.train.len(),
     )?;
-    let mut run_dir = if args.resume.is_some() {
+    let mut resumed_after = None;
+    let mut run_dir = if resume {
         let ckpt = checkpoint::resolve(&dir)?;
         let state = checkpoint::restore(&ckpt, &mut trainer)?;
         tracing::info!("resuming {} after epoch {}", dir.display(), state.epoch);
+        resumed_after = Some(state.epoch);
         RunDir::existing(&dir)
     } else {
         let d = RunDir::stage(&dir)?;
@@ -434,7 +496,6 @@ pub fn run(args: &RunArgs) -> Result<Finished> {
     };
     let info = session.plugin.info().clone();
     let task = (info.name.as_str(), info.version.as_str());
-    let progress = Progress::new();
     let epochs_bar = progress.bar("epochs");
     epochs_bar.set_length(cfg.train.epochs as u64);
     epochs_bar.set_position(trainer.epoch as u64);
@@ -459,8 +520,11 @@ pub fn run(args: &RunArgs) -> Result<Finished> {
         );
         epochs_bar.set_message(msg);
         epochs_bar.inc(1);
+        if let Some(bar) = epochs_done {
+            bar.inc(1);
+        }
         report::write_epochs(run_dir.path(), &trainer.history)?;
-        let stop = args.stop_after == Some(trainer.epoch);
+        let stop = stop_after == Some(trainer.epoch);
         if trainer.epoch % cfg.run.checkpoint_every == 0
             || trainer.epoch == cfg.train.epochs
             || stop
@@ -470,15 +534,25 @@ pub fn run(args: &RunArgs) -> Result<Finished> {
         }
         if stop && trainer.epoch < cfg.train.epochs {
             batch_bar.finish_and_clear();
-            epochs_bar.abandon();
+            if epochs_done.is_some() {
+                epochs_bar.finish_and_clear();
+            } else {
+                epochs_bar.abandon();
+            }
             return Ok(Finished {
                 dir: run_dir.path().to_path_buf(),
                 curve: None,
+                resumed_after,
             });
         }
     }
     batch_bar.finish_and_clear();
-    epochs_bar.finish();
+    // A study's runs share one display, so theirs do not stay.
+    if epochs_done.is_some() {
+        epochs_bar.finish_and_clear();
+    } else {
+        epochs_bar.finish();
+    }
     let eval_bar = progress.bar("eval");
     let curve = eval::robustness(
         &trainer.model,
@@ -503,5 +577,6 @@ pub fn run(args: &RunArgs) -> Result<Finished> {
     Ok(Finished {
         dir: run_dir.path().to_path_buf(),
         curve: Some(curve),
+        resumed_after,
     })
 }

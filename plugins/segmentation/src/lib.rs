@@ -2,13 +2,15 @@
 //! class-index map [B, H, W] (or [B, 1, H, W]) stored as floats.
 //!
 //! Loss per sample: cross-entropy (mean over pixels) + (1 - soft Dice, mean
-//! over classes). Metrics: hard Dice per class and their mean.
+//! over classes). Metrics: hard Dice per foreground class and their mean, as
+//! nnU-Net reports them (see [`metrics`]).
 //!
 //! Data: Colin27 (`ch2`) slices; targets are AAL's regions grouped into lobes
 //! (8 classes, the default) or the brain mask (a 2-class coarse variant on the
 //! same 8 output channels). See [`decode`] for the options.
 
 pub mod decode;
+pub mod metrics;
 
 use amat_plugin_sdk::{
     DecodeRequest, Example, Metric, SampleScore, ScoreInfo, TargetKind, Task, TaskInfo, Tensor,
@@ -58,6 +60,7 @@ impl Task for Segmentation {
             tau: 0.35,
             intensity_min: 0.0,
             intensity_max: 1.0,
+            // Per-class Dice values follow as extras, for the classes a set defines.
             metric_names: vec!["dice_mean".into()],
             scores: vec![ScoreInfo::new(
                 "hard_dice",
@@ -100,42 +103,7 @@ impl Task for Segmentation {
     }
 
     fn metrics(pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, String> {
-        let classes = pred.size(1);
-        let hard = pred
-            .argmax(1, false)
-            .one_hot(classes)
-            .permute(&[0, 3, 1, 2]);
-        let y = one_hot(target, classes);
-        // Dice over the whole set per class: sums over samples and pixels.
-        let inter = (&hard * &y).sum(&[0, 2, 3], false).to_vec();
-        let ph = hard.sum(&[0, 2, 3], false).to_vec();
-        let py = y.sum(&[0, 2, 3], false).to_vec();
-        let mut out = Vec::new();
-        let mut present = Vec::new();
-        for c in 0..classes as usize {
-            let denom = ph[c] as f64 + py[c] as f64;
-            let d = if denom == 0.0 {
-                1.0
-            } else {
-                2.0 * inter[c] as f64 / denom
-            };
-            if py[c] > 0.0 {
-                present.push(d);
-            }
-            out.push(Metric {
-                name: format!("dice_{c}"),
-                value: d,
-            });
-        }
-        let mean = present.iter().sum::<f64>() / present.len().max(1) as f64;
-        out.insert(
-            0,
-            Metric {
-                name: "dice_mean".into(),
-                value: mean,
-            },
-        );
-        Ok(out)
+        metrics::dice_metrics(pred, &one_hot(target, pred.size(1)))
     }
 }
 
