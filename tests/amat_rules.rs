@@ -9,8 +9,6 @@
 mod support;
 
 use amat_host::attack::{PgdConfig, Range};
-use amat_host::data::synthetic::disk;
-use amat_host::data::{Dataset, Sample};
 use amat_host::eval::command::{CheckpointArgs, load};
 use amat_host::eval::{self, calibrate};
 use amat_host::plugin::{Plugin, SandboxLimits};
@@ -18,8 +16,6 @@ use amat_host::train::Trainer;
 use amat_host::train::amat::{Judge, crossings};
 use amat_host::train::config::{EvalConfig, RunConfig};
 use indicatif::ProgressBar;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -132,32 +128,6 @@ fn a_sample_broken_at_an_intermediate_iterate_counts_as_broken_in_training_and_e
 
 // ------------------------------------------- the reference rule adapts per sample
 
-/// `n` disks of `contrast` under `noise`, or (`random_target`) with a random
-/// class map that cannot be learned.
-fn samples(
-    rng: &mut ChaCha8Rng,
-    name: &str,
-    n: usize,
-    contrast: f64,
-    noise: f64,
-    random_target: bool,
-) -> Vec<Sample> {
-    (0..n)
-        .map(|i| {
-            let (image, mut target) = disk(rng, 24, contrast, noise, 0.3);
-            if random_target {
-                let bits: Vec<f32> = (0..24 * 24).map(|_| rng.gen_range(0..2) as f32).collect();
-                target = Tensor::from_slice(&bits).reshape([24, 24]);
-            }
-            Sample {
-                id: format!("{name}-{i}"),
-                image,
-                target,
-            }
-        })
-        .collect()
-}
-
 fn native_config(text: &str) -> RunConfig {
     let mut cfg = RunConfig::parse(text, Path::new("test.toml")).unwrap();
     cfg.run.plugin = Some(support::native_plugin("segmentation"));
@@ -173,14 +143,7 @@ fn reference_rule_margins_adapt_per_sample() {
         &SandboxLimits::default(),
     )
     .unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let mut all = samples(&mut rng, "easy", 10, 1.0, 0.03, false);
-    all.extend(samples(&mut rng, "hard", 10, 0.12, 0.08, false));
-    all.extend(samples(&mut rng, "unlearnable", 2, 0.6, 0.05, true));
-    let train = Dataset {
-        name: "train".into(),
-        samples: all,
-    };
+    let train = support::samples::easy_hard_unlearnable();
     // The authors' rule and switches: no clean gate, no reset; judged by the
     // plugin's per-sample hard Dice.
     let cfg = native_config(

@@ -140,7 +140,7 @@ fn a_plugin_of_an_unknown_contract_is_told_what_to_do() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("built for amat:task@0.9.0; this host provides amat:task@0.2.0 (and loads 0.2.0, 0.1.0): rebuild against plugin-sdk 0.2.0"),
+        err.contains("built for amat:task@0.9.0; this host provides amat:task@0.2.0 (and loads 0.2.0, 0.1.0): rebuild it against the plugin-sdk of contract 0.2.0"),
         "{err}"
     );
 }

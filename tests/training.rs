@@ -9,14 +9,10 @@
 mod support;
 
 use amat_host::attack::{Norm, PgdConfig, Range, loss_at, pgd, sample_norms};
-use amat_host::data::synthetic::disk;
-use amat_host::data::{Dataset, Sample};
 use amat_host::plugin::{Plugin, SandboxLimits};
 use amat_host::train::Trainer;
 use amat_host::train::config::RunConfig;
 use indicatif::ProgressBar;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Mutex;
@@ -165,46 +161,13 @@ fn pgd_keeps_each_sample_in_its_own_ball_and_the_intensity_range_and_raises_the_
 
 // ---------------------------------------------------------------- 2. AMAT margins
 
-/// `n` images of one kind: disks of `contrast` under `noise`, with the true
-/// class map or (`random_target`) a random one that cannot be learned.
-fn kind_of_samples(
-    rng: &mut ChaCha8Rng,
-    name: &str,
-    n: usize,
-    contrast: f64,
-    noise: f64,
-    random_target: bool,
-) -> Vec<Sample> {
-    (0..n)
-        .map(|i| {
-            let (image, mut target) = disk(rng, 24, contrast, noise, 0.3);
-            if random_target {
-                let bits: Vec<f32> = (0..24 * 24).map(|_| rng.gen_range(0..2) as f32).collect();
-                target = Tensor::from_slice(&bits).reshape([24, 24]);
-            }
-            Sample {
-                id: format!("{name}-{i}"),
-                image,
-                target,
-            }
-        })
-        .collect()
-}
-
 /// The boundary rule with the clean gate and reset_wrong: the rule amat
 /// shipped first (IMA-like), kept as an ablation.
 #[test]
 fn amat_margins_adapt_per_sample() {
     let _torch = lock();
     let mut plugin = load_plugin();
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let mut samples = kind_of_samples(&mut rng, "easy", 10, 1.0, 0.03, false);
-    samples.extend(kind_of_samples(&mut rng, "hard", 10, 0.12, 0.08, false));
-    samples.extend(kind_of_samples(&mut rng, "unlearnable", 2, 0.6, 0.05, true));
-    let train = Dataset {
-        name: "train".into(),
-        samples,
-    };
+    let train = support::samples::easy_hard_unlearnable();
     let (easy, hard, unlearnable) = (0..10, 10..20, 20..22);
 
     let cfg = config(

@@ -9,7 +9,6 @@
 mod support;
 
 use amat_host::attack::{self, Norm, sample_norms};
-use amat_host::data::{Dataset, Sample};
 use amat_host::model::NormKind;
 use amat_host::plugin::Plugin;
 use amat_host::reference::{self, StateInputs};
@@ -49,17 +48,7 @@ fn compare(python: &Path, norm: Norm, eps: f64, model_norm: NormKind) {
     tch::set_num_threads(1);
     let mut plugin = Plugin::builtin_segmentation(3);
     tch::manual_seed(7);
-    let samples = (0..4)
-        .map(|i| Sample {
-            id: format!("s{i}"),
-            image: Tensor::rand([1, 16, 16], (Kind::Float, Device::Cpu)),
-            target: Tensor::randint(3, [16, 16], (Kind::Float, Device::Cpu)),
-        })
-        .collect();
-    let data = Dataset {
-        name: "parity".into(),
-        samples,
-    };
+    let data = support::samples::random_samples(4);
     let mut t = Trainer::new(&cfg, &plugin, Device::Cpu, data.len()).unwrap();
     assert_eq!(t.method, Method::Sat);
 
@@ -190,17 +179,7 @@ fn compare_reference_rule(python: &Path, gate: bool) {
     tch::set_num_threads(1);
     let mut plugin = Plugin::builtin_segmentation(3);
     tch::manual_seed(11);
-    let samples = (0..8)
-        .map(|i| Sample {
-            id: format!("s{i}"),
-            image: Tensor::rand([1, 16, 16], (Kind::Float, Device::Cpu)),
-            target: Tensor::randint(3, [16, 16], (Kind::Float, Device::Cpu)),
-        })
-        .collect();
-    let data = Dataset {
-        name: "parity".into(),
-        samples,
-    };
+    let data = support::samples::random_samples(8);
     let mut t = Trainer::new(&cfg, &plugin, Device::Cpu, data.len()).unwrap();
     let all: Vec<usize> = (0..8).collect();
     let (x, y) = data.batch(&all, Device::Cpu);

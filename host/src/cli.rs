@@ -475,6 +475,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 println!("plugin:          {}", plugin.display());
                 println!("kind:            {kind}");
+                println!("contract:        {}", p.contract());
                 println!("task:            {} {}", info.name, info.version);
                 println!("description:     {}", info.description);
                 println!("input channels:  {}", info.input_channels);
@@ -486,6 +487,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     info.intensity_min, info.intensity_max
                 );
                 println!("metrics:         {}", info.metric_names.join(", "));
+                let scores: Vec<String> = info
+                    .scores
+                    .iter()
+                    .map(|s| {
+                        let better = if s.higher_is_better {
+                            "higher"
+                        } else {
+                            "lower"
+                        };
+                        format!("{} ({better} is better)", s.name)
+                    })
+                    .collect();
+                println!(
+                    "scores (AMAT):   {}",
+                    if scores.is_empty() {
+                        "none: judged by loss <= tau".to_string()
+                    } else {
+                        scores.join(", ")
+                    }
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

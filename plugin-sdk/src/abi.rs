@@ -124,9 +124,10 @@ pub const ERR_HOST_OP: i32 = 2;
 /// The plugin panicked; the message is in the error sink.
 pub const ERR_PANIC: i32 = 3;
 
-/// The plugin's exports, one per WIT world export.
+/// The plugin's exports of ABI version 1: the leading fields of every
+/// version's table, so a host may read them before it knows the version.
 #[repr(C)]
-pub struct PluginApi {
+pub struct PluginApiV1 {
     pub version: u32,
     /// Writes the `TaskInfo` as JSON.
     pub describe: extern "C" fn(out: &Sink) -> i32,
@@ -136,31 +137,21 @@ pub struct PluginApi {
     /// Stores the loss handle in `out`, or writes an error message.
     pub loss:
         extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: *mut Handle, err: &Sink) -> i32,
-    /// Stores the mask handle in `out` (0 for none), or writes an error message.
+    /// Version 1's "still correct" mask in `out` (0 for none); version 2
+    /// plugins always answer none.
     pub correct:
         extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: *mut Handle, err: &Sink) -> i32,
     /// Writes the metrics as JSON, or an error message.
     pub metrics: extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32,
-    /// Version 2 on: writes the per-sample scores as JSON, or an error
-    /// message. Absent from (past the end of) a version 1 table.
-    pub scores: extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32,
 }
 
-/// The leading fields of every [`PluginApi`] version: what a host may read
-/// before it knows the version, and all of a version 1 table.
+/// The plugin's exports, one per WIT world export: version 1's table and
+/// what version 2 appends.
 #[repr(C)]
-pub struct PluginApiV1 {
-    pub version: u32,
-    pub describe: extern "C" fn(out: &Sink) -> i32,
-    pub decode:
-        extern "C" fn(files: *const FileRef, nfiles: usize, options: Bytes, out: &Sink) -> i32,
-    pub loss:
-        extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: *mut Handle, err: &Sink) -> i32,
-    /// Version 1's "still correct" mask (0 for none); version 2 plugins
-    /// always answer none.
-    pub correct:
-        extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: *mut Handle, err: &Sink) -> i32,
-    pub metrics: extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32,
+pub struct PluginApi {
+    pub v1: PluginApiV1,
+    /// Writes the per-sample scores as JSON, or an error message.
+    pub scores: extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32,
 }
 
 /// The signature of [`ENTRY_SYMBOL`].

@@ -288,12 +288,14 @@ extern "C" fn metrics<T: Task>(ctx: Ctx, pred: Handle, target: Handle, out: &Sin
 /// The export table of task `T`.
 pub const fn plugin_api<T: Task>() -> PluginApi {
     PluginApi {
-        version: abi::ABI_VERSION,
-        describe: describe::<T>,
-        decode: decode::<T>,
-        loss: loss::<T>,
-        correct,
-        metrics: metrics::<T>,
+        v1: abi::PluginApiV1 {
+            version: abi::ABI_VERSION,
+            describe: describe::<T>,
+            decode: decode::<T>,
+            loss: loss::<T>,
+            correct,
+            metrics: metrics::<T>,
+        },
         scores: scores::<T>,
     }
 }

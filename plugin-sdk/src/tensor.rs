@@ -144,13 +144,21 @@ impl Tensor {
         self.reduce(ReduceOp::Amin, dims, keep_dim)
     }
     /// Sum over every dim but the first: the per-sample reduction of a loss.
+    /// A tensor that is already [B] is returned as it is (an empty dims
+    /// list would reduce every dim).
     pub fn sum_per_sample(&self) -> Tensor {
         let dims: Vec<i64> = (1..self.shape().len() as i64).collect();
+        if dims.is_empty() {
+            return self * 1.0;
+        }
         self.sum(&dims, false)
     }
     /// Mean over every dim but the first.
     pub fn mean_per_sample(&self) -> Tensor {
         let dims: Vec<i64> = (1..self.shape().len() as i64).collect();
+        if dims.is_empty() {
+            return self * 1.0;
+        }
         self.mean(&dims, false)
     }
 

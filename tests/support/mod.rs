@@ -8,6 +8,7 @@ use std::sync::Once;
 #[allow(unused_imports)]
 pub use hostile::hostile_plugin;
 pub mod hostile;
+pub mod samples;
 
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

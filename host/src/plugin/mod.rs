@@ -288,8 +288,11 @@ fn validate_info(info: &TaskInfo) -> Result<(), String> {
             info.intensity_min, info.intensity_max
         ));
     }
-    if !info.tau.is_finite() {
-        return Err(format!("tau is {}", info.tau));
+    if !(info.tau.is_finite() && info.tau >= 0.0) {
+        return Err(format!(
+            "tau is {}: it must be a finite loss >= 0",
+            info.tau
+        ));
     }
     for (i, s) in info.scores.iter().enumerate() {
         if s.name.is_empty() || s.name == "loss" {

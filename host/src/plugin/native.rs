@@ -56,7 +56,7 @@ impl NativeBackend {
         }
         let api: &'static PluginApiV1 = found.ok_or_else(|| {
             anyhow!(
-                "the plugin refused every native ABI this host speaks ({}..={}): rebuild it against plugin-sdk {}",
+                "the plugin refused every native ABI this host speaks ({}..={}): rebuild it against the plugin-sdk of contract {}",
                 abi::OLDEST_ABI_VERSION,
                 abi::ABI_VERSION,
                 super::CONTRACT_VERSION
@@ -70,7 +70,8 @@ impl NativeBackend {
                 abi::ABI_VERSION
             );
         }
-        // SAFETY: a version 2 table is a `PluginApi`, whose prefix is `PluginApiV1`.
+        // SAFETY: a table of version 2 is a `PluginApi`, which starts with
+        // its `PluginApiV1` (repr(C)), so the pointer is the whole table's.
         let api_v2 = (api.version >= 2)
             .then(|| unsafe { &*(api as *const PluginApiV1).cast::<PluginApi>() });
         let ctx = Box::new(NativeCtx {

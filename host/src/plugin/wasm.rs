@@ -454,7 +454,7 @@ fn contract_version(engine: &Engine, component: &Component) -> Result<String> {
     }
     if !contract::LOADED.contains(&version.as_str()) {
         return Err(Refusal(format!(
-            "built for amat:task@{version}; this host provides amat:task@{} (and loads {}): rebuild against plugin-sdk {}",
+            "built for amat:task@{version}; this host provides amat:task@{} (and loads {}): rebuild it against the plugin-sdk of contract {}",
             contract::CURRENT,
             contract::LOADED.join(", "),
             contract::CURRENT
