@@ -162,7 +162,9 @@ fn pgd_keeps_each_sample_in_its_own_ball_and_the_intensity_range_and_raises_the_
 // ---------------------------------------------------------------- 2. AMAT margins
 
 /// The boundary rule with the clean gate and reset_wrong: the rule amat
-/// shipped first (IMA-like), kept as an ablation.
+/// shipped first (IMA-like), kept as an ablation. The gate (clean loss <= 1)
+/// and the judgement (loss <= 0.6) are separate questions with separate
+/// thresholds; the slices with random targets never pass the gate.
 #[test]
 fn amat_margins_adapt_per_sample() {
     let _torch = lock();
@@ -173,7 +175,7 @@ fn amat_margins_adapt_per_sample() {
     let cfg = config(
         "[run]\nmethod = \"amat\"\nthreads = 1\n[data.synthetic]\n[train]\nepochs = 26\nwarmup_epochs = 14\nbatch_size = 8\n\
          [train.attack]\nsteps = 10\nstep_factor = 2.5\n\
-         [amat]\nrule = \"boundary\"\ntau_clean = 0.6\nreset_wrong = true\neps_max = 3.0\ngrow_epochs = 6\ntau = 0.6\n",
+         [amat]\nrule = \"boundary\"\ntau_clean = 1.0\nreset_wrong = true\neps_max = 3.0\ngrow_epochs = 6\ntau = 0.6\n",
     );
     let mut t = Trainer::new(&cfg, &plugin, Device::Cpu, train.len()).unwrap();
     for _ in 0..cfg.train.epochs {
