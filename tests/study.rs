@@ -10,17 +10,7 @@ use std::process::Output;
 use std::time::SystemTime;
 
 fn amat_host(args: &[&str]) -> Output {
-    let out = support::amat_host()
-        .args(args)
-        .output()
-        .expect("run amat-host");
-    if !out.status.success() {
-        eprintln!(
-            "amat-host {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
+    support::run_amat_host(args)
 }
 
 /// A base config and a study over it in `dir`; `arms` is the study's

@@ -244,17 +244,7 @@ fn amat_margins_adapt_per_sample() {
 // ---------------------------------------------------------------- the binary
 
 fn amat_host(args: &[&str]) -> Output {
-    let out = support::amat_host()
-        .args(args)
-        .output()
-        .expect("run amat-host");
-    if !out.status.success() {
-        eprintln!(
-            "amat-host {args:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
+    support::run_amat_host(args)
 }
 
 fn s(p: &Path) -> &str {

@@ -33,6 +33,22 @@ fn floats(t: &Tensor) -> Vec<f64> {
         .collect()
 }
 
+/// Runs the reference's `mode` on the state in `dir`; its JSON answer.
+fn run_reference(python: &Path, mode: &str, dir: &Path, case: &str) -> Value {
+    let out = Command::new(python)
+        .arg(reference::script())
+        .args([mode, "--state"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{case}: the reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// One SAT step in amat and in the reference from the same state; returns
 /// the largest difference of each quantity.
 fn compare(python: &Path, norm: Norm, eps: f64, model_norm: NormKind) {
@@ -95,18 +111,7 @@ fn compare(python: &Path, norm: Norm, eps: f64, model_norm: NormKind) {
         floats(&plugin.loss(&t.model.forward_t(&x, true), &y).unwrap())
     };
 
-    let out = Command::new(python)
-        .arg(reference::script())
-        .args(["check", "--state"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{case}: the reference failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs = run_reference(python, "check", dir.path(), &case);
     let get = |k: &str| -> Vec<f64> {
         theirs[k]
             .as_array()
@@ -229,18 +234,7 @@ fn compare_reference_rule(python: &Path, gate: bool) {
     config["orders"] = serde_json::json!(orders);
     std::fs::write(&config_path, config.to_string()).unwrap();
 
-    let out = Command::new(python)
-        .arg(reference::script())
-        .args(["amat-epochs", "--state"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{case}: the reference failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs = run_reference(python, "amat-epochs", dir.path(), &case);
     let epochs = theirs["epochs"].as_array().unwrap();
     assert_eq!(epochs.len(), 3);
     for (e, ((margins, clean_loss), theirs)) in ours.iter().zip(epochs).enumerate() {

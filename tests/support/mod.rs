@@ -58,3 +58,15 @@ pub fn native_plugin(name: &str) -> PathBuf {
 pub fn amat_host() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_amat-host"))
 }
+
+/// Runs `amat-host args`, echoing its stderr when it fails.
+pub fn run_amat_host(args: &[&str]) -> std::process::Output {
+    let out = amat_host().args(args).output().expect("run amat-host");
+    if !out.status.success() {
+        eprintln!(
+            "amat-host {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
