@@ -2,7 +2,7 @@
 //! same enum cases in the same order (the ABI passes their index) and one
 //! host-table function per method of the `tensor` resource.
 
-mod support;
+use crate::support;
 
 use amat_plugin_sdk::abi::HostApi;
 use amat_plugin_sdk::types::{BinaryOp, DType, ReduceOp, ScalarOp, UnaryOp};

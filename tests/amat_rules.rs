@@ -6,7 +6,7 @@
 //! Tests that train in this process hold `TORCH` (libtorch's random generator
 //! and thread count are process-wide).
 
-mod support;
+use crate::support;
 
 use amat_host::attack::{PgdConfig, Range};
 use amat_host::eval::command::{CheckpointArgs, load};

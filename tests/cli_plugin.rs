@@ -1,6 +1,6 @@
 //! `amat-host plugin info` on real plugins and on files that are not.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

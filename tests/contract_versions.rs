@@ -3,7 +3,7 @@
 //! plugins speak 0.2.0 with per-sample scores; a plugin of a contract this
 //! host does not load gets a message that says what to do.
 
-mod support;
+use crate::support;
 
 use amat_host::eval;
 use amat_host::plugin::{Plugin, PluginKind, SandboxLimits};

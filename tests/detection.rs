@@ -3,7 +3,7 @@
 //! AAL subcortical structures on Colin27 and of stardist's nuclei, errors
 //! that name the file, and a few training steps whose loss falls.
 
-mod support;
+use crate::support;
 
 use amat_host::data::{Dataset, Sample};
 use amat_host::plugin::{DecodeRequest, Example, File, Metric, Plugin, SandboxLimits};

@@ -3,7 +3,7 @@
 //! autoafids template (AC and PC where the .fcsv puts them), errors that name
 //! the file, and a few training steps whose loss falls.
 
-mod support;
+use crate::support;
 
 use amat_host::data::{Dataset, Sample};
 use amat_host::plugin::{DecodeRequest, Example, File, Plugin, SandboxLimits};

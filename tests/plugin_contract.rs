@@ -3,7 +3,7 @@
 //! loss written directly in tch — with respect to the prediction and, through
 //! a network in front, with respect to the network input (what PGD needs).
 
-mod support;
+use crate::support;
 
 use amat_host::builtin::dice_ce_loss as reference_loss;
 use amat_host::plugin::{CallError, Plugin, SandboxLimits};

@@ -5,7 +5,7 @@
 //! within twice its length, the memory cap refuses the grow past it, the
 //! tensor budget refuses a bomb before the host allocates it.
 
-mod support;
+use crate::support;
 
 use amat_host::plugin::{CallError, Plugin, PluginError, SandboxLimits};
 use amat_host::tensor::TensorBudget;

@@ -5,7 +5,7 @@
 //! metric names a plugin controls, and two writers on one run folder. Each
 //! test is one class of hole; each fails on the host before the fix.
 
-mod support;
+use crate::support;
 
 use amat_host::plugin::{CallError, DecodeRequest, File, Plugin, SandboxLimits};
 use amat_host::train::config::RunConfig;

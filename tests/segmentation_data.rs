@@ -3,7 +3,7 @@
 //! wasm plugin, clear errors for corrupt files, the prepared manifest's slab
 //! splits and cache, training end to end, and Dice by hand.
 
-mod support;
+use crate::support;
 
 use amat_host::data::manifest::{Manifest, Split};
 use amat_host::data::prepare::load_splits;

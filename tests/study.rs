@@ -3,7 +3,7 @@
 //! interrupted run while leaving finished ones untouched, and refuses bad
 //! overrides with one line naming the arm.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -6,7 +6,7 @@
 //! and thread count are process-wide); tests of the binary run in their own
 //! processes.
 
-mod support;
+use crate::support;
 
 use amat_host::attack::{Norm, PgdConfig, Range, loss_at, pgd, sample_norms};
 use amat_host::plugin::{Plugin, SandboxLimits};

@@ -6,7 +6,7 @@
 //! for instance and batch norm. Runs when a Python with torch and numpy is
 //! at hand ($AMAT_PYTHON, else python3); says `skipped: <why>` otherwise.
 
-mod support;
+use crate::support;
 
 use amat_host::attack::{self, Norm, sample_norms};
 use amat_host::model::NormKind;

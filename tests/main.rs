@@ -1,0 +1,17 @@
+//! The end-to-end tests, one module per concern, linked as one binary.
+
+mod support;
+
+mod abi_drift;
+mod amat_rules;
+mod cli_plugin;
+mod contract_versions;
+mod detection;
+mod landmark;
+mod plugin_contract;
+mod sandbox;
+mod sandbox_holes;
+mod segmentation_data;
+mod study;
+mod training;
+mod vs_pytorch_parity;
