@@ -250,3 +250,48 @@ impl<T: HoldsTable + ?Sized> Drop for CallScope<'_, T> {
         self.owner.tensor_table().end_call();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::BudgetExceeded;
+    use anyhow::Context;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn a_call_scope_releases_the_calls_handles_even_when_it_panics() {
+        let mut table = TensorTable::new(TensorBudget::default());
+        let lent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut call = CallScope::begin(&mut table);
+            let h = call.lend(Tensor::zeros([2], (Kind::Float, Device::Cpu)));
+            call.full(1.0, &[3], Device::Cpu).unwrap();
+            assert_eq!(call.live(), 2);
+            if h > 0 {
+                panic!("the plugin call unwinds");
+            }
+            h
+        }));
+        assert!(lent.is_err());
+        assert_eq!(table.live(), 0);
+        assert_eq!(table.last_call().peak_live, 2);
+    }
+
+    #[test]
+    fn a_budget_refusal_is_typed_under_any_context() {
+        let mut table = TensorTable::new(TensorBudget {
+            max_elements_per_call: 4,
+            ..TensorBudget::default()
+        });
+        let e = table
+            .full(0.0, &[5], Device::Cpu)
+            .context("full")
+            .context("loss")
+            .unwrap_err();
+        assert!(matches!(
+            BudgetExceeded::find(&e),
+            Some(BudgetExceeded::Elements { max: 4, .. })
+        ));
+        let other = table.get(77).unwrap_err();
+        assert!(BudgetExceeded::find(&other).is_none());
+    }
+}
