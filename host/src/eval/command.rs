@@ -172,7 +172,7 @@ pub fn attack(args: &AttackArgs) -> Result<AttackReport> {
         device,
     } = &mut l.session;
     let data = split_of(splits, &args.split);
-    let Some(sample) = data.samples.get(args.sample) else {
+    let Some(id) = data.id(args.sample) else {
         bail!(
             "--sample {}: the {} split has {} samples",
             args.sample,
@@ -180,7 +180,7 @@ pub fn attack(args: &AttackArgs) -> Result<AttackReport> {
             data.len()
         );
     };
-    let id = sample.id.clone();
+    let id = id.to_string();
     let (x, y) = data.batch(&[args.sample], *device);
     let (clean_pred, clean_loss) = {
         let _guard = tch::no_grad_guard();
