@@ -114,6 +114,15 @@ fn nnunet_folder_prepares_by_case_and_re_decodes_only_what_changed() {
     assert_eq!(splits.train.len(), m.counts["train"]);
     assert_eq!(splits.test.len(), m.counts["test"]);
     assert_eq!(splits.train.samples[0].image.size(), [1, 8, 8]);
+    // As a run reads it: from the cache at each batch, the same tensors.
+    let on_disk = amat_host::data::prepare::load_splits_on_disk(&path, &plugin).unwrap();
+    assert!(on_disk.train.samples.is_empty() && on_disk.train.on_disk.is_some());
+    assert_eq!(on_disk.train.len(), splits.train.len());
+    let all: Vec<usize> = (0..splits.train.len()).rev().collect();
+    let (x, y) = splits.train.batch(&all, tch::Device::Cpu);
+    let (x2, y2) = on_disk.train.batch(&all, tch::Device::Cpu);
+    assert!(x.equal(&x2) && y.equal(&y2));
+    assert_eq!(on_disk.test.id(0), splits.test.id(0));
 
     let stdout = ok(&prepare(&wasm(), &data, &out_dir, &[]));
     assert!(

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Peak RSS of the same short run (STD, one epoch, a clean evaluation) over a
-# synthetic nnU-Net v2 folder of N cases and of 10 N cases: training reads
-# its samples from the per-case cache at each batch, so the two should
-# differ little. Also prints prepare's throughput with --jobs 1 and 2 and a
+# Peak RSS of the same short run over a synthetic nnU-Net v2 folder of N
+# cases and of 10 N cases: training (STD, one epoch, stopped before the
+# evaluation) reads its samples from the per-case cache at each batch, so
+# the two should differ little; the whole run (with the evaluation, whose
+# metrics call takes the split's predictions at once) is measured too. Also prints prepare's throughput with --jobs 1 and 2 and a
 # re-prepare from the cache. Not a test: a measurement (minutes).
 #
 #   bash host/scripts/data-rss.sh [N=40]
@@ -69,7 +70,7 @@ prepare x1 p1 2
 echo "prepare ($((10 * N)) cases):"
 prepare x10 p10 2
 
-rss() { # prepared
+rss() { # prepared [run flags]
     cat > "$work/$1.toml" <<EOF
 [run]
 method = "std"
@@ -82,7 +83,7 @@ manifest = "$work/$1/manifest.json"
 depth = 2
 width = 8
 [train]
-epochs = 1
+epochs = 2
 batch_size = 16
 [eval]
 eps = [0.0]
@@ -91,10 +92,11 @@ batch_size = 32
 [eval.attack]
 steps = 1
 EOF
-    /usr/bin/time -v "$bin" run --config "$work/$1.toml" --out "$work/run-$1" \
+    rm -rf "$work/run-$1"
+    /usr/bin/time -v "$bin" run --config "$work/$1.toml" --out "$work/run-$1" "${@:2}" \
         2> "$work/$1.time" > /dev/null
     grep "Maximum resident set size" "$work/$1.time" | awk '{print $NF}'
 }
-a=$(rss p1)
-b=$(rss p10)
-python3 -c "import sys; a, b = int(sys.argv[1]), int(sys.argv[2]); print(f'peak RSS: {a / 1024:.0f} MiB (1x), {b / 1024:.0f} MiB (10x), ratio {b / a:.3f}')" "$a" "$b"
+ratio() { python3 -c "import sys; a, b = int(sys.argv[2]), int(sys.argv[3]); print(f'peak RSS, {sys.argv[1]}: {a / 1024:.0f} MiB (1x), {b / 1024:.0f} MiB (10x), ratio {b / a:.3f}')" "$@"; }
+ratio "training (one epoch)" "$(rss p1 --stop-after 1)" "$(rss p10 --stop-after 1)"
+ratio "whole run (two epochs and the evaluation)" "$(rss p1)" "$(rss p10)"
