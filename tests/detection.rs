@@ -338,6 +338,7 @@ fn trains_end_to_end_through_the_wasm_plugin_and_the_loss_falls() {
                 id: e.id,
             })
             .collect(),
+        on_disk: None,
     };
     let mut cfg = RunConfig::parse(
         "[run]\nmethod = \"std\"\nthreads = 1\nseed = 2\n[data.synthetic]\n[model]\nwidth = 8\n[train]\nbatch_size = 4\nlr = 0.01\n",

@@ -344,6 +344,7 @@ fn dataset(name: &str, examples: Vec<Example>) -> Dataset {
                 id: e.id,
             })
             .collect(),
+        on_disk: None,
     }
 }
 

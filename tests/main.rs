@@ -6,6 +6,7 @@ mod abi_drift;
 mod amat_rules;
 mod cli_plugin;
 mod contract_versions;
+mod datasets;
 mod detection;
 mod landmark;
 mod layering;

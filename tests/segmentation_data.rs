@@ -292,7 +292,7 @@ fn manifest_slabs_are_disjoint_with_gaps_and_the_cache_is_checked() {
     let first = load_splits(&path, &plugin).unwrap();
     assert_eq!(first.train.len(), m.counts["train"]);
     assert_eq!(first.test.len(), m.counts["test"]);
-    let cache = out_dir.join(&m.cache);
+    let cache = out_dir.join(&m.cases[0].cache);
     std::fs::write(&cache, b"not safetensors").unwrap();
     let again = load_splits(&path, &plugin).unwrap();
     assert!(Tensor::read_safetensors(&cache).is_ok(), "cache rewritten");

@@ -54,19 +54,49 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
-    /// Decode a data spec's files once through the plugin, split them by slab,
-    /// and write DIR/manifest.json with the decoded tensors cached beside it.
-    Prepare {
-        /// The task plugin (.wasm or native library).
-        #[arg(long)]
-        plugin: PathBuf,
-        /// The data spec (TOML: name, files, [decode] options, [split]).
-        #[arg(long)]
-        spec: PathBuf,
-        /// Output folder [default: data/prepared/<spec name>].
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    /// Decode a dataset through the plugin, one call per case (one call for a
+    /// single-volume spec), in parallel, into a per-case cache; split it (by
+    /// case, or by slab for one volume); write DIR/manifest.json.
+    Prepare(PrepareCommand),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PrepareCommand {
+    /// The task plugin (.wasm or native library).
+    #[arg(long)]
+    pub plugin: PathBuf,
+    /// A data spec (TOML: name, files | dataset | [[cases]] | [case_glob],
+    /// [decode] options, [split]), or a folder holding an nnU-Net v2 or MSD
+    /// dataset.json (with an optional amat-data.toml beside it).
+    #[arg(long)]
+    pub spec: PathBuf,
+    /// Output folder [default: data/prepared/<dataset name>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Plugin instances decoding cases in parallel [default: the number of cores].
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Prepare the cases that decode and leave out (and list) those that fail.
+    #[arg(long)]
+    pub skip_failed: bool,
+    /// K-fold cross-validation by case: fold K's held-out cases are the test split.
+    #[arg(long, value_name = "K")]
+    pub fold: Option<usize>,
+    /// Number of folds [default: split.folds, 5].
+    #[arg(long, value_name = "N")]
+    pub folds: Option<usize>,
+    /// Seed of the case shuffle [default: split.seed, 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// An nnU-Net style splits_final.json to take the folds from [default
+    /// with --fold: the dataset folder's, if any, else made from the seed].
+    #[arg(long, value_name = "FILE")]
+    pub splits: Option<PathBuf>,
+    /// Decode options as a JSON object, over the spec's [decode].
+    #[arg(long, value_name = "JSON")]
+    pub decode: Option<String>,
+    #[command(flatten)]
+    pub limits: crate::plugin::LimitArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -414,11 +444,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Data(DataCommand::Prepare { plugin, spec, out }) => {
+        Command::Data(DataCommand::Prepare(c)) => {
             let p = crate::data::prepare::prepare(&crate::data::prepare::PrepareArgs {
-                plugin,
-                spec,
-                out,
+                plugin: c.plugin,
+                spec: c.spec,
+                out: c.out,
+                jobs: c.jobs,
+                skip_failed: c.skip_failed,
+                fold: c.fold,
+                folds: c.folds,
+                seed: c.seed,
+                splits: c.splits,
+                decode: c.decode,
+                limits: c.limits,
             })?;
             for slab in &p.slabs {
                 println!(
@@ -431,10 +469,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     slab.last
                 );
             }
+            for (split, n) in &p.case_counts {
+                println!("{split:<5} {n:>4} cases");
+            }
+            for (case, why) in &p.skipped {
+                eprintln!("skipped case `{case}`: {}", one_line(why));
+            }
             let counts: Vec<String> = p.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
             println!("samples: {}", counts.join(", "));
             println!(
-                "decoded in {:.1} s, {:.1} s in all; manifest: {}",
+                "decoded {} of {} cases; {} from cache{} ({} jobs, {:.1} s decoding, {:.1} s in all); manifest: {}",
+                p.decoded,
+                p.cases,
+                p.from_cache,
+                if p.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} skipped", p.skipped.len())
+                },
+                p.jobs,
                 p.decode_seconds,
                 p.total_seconds,
                 p.manifest.display()

@@ -134,10 +134,7 @@ pub fn read_dataset(path: &Path) -> Result<Dataset> {
             target: targets.get(i),
         })
         .collect();
-    Ok(Dataset {
-        name: "reference".into(),
-        samples,
-    })
+    Ok(Dataset::new("reference", samples))
 }
 
 /// The reference script.

@@ -39,23 +39,140 @@ pub fn easy_hard_unlearnable() -> Dataset {
     let mut samples = kind_of_samples(&mut rng, "easy", 10, 1.0, 0.03, false);
     samples.extend(kind_of_samples(&mut rng, "hard", 10, 0.12, 0.08, false));
     samples.extend(kind_of_samples(&mut rng, "unlearnable", 2, 0.6, 0.05, true));
-    Dataset {
-        name: "train".into(),
-        samples,
-    }
+    Dataset::new("train", samples)
 }
 
 /// `n` random 16 x 16 images with random 3-class targets, from torch's
 /// generator (seed it first).
 pub fn random_samples(n: usize) -> Dataset {
-    Dataset {
-        name: "parity".into(),
-        samples: (0..n)
-            .map(|i| Sample {
-                id: format!("s{i}"),
-                image: Tensor::rand([1, 16, 16], (Kind::Float, Device::Cpu)),
-                target: Tensor::randint(3, [16, 16], (Kind::Float, Device::Cpu)),
-            })
-            .collect(),
+    let samples = (0..n)
+        .map(|i| Sample {
+            id: format!("s{i}"),
+            image: Tensor::rand([1, 16, 16], (Kind::Float, Device::Cpu)),
+            target: Tensor::randint(3, [16, 16], (Kind::Float, Device::Cpu)),
+        })
+        .collect();
+    Dataset::new("parity", samples)
+}
+
+/// A NIfTI-1 volume of bytes (uint8, 1 mm voxels, identity sform), gzipped.
+pub fn nifti_u8_gz(dims: [usize; 3], data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    assert_eq!(
+        data.len(),
+        dims.iter().product::<usize>(),
+        "data fills dims"
+    );
+    let mut h = vec![0u8; 352];
+    let put = |h: &mut Vec<u8>, at: usize, b: &[u8]| h[at..at + b.len()].copy_from_slice(b);
+    put(&mut h, 0, &348i32.to_le_bytes());
+    put(&mut h, 40, &3i16.to_le_bytes());
+    for (i, d) in dims.iter().enumerate() {
+        put(&mut h, 42 + 2 * i, &(*d as i16).to_le_bytes());
     }
+    for i in 3..7 {
+        put(&mut h, 42 + 2 * i, &1i16.to_le_bytes());
+    }
+    put(&mut h, 70, &2i16.to_le_bytes()); // uint8
+    put(&mut h, 72, &8i16.to_le_bytes());
+    for i in 0..4 {
+        put(&mut h, 76 + 4 * i, &1f32.to_le_bytes());
+    }
+    put(&mut h, 108, &352f32.to_le_bytes());
+    put(&mut h, 254, &1i16.to_le_bytes()); // sform
+    for (row, at) in [280, 296, 312].into_iter().enumerate() {
+        put(&mut h, at + 4 * row, &1f32.to_le_bytes());
+    }
+    put(&mut h, 344, b"n+1\0");
+    h.extend_from_slice(data);
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(&h).unwrap();
+    e.finish().unwrap()
+}
+
+/// Side and depth of the tiny case volumes.
+pub const CASE_DIMS: [usize; 3] = [8, 8, 4];
+
+/// Case `k`'s image (a bright 3 x 3 blob in the z = 1..3 slices over a
+/// background that varies by case) and its label map (1 in the blob).
+pub fn case_volumes(k: usize) -> (Vec<u8>, Vec<u8>) {
+    let [nx, ny, nz] = CASE_DIMS;
+    let (cx, cy) = (3 + k % 2, 3 + (k / 2) % 2);
+    let mut image = Vec::with_capacity(nx * ny * nz);
+    let mut label = Vec::with_capacity(nx * ny * nz);
+    for z in 0..nz {
+        for y in 0..ny {
+            for x in 0..nx {
+                let inside = (1..3).contains(&z) && x.abs_diff(cx) <= 1 && y.abs_diff(cy) <= 1;
+                image.push(if inside {
+                    200
+                } else {
+                    (10 + 7 * k + x + y) as u8
+                });
+                label.push(u8::from(inside));
+            }
+        }
+    }
+    (image, label)
+}
+
+/// An nnU-Net v2 raw folder of `n` one-channel cases `case_000`, ... in `dir`.
+pub fn nnunet_folder(dir: &std::path::Path, n: usize) {
+    std::fs::create_dir_all(dir.join("imagesTr")).unwrap();
+    std::fs::create_dir_all(dir.join("labelsTr")).unwrap();
+    std::fs::write(
+        dir.join("dataset.json"),
+        format!(
+            r#"{{"channel_names": {{"0": "T1"}}, "labels": {{"background": 0, "blob": 1}},
+                "numTraining": {n}, "file_ending": ".nii.gz"}}"#
+        ),
+    )
+    .unwrap();
+    for k in 0..n {
+        let (image, label) = case_volumes(k);
+        let id = format!("case_{k:03}");
+        std::fs::write(
+            dir.join(format!("imagesTr/{id}_0000.nii.gz")),
+            nifti_u8_gz(CASE_DIMS, &image),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("labelsTr/{id}.nii.gz")),
+            nifti_u8_gz(CASE_DIMS, &label),
+        )
+        .unwrap();
+    }
+}
+
+/// An MSD folder of `n` cases `blob_000`, ... in `dir`.
+pub fn msd_folder(dir: &std::path::Path, n: usize) {
+    std::fs::create_dir_all(dir.join("imagesTr")).unwrap();
+    std::fs::create_dir_all(dir.join("labelsTr")).unwrap();
+    let mut training = Vec::new();
+    for k in 0..n {
+        let (image, label) = case_volumes(k);
+        let file = format!("blob_{k:03}.nii.gz");
+        std::fs::write(
+            dir.join("imagesTr").join(&file),
+            nifti_u8_gz(CASE_DIMS, &image),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("labelsTr").join(&file),
+            nifti_u8_gz(CASE_DIMS, &label),
+        )
+        .unwrap();
+        training.push(format!(
+            r#"{{"image": "./imagesTr/{file}", "label": "./labelsTr/{file}"}}"#
+        ));
+    }
+    std::fs::write(
+        dir.join("dataset.json"),
+        format!(
+            r#"{{"name": "Blobs", "modality": {{"0": "MRI"}}, "labels": {{"0": "background", "1": "blob"}},
+                "numTraining": {n}, "training": [{}], "test": []}}"#,
+            training.join(", ")
+        ),
+    )
+    .unwrap();
 }

@@ -147,10 +147,7 @@ impl Worker {
                         target: Tensor::randint(2, [size, size], (Kind::Float, Device::Cpu)),
                     })
                     .collect();
-                let data = Dataset {
-                    name: "scale".into(),
-                    samples,
-                };
+                let data = Dataset::new("scale", samples);
                 let margins = vec![self.cfg.sat.eps as f32; batch];
                 let (mut seconds, mut cpu) = (Vec::new(), Vec::new());
                 for _ in 0..reps {

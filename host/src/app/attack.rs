@@ -57,7 +57,7 @@ pub fn attack(args: &AttackArgs) -> Result<AttackReport> {
         device,
     } = &mut l.session;
     let data = split_of(splits, &args.split);
-    let Some(sample) = data.samples.get(args.sample) else {
+    let Some(id) = data.id(args.sample) else {
         bail!(
             "--sample {}: the {} split has {} samples",
             args.sample,
@@ -65,7 +65,7 @@ pub fn attack(args: &AttackArgs) -> Result<AttackReport> {
             data.len()
         );
     };
-    let id = sample.id.clone();
+    let id = id.to_string();
     let (x, y) = data.batch(&[args.sample], *device);
     let mut ctx = attack::Context::new(&l.model, plugin, l.range);
     let (clean_pred, clean_loss) = ctx.predict(&x, &y)?;

@@ -71,15 +71,12 @@ impl Session {
         let splits = cfg.data.load(&mut plugin)?;
         let channels = plugin.info().input_channels as i64;
         for set in [&splits.train, &splits.val, &splits.test] {
-            if let Some(s) = set
-                .samples
-                .iter()
-                .find(|s| s.image.size().first() != Some(&channels))
-            {
+            let shape = |i| set.image_shape(i).unwrap_or_default();
+            if let Some(i) = (0..set.len()).find(|&i| shape(i).first() != Some(&channels)) {
                 bail!(
                     "sample `{}` has image shape {:?}; the task `{}` expects {} channel(s) first",
-                    s.id,
-                    s.image.size(),
+                    set.id(i).unwrap_or_default(),
+                    shape(i),
                     plugin.info().name,
                     channels
                 );
@@ -94,8 +91,7 @@ impl Session {
                 cfg.eval.split
             );
         }
-        if let Some(s) = splits.train.samples.first() {
-            let size = s.image.size();
+        if let Some(size) = splits.train.image_shape(0) {
             cfg.model
                 .check_input(size[1], size[2])
                 .map_err(anyhow::Error::msg)?;

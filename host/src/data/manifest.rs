@@ -1,9 +1,15 @@
 //! The data spec a user writes (`examples/data/*.toml`) and the manifest
-//! `amat-host data prepare` writes from it: every sample with its source
-//! volume, axis, slice index and split, the input files with their sha256,
-//! the decode options and the plugin, so every number can be traced back.
+//! `amat-host data prepare` writes from it: every sample with its case,
+//! source volume, axis, slice index and split, every case's input files with
+//! their sha256 and its cache file, the decode options and the plugin (with
+//! its binary's sha256), so every number can be traced back.
 //!
-//! Splits are slabs: contiguous ranges of slice indices in the order train,
+//! A spec names one volume's files (`files`: one decode call, slab splits),
+//! or many cases (`dataset`: an nnU-Net v2 or MSD folder; `[[cases]]`; or
+//! `[case_glob]`: see [`super::cases`]), split by case (see
+//! [`super::case_split`]).
+//!
+//! Slab splits are slabs: contiguous ranges of slice indices in the order train,
 //! validation, test, with `gap` slice indices dropped between neighbours, so
 //! near-identical adjacent slices never straddle a split. With `blocks = n`
 //! the slices are first cut into n consecutive blocks, each split the same
@@ -18,9 +24,25 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
+    /// Required with `files`; for cases it defaults to dataset.json's `name`
+    /// or the folder's name.
+    #[serde(default)]
     pub name: String,
-    /// Every input file; the plugin sees each under its file name.
+    /// One volume's input files; the plugin sees each under its file name.
+    #[serde(default)]
     pub files: Vec<PathBuf>,
+    /// A folder holding an nnU-Net v2 or MSD `dataset.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<PathBuf>,
+    /// Cases listed one by one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cases: Vec<super::cases::CaseSpec>,
+    /// Cases found by a file pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_glob: Option<super::cases::CaseGlob>,
+    /// Label value -> class name, for `cases` and `case_glob`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     /// The plugin's decode options (passed to it as JSON).
     #[serde(default)]
     pub decode: toml::Table,
@@ -28,9 +50,12 @@ pub struct DataSpec {
     pub split: SplitSpec,
 }
 
-/// `[split]`: fractions of the labelled slices (normalised by their sum),
-/// the gap, in slice indices, left out between neighbouring slabs, and the
-/// number of consecutive blocks each cut into train, val and test slabs.
+/// `[split]`: fractions (normalised by their sum) of the labelled slices of
+/// one volume, or of the cases; for one volume the gap, in slice indices,
+/// left out between neighbouring slabs, and the number of consecutive blocks
+/// each cut into train, val and test slabs; for cases the seed of the
+/// shuffle and, for k-fold cross-validation, the number of folds (the fold
+/// itself is `--fold`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SplitSpec {
@@ -39,6 +64,8 @@ pub struct SplitSpec {
     pub test: f64,
     pub gap: usize,
     pub blocks: usize,
+    pub seed: u64,
+    pub folds: usize,
 }
 
 impl Default for SplitSpec {
@@ -49,24 +76,60 @@ impl Default for SplitSpec {
             test: 0.15,
             gap: 2,
             blocks: 1,
+            seed: 0,
+            folds: 5,
         }
     }
 }
 
 impl DataSpec {
     pub fn read(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("data spec {}: {e}", path.display()))?;
-        let spec: DataSpec = toml::from_str(&text)
-            .map_err(|e| format!("data spec {}: {}", path.display(), e.message().trim()))?;
-        spec.validate()
-            .map_err(|e| format!("data spec {}: {e}", path.display()))?;
+        let spec = Self::read_unchecked(path)?;
+        spec.validate_at(path)?;
         Ok(spec)
     }
 
+    /// Parses without checking which form of data it names.
+    pub fn read_unchecked(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("data spec {}: {e}", path.display()))?;
+        Self::read_unchecked_str(&text, path)
+    }
+
+    pub fn read_unchecked_str(text: &str, path: &Path) -> Result<Self, String> {
+        toml::from_str(text)
+            .map_err(|e| format!("data spec {}: {}", path.display(), e.message().trim()))
+    }
+
+    pub fn validate_at(&self, path: &Path) -> Result<(), String> {
+        self.validate()
+            .map_err(|e| format!("data spec {}: {e}", path.display()))
+    }
+
     fn validate(&self) -> Result<(), String> {
-        if self.files.is_empty() {
-            return Err("`files` is empty".into());
+        let forms = [
+            !self.files.is_empty(),
+            self.dataset.is_some(),
+            !self.cases.is_empty(),
+            self.case_glob.is_some(),
+        ];
+        match forms.iter().filter(|f| **f).count() {
+            0 => {
+                return Err(
+                    "name the data: `files` (one volume), `dataset` (an nnU-Net or MSD folder), `[[cases]]` or `[case_glob]`"
+                        .into(),
+                );
+            }
+            1 => {}
+            _ => {
+                return Err(
+                    "`files`, `dataset`, `[[cases]]` and `[case_glob]` exclude each other: keep one"
+                        .into(),
+                );
+            }
+        }
+        if !self.files.is_empty() && self.name.is_empty() {
+            return Err("`name` is missing".into());
         }
         let s = &self.split;
         let fractions = [("train", s.train), ("val", s.val), ("test", s.test)];
@@ -81,6 +144,9 @@ impl DataSpec {
         }
         if s.train <= 0.0 || s.test <= 0.0 {
             return Err("split.train and split.test must be > 0".into());
+        }
+        if s.folds == 1 {
+            return Err("split.folds must be at least 2".into());
         }
         Ok(())
     }
@@ -245,12 +311,51 @@ pub struct FileRecord {
 pub struct PluginRecord {
     pub name: String,
     pub version: String,
+    /// Of the plugin file: a rebuilt plugin never meets its old cache.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+}
+
+/// One case (one decode call) as prepared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaseRecord {
+    pub id: String,
+    pub files: Vec<FileRecord>,
+    /// What the plugin was told about the case (`options.case`), if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case: Option<serde_json::Value>,
+    /// Its decoded tensors, relative to the manifest's folder.
+    pub cache: PathBuf,
+    /// What they were decoded from (see `cache::key`).
+    pub key: String,
+    /// Examples the plugin decoded from it (kept in a split or not).
+    pub examples: usize,
+}
+
+/// How the cases were split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaseSplitRecord {
+    /// "fractions" or "k-fold".
+    pub method: String,
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folds: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<usize>,
+    /// The nnU-Net style splits file the folds were read from or written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub splits_file: Option<PathBuf>,
+    /// Case ids per split.
+    pub cases: BTreeMap<String, Vec<String>>,
 }
 
 /// One sample of the manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SampleRecord {
     pub id: String,
+    /// The case (one decode call) it came from.
+    #[serde(default)]
+    pub case: String,
     pub source: String,
     pub axis: String,
     pub index: usize,
@@ -274,18 +379,30 @@ pub struct SlabRecord {
 pub struct Manifest {
     pub name: String,
     pub plugin: PluginRecord,
+    /// "volume" (one decode call, slab splits), "nnunet-v2", "msd", "list" or "glob".
+    #[serde(default = "volume_layout")]
+    pub layout: String,
+    /// Every case's files.
     pub files: Vec<FileRecord>,
     /// The decode options exactly as passed to the plugin.
     pub options: serde_json::Value,
     pub split: SplitSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_split: Option<CaseSplitRecord>,
     /// Samples per split (augmented copies included), and examples dropped.
     pub counts: BTreeMap<String, usize>,
     pub slabs: Vec<SlabRecord>,
-    /// The decoded tensors, relative to the manifest's folder.
+    /// The folder of the per-case cache files, relative to the manifest's folder.
     pub cache: PathBuf,
-    /// What the cache was decoded from (see `cache::key`).
+    /// Of every case's key.
     pub cache_key: String,
+    #[serde(default)]
+    pub cases: Vec<CaseRecord>,
     pub samples: Vec<SampleRecord>,
+}
+
+fn volume_layout() -> String {
+    "volume".into()
 }
 
 impl Manifest {
@@ -358,6 +475,7 @@ mod tests {
             test: 0.2,
             gap: 2,
             blocks: 1,
+            ..Default::default()
         };
         let s = assign_splits(&all, &spec);
         let of = |split| -> Vec<usize> {
@@ -385,6 +503,7 @@ mod tests {
             test: 0.5,
             gap: 1,
             blocks: 1,
+            ..Default::default()
         };
         let s = assign_splits(&all, &spec);
         assert_eq!(s[10], Some(Split::Train));
@@ -401,6 +520,7 @@ mod tests {
             test: 0.25,
             gap: 1,
             blocks: 2,
+            ..Default::default()
         };
         let s = assign_splits(&all, &spec);
         let samples: Vec<SampleRecord> = all
@@ -409,6 +529,7 @@ mod tests {
             .filter_map(|(id, split)| {
                 Some(SampleRecord {
                     id: String::new(),
+                    case: String::new(),
                     source: id.source.clone(),
                     axis: id.axis.clone(),
                     index: id.index,

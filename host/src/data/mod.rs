@@ -1,11 +1,16 @@
 //! Datasets the host trains and evaluates on: decoded samples held as
-//! tensors (decoded once by the task plugin, then cached), split into train /
-//! validation / test.
+//! tensors (decoded once per case by the task plugin, then cached per case),
+//! split into train / validation / test.
 
+pub mod cache;
+pub mod case_split;
+pub mod cases;
+pub mod decoding;
 pub mod manifest;
 pub mod prepare;
 pub mod source;
 pub mod synthetic;
+pub mod validate;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -22,26 +27,118 @@ pub struct Sample {
 }
 
 /// An ordered set of samples; a sample's index is its stable id for AMAT's
-/// per-sample margins.
+/// per-sample margins. Held in memory (`samples`), or, for a prepared
+/// dataset, read from its per-case cache at each batch (`on_disk`; then
+/// `samples` is empty), so memory does not grow with the dataset.
 #[derive(Debug, Default)]
 pub struct Dataset {
     pub name: String,
     pub samples: Vec<Sample>,
+    pub on_disk: Option<OnDisk>,
+}
+
+/// Where each sample of an on-disk dataset lies in the per-case cache.
+/// A batch reads just its samples' bytes (the kernel's page cache keeps
+/// what is read often); nothing is held between batches.
+#[derive(Debug, Default)]
+pub struct OnDisk {
+    pub samples: Vec<DiskSample>,
+}
+
+#[derive(Debug)]
+pub struct DiskSample {
+    pub id: String,
+    pub file: std::sync::Arc<PathBuf>,
+    pub image: cache::Loc,
+    pub target: cache::Loc,
+}
+
+impl DiskSample {
+    /// Reads the sample; the cache was checked when the dataset was loaded,
+    /// so a failure here means it changed under a running process.
+    fn read(&self) -> Sample {
+        let read = |loc| {
+            cache::read_at(&self.file, loc).unwrap_or_else(|e| {
+                panic!(
+                    "sample `{}`: {e:#} (the cache changed while in use: prepare the data again)",
+                    self.id
+                )
+            })
+        };
+        Sample {
+            id: self.id.clone(),
+            image: read(&self.image),
+            target: read(&self.target),
+        }
+    }
 }
 
 impl Dataset {
+    /// A dataset held in memory.
+    pub fn new(name: impl Into<String>, samples: Vec<Sample>) -> Self {
+        Self {
+            name: name.into(),
+            samples,
+            on_disk: None,
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.samples.len()
+        match &self.on_disk {
+            Some(d) => d.samples.len(),
+            None => self.samples.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.samples.is_empty()
+        self.len() == 0
+    }
+
+    /// Sample `i` (its tensors shared when in memory, read when on disk).
+    pub fn sample(&self, i: usize) -> Option<Sample> {
+        match &self.on_disk {
+            Some(d) => d.samples.get(i).map(DiskSample::read),
+            None => self.samples.get(i).map(|s| Sample {
+                id: s.id.clone(),
+                image: s.image.shallow_clone(),
+                target: s.target.shallow_clone(),
+            }),
+        }
+    }
+
+    pub fn id(&self, i: usize) -> Option<&str> {
+        match &self.on_disk {
+            Some(d) => d.samples.get(i).map(|s| s.id.as_str()),
+            None => self.samples.get(i).map(|s| s.id.as_str()),
+        }
+    }
+
+    /// The image shape of sample `i`, without reading it.
+    pub fn image_shape(&self, i: usize) -> Option<Vec<i64>> {
+        match &self.on_disk {
+            Some(d) => d.samples.get(i).map(|s| s.image.shape.clone()),
+            None => self.samples.get(i).map(|s| s.image.size()),
+        }
     }
 
     /// Stacks the samples at `indices` into `(images [B, C, H, W], targets [B, ...])` on `device`.
     pub fn batch(&self, indices: &[usize], device: Device) -> (Tensor, Tensor) {
-        let images: Vec<&Tensor> = indices.iter().map(|&i| &self.samples[i].image).collect();
-        let targets: Vec<&Tensor> = indices.iter().map(|&i| &self.samples[i].target).collect();
+        let (images, targets): (Vec<Tensor>, Vec<Tensor>) = match &self.on_disk {
+            Some(d) => indices
+                .iter()
+                .map(|&i| {
+                    let s = d.samples[i].read();
+                    (s.image, s.target)
+                })
+                .unzip(),
+            None => indices
+                .iter()
+                .map(|&i| {
+                    let s = &self.samples[i];
+                    (s.image.shallow_clone(), s.target.shallow_clone())
+                })
+                .unzip(),
+        };
         (
             Tensor::stack(&images, 0).to_device(device),
             Tensor::stack(&targets, 0).to_device(device),

@@ -36,9 +36,10 @@ impl DataSource {
     }
 }
 
-/// The splits of a prepared manifest (see [`super::prepare::load_splits`]).
+/// The splits of a prepared manifest, read from its per-case cache at each
+/// batch (see [`super::prepare::load_splits_on_disk`]).
 pub fn load_splits(cfg: &DataConfig, plugin: &mut Plugin) -> Result<Splits> {
-    super::prepare::load_splits(&cfg.manifest, plugin)
+    super::prepare::load_splits_on_disk(&cfg.manifest, plugin)
 }
 
 impl Serialize for DataSource {

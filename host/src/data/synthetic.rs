@@ -127,10 +127,7 @@ fn dataset(cfg: &SyntheticConfig, name: &str, count: usize, rng: &mut ChaCha8Rng
             }
         })
         .collect();
-    Dataset {
-        name: name.into(),
-        samples,
-    }
+    Dataset::new(name, samples)
 }
 
 /// The three splits, the same for the same config on every machine.

@@ -223,7 +223,8 @@ pub fn robustness(
         rms: per_pixel(
             cfg.attack.norm,
             &cfg.eps,
-            data.samples.first().map_or(1, |s| s.image.numel()),
+            data.image_shape(0)
+                .map_or(1, |s| s.iter().product::<i64>() as usize),
         ),
         loss: losses,
         metrics,

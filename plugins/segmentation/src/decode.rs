@@ -14,10 +14,18 @@
 //!   (defaults: the mricron names `ch2.nii.gz`, `ch2bet.nii.gz`, `aal.nii.gz`,
 //!   `aal.nii.txt`)
 //!
+//! - `case` (set by the host for datasets of many cases: nnU-Net, MSD, listed
+//!   cases): `{"id", "images": [file per channel], "label": file, "labels":
+//!   {"<value>": "<class name>"}}`. The image channels and the label map are
+//!   decoded instead of the Colin27 files; label values are the classes and
+//!   must be named in `labels` and below the model's 8 output channels.
+//! - `intensity`: "percentile" (default) | "raw" (values as stored: only for
+//!   data already in [0, 1]; the host refuses anything outside).
+//!
 //! Images are scaled to [0, 1] by the whole volume's 0.5 and 99.5
-//! percentiles (so slices stay comparable), then fitted into the square
-//! (aspect kept, zero padding); labels are resampled by nearest neighbour.
-//! Slices whose label map is all background are left out.
+//! percentiles (per channel, so slices stay comparable), then fitted into
+//! the square (aspect kept, zero padding); labels are resampled by nearest
+//! neighbour. Slices whose label map is all background are left out.
 
 use amat_plugin_sdk::{DecodeRequest, Dense, Example};
 use medimg::{Affine2, Axis, Image2D, Interp, Volume, nifti};
@@ -77,9 +85,29 @@ pub enum Labels {
     Brain,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Intensity {
+    Percentile,
+    Raw,
+}
+
+/// One case of a many-case dataset, as the host describes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub id: String,
+    pub images: Vec<String>,
+    pub label: Option<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Options {
+    pub case: Option<Case>,
+    pub intensity: Intensity,
     pub axis: String,
     pub size: usize,
     pub labels: Labels,
@@ -95,6 +123,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            case: None,
+            intensity: Intensity::Percentile,
             axis: "axial".into(),
             size: 64,
             labels: Labels::Lobes,
@@ -200,7 +230,9 @@ fn source_name(file: &str) -> &str {
 
 pub fn decode(request: &DecodeRequest) -> Result<Vec<Example>, String> {
     let o = Options::parse(&request.options)?;
-    let axis = Axis::parse(&o.axis)?;
+    if let Some(case) = &o.case {
+        return decode_case(request, &o, case);
+    }
     let image = load(request, &o.image)?;
     let labels = match o.labels {
         Labels::Brain => {
@@ -218,37 +250,126 @@ pub fn decode(request: &DecodeRequest) -> Result<Vec<Example>, String> {
             classes_from_atlas(&atlas, &table, &o.atlas, &o.atlas_names)?
         }
     };
+    slices(
+        &o,
+        source_name(&o.image),
+        &[(o.image.as_str(), image)],
+        &labels,
+    )
+}
 
-    let (lo, hi) = image.quantiles(0.005, 0.995);
-    let n = image.slices(axis);
-    let [first, end] = o.slices.unwrap_or([0, n]);
-    if first >= end || end > n {
+/// A case of a many-case dataset: its image channels and its label map,
+/// whose values must be classes the dataset names.
+fn decode_case(request: &DecodeRequest, o: &Options, case: &Case) -> Result<Vec<Example>, String> {
+    if case.images.is_empty() {
+        return Err(format!("case `{}`: no image file", case.id));
+    }
+    let label_file = case.label.as_deref().ok_or_else(|| {
+        format!(
+            "case `{}` has no label map: segmentation trains on labelled cases only",
+            case.id
+        )
+    })?;
+    let images = case
+        .images
+        .iter()
+        .map(|name| load(request, name).map(|v| (name.as_str(), v)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (first_name, first) = &images[0];
+    for (name, v) in &images[1..] {
+        first.check_same_grid(first_name, v, name)?;
+    }
+    let labels = load(request, label_file)?;
+    first.check_same_grid(first_name, &labels, label_file)?;
+    let mut named = Vec::new();
+    for (k, name) in &case.labels {
+        let v: u32 = k.parse().map_err(|_| {
+            format!(
+                "case `{}`: label key `{k}` ({name}) is not a value",
+                case.id
+            )
+        })?;
+        if v >= CLASS_NAMES.len() as u32 {
+            return Err(format!(
+                "case `{}`: class {v} ({name}) is beyond the task's {} output channels",
+                case.id,
+                CLASS_NAMES.len()
+            ));
+        }
+        named.push(v as f32);
+    }
+    let known = |v: f32| {
+        if named.is_empty() {
+            v.fract() == 0.0 && (0.0..CLASS_NAMES.len() as f32).contains(&v)
+        } else {
+            named.contains(&v)
+        }
+    };
+    if let Some(v) = labels.data.iter().find(|v| !known(**v)) {
         return Err(format!(
-            "segmentation decode options: slices [{first}, {end}) do not fit the {n} {} slices of {}",
-            axis.name(),
-            o.image
+            "{label_file}: label value {v} is not a class of the dataset (labels: {:?})",
+            case.labels
         ));
     }
-    let source = source_name(&o.image);
+    slices(o, &case.id, &images, &labels)
+}
+
+/// Examples of the labelled slices of `images` (one volume per channel),
+/// with their class map from `labels`; ids `<source>:<axis>:<index>`.
+fn slices(
+    o: &Options,
+    source: &str,
+    images: &[(&str, Volume)],
+    labels: &Volume,
+) -> Result<Vec<Example>, String> {
+    let axis = Axis::parse(&o.axis)?;
+    let ranges: Vec<(f32, f32)> = images
+        .iter()
+        .map(|(_, v)| v.quantiles(0.005, 0.995))
+        .collect();
+    let (first_name, first) = &images[0];
+    let n = first.slices(axis);
+    let [start, end] = o.slices.unwrap_or([0, n]);
+    if start >= end || end > n {
+        return Err(format!(
+            "segmentation decode options: slices [{start}, {end}) do not fit the {n} {} slices of {first_name}",
+            axis.name()
+        ));
+    }
     let mut rng = fastrand::Rng::with_seed(o.seed);
     let mut out = Vec::new();
-    for index in first..end {
+    for index in start..end {
         let label = labels.slice(axis, index)?;
         if label.data.iter().all(|&v| v == 0.0) {
             continue;
         }
-        let img = image.slice(axis, index)?.rescale(lo, hi);
-        let (img, _) = img.fit_square(o.size, Interp::Bilinear, 0.0);
+        let channels = images
+            .iter()
+            .zip(&ranges)
+            .map(|((_, v), &(lo, hi))| {
+                let img = v.slice(axis, index)?;
+                let img = match o.intensity {
+                    Intensity::Percentile => img.rescale(lo, hi),
+                    Intensity::Raw => img,
+                };
+                Ok(img.fit_square(o.size, Interp::Bilinear, 0.0).0)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let (label, _) = label.fit_square(o.size, Interp::Nearest, 0.0);
         let id = format!("{source}:{}:{index}", axis.name());
-        out.push(example(id.clone(), &img, &label)?);
+        out.push(example(id.clone(), &channels, &label)?);
         for k in 1..=o.augment {
             let (a, gamma) = random_warp(&mut rng, o.size);
-            let warped = img.warp(&a, Interp::Bilinear, 0.0);
-            let warped = Image2D {
-                data: warped.data.iter().map(|v| v.powf(gamma)).collect(),
-                ..warped
-            };
+            let warped: Vec<Image2D> = channels
+                .iter()
+                .map(|c| {
+                    let w = c.warp(&a, Interp::Bilinear, 0.0);
+                    Image2D {
+                        data: w.data.iter().map(|v| v.powf(gamma)).collect(),
+                        ..w
+                    }
+                })
+                .collect();
             let lab = label.warp(&a, Interp::Nearest, 0.0);
             out.push(example(format!("{id}:aug{k}"), &warped, &lab)?);
         }
@@ -268,11 +389,15 @@ fn random_warp(rng: &mut fastrand::Rng, size: usize) -> (Affine2, f32) {
     (Affine2::about((c, c), angle, scale, shift), gamma)
 }
 
-fn example(id: String, image: &Image2D, label: &Image2D) -> Result<Example, String> {
-    let (h, w) = (image.h as i64, image.w as i64);
+fn example(id: String, channels: &[Image2D], label: &Image2D) -> Result<Example, String> {
+    let (h, w) = (label.h as i64, label.w as i64);
+    let data = channels
+        .iter()
+        .flat_map(|c| c.data.iter().copied())
+        .collect();
     Ok(Example {
         id,
-        image: Dense::new(vec![1, h, w], image.data.clone())?,
+        image: Dense::new(vec![channels.len() as i64, h, w], data)?,
         target: Dense::new(vec![h, w], label.data.clone())?,
     })
 }
@@ -361,6 +486,57 @@ mod tests {
         let out = decode(&request(r#"{"size": 8, "augment": 2, "seed": 3}"#)).unwrap();
         let ids: Vec<&str> = out.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["ch2:axial:1", "ch2:axial:1:aug1", "ch2:axial:1:aug2"]);
+    }
+
+    /// A two-channel 4 x 4 x 3 case whose label map marks two voxels of z = 1.
+    fn case_request(label_value: u8, extra: &str) -> DecodeRequest {
+        let affine = [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+        ];
+        let t1: Vec<u8> = (0..48).map(|v| v as u8 * 5).collect();
+        let t2: Vec<u8> = (0..48).map(|v| 240 - v as u8 * 5).collect();
+        let mut seg = vec![0u8; 48];
+        seg[16 + 5] = 1;
+        seg[16 + 6] = label_value;
+        let file = |name: &str, bytes: Vec<u8>| File {
+            name: name.into(),
+            bytes,
+        };
+        DecodeRequest {
+            files: vec![
+                file("p1_0000.nii", nifti::encode_u8([4, 4, 3], affine, &t1)),
+                file("p1_0001.nii", nifti::encode_u8([4, 4, 3], affine, &t2)),
+                file("p1.nii", nifti::encode_u8([4, 4, 3], affine, &seg)),
+            ],
+            options: format!(
+                r#"{{"size": 8{extra}, "case": {{"id": "p1", "images": ["p1_0000.nii", "p1_0001.nii"],
+                   "label": "p1.nii", "labels": {{"0": "background", "1": "a", "2": "b"}}}}}}"#
+            ),
+        }
+    }
+
+    #[test]
+    fn a_case_decodes_its_channels_and_named_classes() {
+        let out = decode(&case_request(2, "")).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].id, "p1:axial:1");
+        assert_eq!(out[0].image.shape, vec![2, 8, 8]);
+        let mut classes: Vec<f32> = out[0].target.data.clone();
+        classes.sort_by(f32::total_cmp);
+        classes.dedup();
+        assert_eq!(classes, vec![0.0, 1.0, 2.0]);
+        assert!(out[0].image.data.iter().all(|v| (0.0..=1.0).contains(v)));
+        let raw = decode(&case_request(2, r#", "intensity": "raw""#)).unwrap();
+        let max = raw[0].image.data.iter().copied().fold(0.0f32, f32::max);
+        assert!(max > 100.0, "raw values kept: {max}");
+
+        let e = decode(&case_request(3, "")).unwrap_err();
+        assert!(
+            e.starts_with("p1.nii:") && e.contains("label value 3"),
+            "{e}"
+        );
     }
 
     #[test]
