@@ -66,25 +66,10 @@ pub fn write(path: &Path, examples: &[Example]) -> Result<()> {
         named.push((format!("{i}.image"), tensor(&e.image)));
         named.push((format!("{i}.target"), tensor(&e.target)));
     }
-    let tmp = temp_path(path);
-    Tensor::write_safetensors(&named, &tmp)
-        .with_context(|| format!("cannot write the cache {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
-}
-
-/// `path.tmp-<pid>-<thread>`: unique per writer.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(
-        ".tmp-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    path.with_file_name(name.to_string_lossy().replace(
-        |c: char| !c.is_ascii_alphanumeric() && !".-_".contains(c),
-        "",
-    ))
+    crate::fsio::write_atomic_with(path, |tmp| {
+        Tensor::write_safetensors(&named, tmp)
+            .with_context(|| format!("cannot write the cache {}", path.display()))
+    })
 }
 
 /// A case file's example ids and shapes.

@@ -471,7 +471,10 @@ fn split_cases(
                 None => {
                     let folds = case_split::k_fold(&ids, spec.split.folds, spec.split.seed)?;
                     let path = dir.join(SPLITS_FILE);
-                    write_atomic(&path, &(serde_json::to_string_pretty(&folds)? + "\n"))?;
+                    crate::fsio::write_atomic(
+                        &path,
+                        (serde_json::to_string_pretty(&folds)? + "\n").as_bytes(),
+                    )?;
                     (folds, absolute(&path))
                 }
             };
@@ -521,7 +524,8 @@ fn remove_unlisted(dir: &Path, m: &Manifest) {
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().to_string();
-        let ours = name.ends_with(".safetensors") || name.contains(".safetensors.tmp-");
+        // Temporaries (`.NAME.tmp-PID-N.safetensors`) end alike.
+        let ours = name.ends_with(".safetensors");
         if ours && !keep.contains(&path) && entry.file_type().is_ok_and(|t| t.is_file()) {
             let _ = std::fs::remove_file(&path);
         }
@@ -796,14 +800,7 @@ fn splits_from(m: &Manifest, samples: Vec<Sample>) -> Result<Splits> {
 }
 
 fn write_manifest(path: &Path, m: &Manifest) -> Result<()> {
-    write_atomic(path, &(serde_json::to_string_pretty(m)? + "\n"))
-}
-
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = cache::temp_path(path);
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    crate::fsio::write_atomic(path, (serde_json::to_string_pretty(m)? + "\n").as_bytes())
 }
 
 /// `dir/name` for a path from a manifest, which must stay inside the
