@@ -7,6 +7,7 @@ pub mod calibrate;
 pub mod command;
 pub mod compare;
 pub mod report;
+pub mod sliding;
 
 use crate::attack::{self, Norm, Range};
 use crate::data::Dataset;

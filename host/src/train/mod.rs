@@ -8,6 +8,7 @@ pub mod config;
 pub mod margins;
 pub mod memory;
 pub mod optim;
+pub mod patches;
 pub mod report;
 pub mod run;
 
