@@ -8,13 +8,14 @@
 
 use crate::support;
 
-use amat_host::attack::{PgdConfig, Range};
-use amat_host::eval::command::{CheckpointArgs, load};
-use amat_host::eval::{self, calibrate};
+use amat_host::app::calibrate;
+use amat_host::app::evaluate::{CheckpointArgs, load};
+use amat_host::attack::{Context, PgdConfig, Range};
+use amat_host::config::{EvalConfig, RunConfig};
+use amat_host::eval;
 use amat_host::plugin::{Plugin, SandboxLimits};
 use amat_host::train::Trainer;
 use amat_host::train::amat::{Judge, crossings};
-use amat_host::train::config::{EvalConfig, RunConfig};
 use indicatif::ProgressBar;
 use std::path::Path;
 use std::sync::Mutex;
@@ -85,8 +86,14 @@ fn a_sample_broken_at_an_intermediate_iterate_counts_as_broken_in_training_and_e
     for (bad, broken) in [(3, true), (99, false)] {
         let model = BrokenOnce::new(bad);
         let mut judge = Judge::loss_at_most(tau);
-        let found =
-            crossings(&model, &mut plugin, &mut judge, (&x, &y), &eps, &pgd, range).unwrap();
+        let found = crossings(
+            &mut Context::new(&model, &mut plugin, range),
+            &mut judge,
+            (&x, &y),
+            &eps,
+            &pgd,
+        )
+        .unwrap();
         assert_eq!(
             model.calls.load(Ordering::SeqCst),
             6,
@@ -110,7 +117,14 @@ fn a_sample_broken_at_an_intermediate_iterate_counts_as_broken_in_training_and_e
         ..EvalConfig::default()
     };
     let model = BrokenOnce::new(3);
-    let (_, pred, loss) = eval::worst_case(&model, &mut plugin, &x, &y, 0.5, &cfg, range).unwrap();
+    let (_, pred, loss) = eval::worst_case(
+        &mut Context::new(&model, &mut plugin, range),
+        &x,
+        &y,
+        0.5,
+        &cfg,
+    )
+    .unwrap();
     let loss: Vec<f32> = Vec::try_from(loss).unwrap();
     assert!(loss.iter().all(|&l| l > 1.0), "worst loss {loss:?}");
     let predicted = pred.argmax(1, false).to_kind(Kind::Float);
@@ -122,7 +136,14 @@ fn a_sample_broken_at_an_intermediate_iterate_counts_as_broken_in_training_and_e
     let dice = plugin.metrics(&pred, &y).unwrap();
     assert!(dice[0].value < 0.01, "the broken iterate's Dice: {dice:?}");
     let repaired = BrokenOnce::new(99);
-    let (_, pred, _) = eval::worst_case(&repaired, &mut plugin, &x, &y, 0.5, &cfg, range).unwrap();
+    let (_, pred, _) = eval::worst_case(
+        &mut Context::new(&repaired, &mut plugin, range),
+        &x,
+        &y,
+        0.5,
+        &cfg,
+    )
+    .unwrap();
     assert!(plugin.metrics(&pred, &y).unwrap()[0].value > 0.99);
 }
 

@@ -5,10 +5,10 @@
 
 use crate::support;
 
+use amat_host::config::RunConfig;
 use amat_host::eval;
 use amat_host::plugin::{Plugin, PluginKind, SandboxLimits};
 use amat_host::train::Trainer;
-use amat_host::train::config::RunConfig;
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -56,11 +56,9 @@ fn a_plugin_built_for_0_1_0_still_loads_trains_and_evaluates() {
     assert!(last.clean_loss < first.clean_loss, "{first:?} -> {last:?}");
     assert_eq!(last.phase, "adversarial");
     let curve = eval::robustness(
-        &t.model,
-        &mut plugin,
+        &mut amat_host::attack::Context::new(&t.model, &mut plugin, t.range),
         &splits.test,
         &cfg.eval,
-        t.range,
         Device::Cpu,
         0,
         &ProgressBar::hidden(),

@@ -5,10 +5,10 @@
 
 use crate::support;
 
+use amat_host::config::RunConfig;
 use amat_host::data::{Dataset, Sample};
 use amat_host::plugin::{DecodeRequest, Example, File, Metric, Plugin, SandboxLimits};
 use amat_host::train::Trainer;
-use amat_host::train::config::RunConfig;
 use indicatif::ProgressBar;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};

@@ -8,6 +8,7 @@ mod cli_plugin;
 mod contract_versions;
 mod detection;
 mod landmark;
+mod layering;
 mod plugin_contract;
 mod sandbox;
 mod sandbox_holes;

@@ -7,9 +7,9 @@
 
 use crate::support;
 
+use amat_host::config::RunConfig;
 use amat_host::plugin::{CallError, Plugin, PluginError, SandboxLimits};
 use amat_host::tensor::TensorBudget;
-use amat_host::train::config::RunConfig;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};

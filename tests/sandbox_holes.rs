@@ -7,8 +7,8 @@
 
 use crate::support;
 
+use amat_host::config::RunConfig;
 use amat_host::plugin::{CallError, DecodeRequest, File, Plugin, SandboxLimits};
-use amat_host::train::config::RunConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

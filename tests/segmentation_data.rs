@@ -433,9 +433,9 @@ fn a_class_absent_from_a_samples_target_and_prediction_is_left_out_of_its_mean()
 
 #[test]
 fn example_configs_and_data_specs_parse() {
+    use amat_host::config::RunConfig;
     use amat_host::data::manifest::DataSpec;
     use amat_host::data::source::DataSource;
-    use amat_host::train::config::RunConfig;
     let examples = support::root().join("examples");
     // Each config reads what its spec prepares into data/prepared/<name>.
     for (spec, name) in [

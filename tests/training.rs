@@ -8,10 +8,10 @@
 
 use crate::support;
 
-use amat_host::attack::{Norm, PgdConfig, Range, loss_at, pgd, sample_norms};
+use amat_host::attack::{Context, Norm, PgdConfig, Range, loss_at, pgd, sample_norms};
+use amat_host::config::RunConfig;
 use amat_host::plugin::{Plugin, SandboxLimits};
 use amat_host::train::Trainer;
-use amat_host::train::config::RunConfig;
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -64,7 +64,16 @@ fn pgd_keeps_each_sample_in_its_own_ball_and_the_intensity_range_and_raises_the_
     let (x, y) = splits.train.batch(&[0, 1, 2, 3], Device::Cpu);
     let zero = x.zeros_like();
     let ones = Tensor::ones([4], (Kind::Float, Device::Cpu));
-    let before = floats(&loss_at(&t.model, &mut plugin, &x, &y, &zero, &ones).unwrap());
+    let before = floats(
+        &loss_at(
+            &mut Context::new(&t.model, &mut plugin, range),
+            &x,
+            &y,
+            &zero,
+            &ones,
+        )
+        .unwrap(),
+    );
     let snapshot: Vec<(String, Tensor)> =
         t.vs.variables()
             .into_iter()
@@ -82,13 +91,11 @@ fn pgd_keeps_each_sample_in_its_own_ball_and_the_intensity_range_and_raises_the_
             ..PgdConfig::default()
         };
         let delta = pgd(
-            &t.model,
-            &mut plugin,
+            &mut Context::new(&t.model, &mut plugin, range),
             &x,
             &y,
             &Tensor::from_slice(&eps),
             &pgd_cfg,
-            range,
         )
         .unwrap();
         let norms = floats(&sample_norms(&delta, norm));
@@ -110,7 +117,16 @@ fn pgd_keeps_each_sample_in_its_own_ball_and_the_intensity_range_and_raises_the_
             attacked.min().double_value(&[]) >= 0.0 && attacked.max().double_value(&[]) <= 1.0,
             "{norm}: left [0, 1]"
         );
-        let after = floats(&loss_at(&t.model, &mut plugin, &x, &y, &delta, &ones).unwrap());
+        let after = floats(
+            &loss_at(
+                &mut Context::new(&t.model, &mut plugin, range),
+                &x,
+                &y,
+                &delta,
+                &ones,
+            )
+            .unwrap(),
+        );
         assert_eq!(after[0], before[0], "{norm}: eps = 0 changed the loss");
         for i in 1..4 {
             assert!(
@@ -125,20 +141,34 @@ fn pgd_keeps_each_sample_in_its_own_ball_and_the_intensity_range_and_raises_the_
     // FGSM (one full step) also raises the loss; all-zero levels change nothing.
     let fgsm = PgdConfig::fgsm(Norm::L2);
     let eps = Tensor::from_slice(&[1.0f32; 4]);
-    let delta = pgd(&t.model, &mut plugin, &x, &y, &eps, &fgsm, range).unwrap();
-    let after = floats(&loss_at(&t.model, &mut plugin, &x, &y, &delta, &ones).unwrap());
+    let delta = pgd(
+        &mut Context::new(&t.model, &mut plugin, range),
+        &x,
+        &y,
+        &eps,
+        &fgsm,
+    )
+    .unwrap();
+    let after = floats(
+        &loss_at(
+            &mut Context::new(&t.model, &mut plugin, range),
+            &x,
+            &y,
+            &delta,
+            &ones,
+        )
+        .unwrap(),
+    );
     assert!(
         after.iter().zip(&before).all(|(a, b)| a > b),
         "FGSM: {before:?} -> {after:?}"
     );
     let none = pgd(
-        &t.model,
-        &mut plugin,
+        &mut Context::new(&t.model, &mut plugin, range),
         &x,
         &y,
         &Tensor::zeros([4], (Kind::Float, Device::Cpu)),
         &PgdConfig::default(),
-        range,
     )
     .unwrap();
     assert_eq!(none.abs().max().double_value(&[]), 0.0);
@@ -196,8 +226,7 @@ fn amat_margins_adapt_per_sample() {
     let zero = x.zeros_like();
     let clean = floats(
         &loss_at(
-            &t.model,
-            &mut plugin,
+            &mut Context::new(&t.model, &mut plugin, Range { min: 0.0, max: 1.0 }),
             &x,
             &y,
             &zero,

@@ -9,12 +9,12 @@
 use crate::support;
 
 use amat_host::attack::{self, Norm, sample_norms};
+use amat_host::config::{Method, RunConfig};
 use amat_host::model::NormKind;
 use amat_host::plugin::Plugin;
 use amat_host::reference::{self, StateInputs};
 use amat_host::train::Trainer;
 use amat_host::train::amat::Judge;
-use amat_host::train::config::{Method, RunConfig};
 use indicatif::ProgressBar;
 use rand::seq::SliceRandom;
 use serde_json::Value;
@@ -84,13 +84,11 @@ fn compare(python: &Path, norm: Norm, eps: f64, model_norm: NormKind) {
     let (x, y) = data.batch(&[0, 1, 2, 3], Device::Cpu);
     let eps_t = Tensor::full([4], eps, (Kind::Float, Device::Cpu));
     let delta = attack::pgd(
-        &t.model,
-        &mut plugin,
+        &mut attack::Context::new(&t.model, &mut plugin, t.range),
         &x,
         &y,
         &eps_t,
         &cfg.train.attack,
-        t.range,
     )
     .unwrap();
     let clean = plugin.loss(&t.model.forward_t(&x, true), &y).unwrap();

@@ -13,8 +13,8 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use amat_host::config::{Method, RunConfig};
 use amat_host::plugin::{Plugin, SandboxLimits};
-use amat_host::train::config::{Method, RunConfig};
 use amat_host::train::margins::Margins;
 use amat_host::train::{EpochRecord, Trainer};
 use indicatif::ProgressBar;

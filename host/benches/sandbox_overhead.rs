@@ -16,10 +16,10 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use amat_host::config::RunConfig;
 use amat_host::plugin::{Plugin, SandboxLimits};
 use amat_host::tensor::TensorBudget;
 use amat_host::train::Trainer;
-use amat_host::train::config::RunConfig;
 use indicatif::ProgressBar;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -136,7 +136,7 @@ pub struct RunCommand {
     pub plugin: Option<PathBuf>,
     /// std | sat | amat; default: run.method of the config.
     #[arg(long, value_enum)]
-    pub method: Option<crate::train::config::Method>,
+    pub method: Option<crate::config::Method>,
     /// The run's config (TOML).
     #[arg(long, required_unless_present = "resume")]
     pub config: Option<PathBuf>,
@@ -211,7 +211,7 @@ pub struct CalibrateCommand {
     pub scores: Vec<String>,
 }
 
-impl From<CheckpointOptions> for crate::eval::command::CheckpointArgs {
+impl From<CheckpointOptions> for crate::app::evaluate::CheckpointArgs {
     fn from(o: CheckpointOptions) -> Self {
         Self {
             checkpoint: o.checkpoint,
@@ -283,7 +283,7 @@ fn one_line(s: &str) -> String {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(c) => {
-            let done = crate::train::run::run(&crate::train::run::RunArgs {
+            let done = crate::app::run(&crate::app::RunArgs {
                 config: c.config,
                 plugin: c.plugin,
                 method: c.method,
@@ -305,7 +305,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Calibrate(c) => {
-            let cal = crate::eval::calibrate::calibrate(&crate::eval::calibrate::CalibrateArgs {
+            let cal = crate::app::calibrate::calibrate(&crate::app::calibrate::CalibrateArgs {
                 checkpoint: c.checkpoint.into(),
                 split: c.split,
                 wrong_share: c.wrong_share,
@@ -338,13 +338,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Eval(c) => {
-            let (dir, curve) = crate::eval::command::evaluate(&c.checkpoint.into())?;
+            let (dir, curve) = crate::app::evaluate::evaluate(&c.checkpoint.into())?;
             println!("robustness curve: {}", dir.display());
             print_curve(&curve);
             Ok(ExitCode::SUCCESS)
         }
         Command::Attack(c) => {
-            let r = crate::eval::command::attack(&crate::eval::command::AttackArgs {
+            let r = crate::app::attack::attack(&crate::app::attack::AttackArgs {
                 checkpoint: c.checkpoint.into(),
                 split: c.split,
                 sample: c.sample,
@@ -368,9 +368,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Compare(c) => {
-            let cmp = crate::eval::compare::compare(&c.runs, c.metric.as_deref())?;
-            crate::eval::compare::write(&c.out, &cmp)?;
-            print!("{}", crate::eval::compare::markdown(&cmp));
+            let cmp = crate::app::compare::compare(&c.runs, c.metric.as_deref())?;
+            crate::app::compare::write(&c.out, &cmp)?;
+            print!("{}", crate::app::compare::markdown(&cmp));
             println!(
                 "written: {}/comparison.{{md,csv,json,png}}",
                 c.out.display()

@@ -3,12 +3,12 @@
 //! `config.json` (the run's settings, AMAT margins, batch order, torch seed),
 //! `weights.npz` (the U-Net's variables under amat's names) and `data.npz`
 //! (`images` [N, C, H, W], `targets` [N, H, W]). From one state both sides
-//! compute the same numbers; `benches/vs_pytorch.rs` times them and
+//! compute the same numbers; `host/benches/vs_pytorch/main.rs` times them and
 //! `tests/vs_pytorch_parity.rs` compares them.
 
+use crate::config::{OptimizerKind, RunConfig, Schedule};
 use crate::data::{Dataset, Sample};
 use crate::plugin::TaskInfo;
-use crate::train::config::{OptimizerKind, RunConfig, Schedule};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use std::collections::HashMap;
@@ -66,9 +66,9 @@ pub fn write_state(dir: &Path, cfg: &RunConfig, s: &StateInputs) -> Result<()> {
         "order": s.order,
         "torch_seed": s.torch_seed,
     });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
+    crate::fsio::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
     )?;
     let vars: Vec<(String, Tensor)> = s
         .weights

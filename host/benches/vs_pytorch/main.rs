@@ -19,10 +19,10 @@
 mod plot;
 mod worker;
 
+use amat_host::config::{Method, RunConfig};
 use amat_host::model::{DeviceChoice, ModelConfig, NormKind};
 use amat_host::plugin::{Plugin, SandboxLimits};
 use amat_host::reference::{self, StateInputs};
-use amat_host::train::config::{Method, RunConfig};
 use amat_host::train::{Trainer, epoch_seed};
 use anyhow::{Context, Result, bail};
 use clap::Parser;

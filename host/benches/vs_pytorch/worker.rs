@@ -3,12 +3,12 @@
 //! shared state directory, answering the driver's JSON commands one per line.
 //! Each implementation runs in its own process so that its peak memory is its own.
 
+use amat_host::config::{Method, RunConfig};
 use amat_host::data::{Dataset, Sample};
 use amat_host::model::UNet;
 use amat_host::plugin::Plugin;
 use amat_host::reference::{read_dataset, read_weights};
 use amat_host::train::Trainer;
-use amat_host::train::config::{Method, RunConfig};
 use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
 use serde_json::{Value, json};

@@ -138,33 +138,56 @@ fn clip(x: &Tensor, delta: &Tensor, range: Range) -> Tensor {
 /// loss. AMAT's crossings and the evaluation's worst iterate are watches.
 pub type Watch<'w> = dyn FnMut(&mut Plugin, &Tensor, &Tensor, &Tensor) -> Result<()> + 'w;
 
-/// Runs PGD on `model` (evaluation mode) and returns the noise `delta`, with
-/// `||delta_i|| <= eps[i]` and `x + delta` in `range`. `x` must lie in `range`.
-/// A zero noise level gives zero noise, and no random numbers are drawn when
-/// every level is zero.
+/// What an attack works against: the network (run in evaluation mode), the
+/// task's plugin whose loss it ascends, and the intensity range attacked
+/// images stay in. PGD, AMAT's boundary search and the evaluation share it.
+pub struct Context<'a> {
+    pub model: &'a dyn ModuleT,
+    pub plugin: &'a mut Plugin,
+    pub range: Range,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(model: &'a dyn ModuleT, plugin: &'a mut Plugin, range: Range) -> Self {
+        Self {
+            model,
+            plugin,
+            range,
+        }
+    }
+
+    /// The prediction at `x` (evaluation mode, no gradient) and its
+    /// per-sample loss.
+    pub fn predict(&mut self, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
+        let _guard = tch::no_grad_guard();
+        let pred = self.model.forward_t(x, false);
+        let loss = self.plugin.loss(&pred, y)?.detach();
+        Ok((pred, loss))
+    }
+}
+
+/// Runs PGD and returns the noise `delta`, with `||delta_i|| <= eps[i]` and
+/// `x + delta` in the context's range. `x` must lie in that range. A zero
+/// noise level gives zero noise, and no random numbers are drawn when every
+/// level is zero.
 pub fn pgd(
-    model: &dyn ModuleT,
-    plugin: &mut Plugin,
+    ctx: &mut Context,
     x: &Tensor,
     y: &Tensor,
     eps: &Tensor,
     cfg: &PgdConfig,
-    range: Range,
 ) -> Result<Tensor> {
-    pgd_watched(model, plugin, x, y, eps, cfg, range, None)
+    pgd_watched(ctx, x, y, eps, cfg, None)
 }
 
 /// [`pgd`], showing every iterate to `watch`: T + 1 of them (the start, and
 /// the iterate after each step), at the cost of one forward for the last.
-#[allow(clippy::too_many_arguments)] // pgd's inputs and the watch
 pub fn pgd_watched(
-    model: &dyn ModuleT,
-    plugin: &mut Plugin,
+    ctx: &mut Context,
     x: &Tensor,
     y: &Tensor,
     eps: &Tensor,
     cfg: &PgdConfig,
-    range: Range,
     mut watch: Option<&mut Watch>,
 ) -> Result<Tensor> {
     let x = x.detach();
@@ -172,7 +195,7 @@ pub fn pgd_watched(
     if eps.max().double_value(&[]) <= 0.0 {
         let delta = x.zeros_like();
         if let Some(w) = watch {
-            see(model, plugin, &x, y, &delta, w)?;
+            see(ctx, &x, y, &delta, w)?;
         }
         return Ok(delta);
     }
@@ -180,17 +203,17 @@ pub fn pgd_watched(
     let mut delta = {
         let _guard = tch::no_grad_guard();
         if cfg.random_start {
-            clip(&x, &random_in_ball(&x, &eps, cfg.norm), range)
+            clip(&x, &random_in_ball(&x, &eps, cfg.norm), ctx.range)
         } else {
             x.zeros_like()
         }
     };
     for _ in 0..cfg.steps {
         let d = delta.detach().set_requires_grad(true);
-        let pred = model.forward_t(&(&x + &d), false);
-        let per = plugin.loss(&pred, y)?;
+        let pred = ctx.model.forward_t(&(&x + &d), false);
+        let per = ctx.plugin.loss(&pred, y)?;
         if let Some(w) = watch.as_deref_mut() {
-            w(plugin, &delta, &pred.detach(), &per.detach())?;
+            w(ctx.plugin, &delta, &pred.detach(), &per.detach())?;
         }
         let loss = per.sum(Kind::Float);
         // Gradient w.r.t. the noise only: the weights' .grad is never touched.
@@ -201,43 +224,31 @@ pub fn pgd_watched(
             Norm::Linf => g.sign(),
         };
         delta = project(&(&delta + step * &alpha), &eps, cfg.norm);
-        delta = clip(&x, &delta, range);
+        delta = clip(&x, &delta, ctx.range);
     }
     let delta = delta.detach();
     if let Some(w) = watch {
-        see(model, plugin, &x, y, &delta, w)?;
+        see(ctx, &x, y, &delta, w)?;
     }
     Ok(delta)
 }
 
 /// Shows the iterate `delta` to `watch` (forward only).
-fn see(
-    model: &dyn ModuleT,
-    plugin: &mut Plugin,
-    x: &Tensor,
-    y: &Tensor,
-    delta: &Tensor,
-    watch: &mut Watch,
-) -> Result<()> {
-    let _guard = tch::no_grad_guard();
-    let pred = model.forward_t(&(x + delta), false);
-    let loss = plugin.loss(&pred, y)?.detach();
-    watch(plugin, delta, &pred, &loss)
+fn see(ctx: &mut Context, x: &Tensor, y: &Tensor, delta: &Tensor, watch: &mut Watch) -> Result<()> {
+    let (pred, loss) = ctx.predict(&(x + delta), y)?;
+    watch(ctx.plugin, delta, &pred, &loss)
 }
 
 /// Per-sample loss [B] at `x + s[i] * delta` (forward only, evaluation mode):
 /// what AMAT's boundary search evaluates.
 pub fn loss_at(
-    model: &dyn ModuleT,
-    plugin: &mut Plugin,
+    ctx: &mut Context,
     x: &Tensor,
     y: &Tensor,
     delta: &Tensor,
     s: &Tensor,
 ) -> Result<Tensor> {
-    let _guard = tch::no_grad_guard();
-    let pred = model.forward_t(&(x + delta * per_sample(s, delta)), false);
-    Ok(plugin.loss(&pred, y)?.detach())
+    Ok(ctx.predict(&(x + delta * per_sample(s, delta)), y)?.1)
 }
 
 #[cfg(test)]

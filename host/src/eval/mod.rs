@@ -3,20 +3,16 @@
 //! set-level metrics on all the attacked predictions at once, and report
 //! metric(eps) with the curve's normalised area.
 
-pub mod calibrate;
-pub mod command;
-pub mod compare;
 pub mod report;
 pub mod sliding;
 
-use crate::attack::{self, Norm, Range};
+use crate::attack::{self, Norm};
+use crate::config::EvalConfig;
 use crate::data::Dataset;
 use crate::plugin::Plugin;
-use crate::train::config::EvalConfig;
 use anyhow::Result;
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
-use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
 /// One metric along the noise levels.
@@ -136,13 +132,11 @@ impl Worst {
 /// worst (highest-loss) iterate over every step of every restart, the
 /// random starts included: returns that iterate's noise, prediction and loss.
 pub fn worst_case(
-    model: &dyn ModuleT,
-    plugin: &mut Plugin,
+    ctx: &mut attack::Context,
     x: &Tensor,
     y: &Tensor,
     eps: f64,
     cfg: &EvalConfig,
-    range: Range,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let b = x.size()[0];
     let levels = Tensor::full([b], eps, (Kind::Float, x.device()));
@@ -154,29 +148,17 @@ pub fn worst_case(
             Ok(())
         };
         // The noise of the last iterate is not needed: the watch kept the worst.
-        let _last = attack::pgd_watched(
-            model,
-            plugin,
-            x,
-            y,
-            &levels,
-            &cfg.attack,
-            range,
-            Some(&mut watch),
-        )?;
+        let _last = attack::pgd_watched(ctx, x, y, &levels, &cfg.attack, Some(&mut watch))?;
     }
     Ok(worst.0.expect("PGD shows at least one iterate"))
 }
 
-/// The robustness curve of `model` on `data`. Seeds torch with `seed` so
-/// that random starts, and so the curve, are reproducible.
-#[allow(clippy::too_many_arguments)] // each is one independent input of the evaluation
+/// The robustness curve of the context's network on `data`. Seeds torch
+/// with `seed` so that random starts, and so the curve, are reproducible.
 pub fn robustness(
-    model: &dyn ModuleT,
-    plugin: &mut Plugin,
+    ctx: &mut attack::Context,
     data: &Dataset,
     cfg: &EvalConfig,
-    range: Range,
     device: Device,
     seed: i64,
     bar: &ProgressBar,
@@ -193,13 +175,15 @@ pub fn robustness(
         let (mut preds, mut targets, mut loss_sum) = (Vec::new(), Vec::new(), 0.0);
         for idx in &batches {
             let (x, y) = data.batch(idx, device);
-            let (_, pred, loss) = worst_case(model, plugin, &x, &y, eps, cfg, range)?;
+            let (_, pred, loss) = worst_case(ctx, &x, &y, eps, cfg)?;
             loss_sum += loss.sum(Kind::Double).double_value(&[]);
             preds.push(pred.to_device(Device::Cpu));
             targets.push(y.to_device(Device::Cpu));
             bar.inc(1);
         }
-        let metrics = plugin.metrics(&Tensor::cat(&preds, 0), &Tensor::cat(&targets, 0))?;
+        let metrics = ctx
+            .plugin
+            .metrics(&Tensor::cat(&preds, 0), &Tensor::cat(&targets, 0))?;
         per_level.push(metrics.into_iter().map(|m| (m.name, m.value)).collect());
         losses.push(loss_sum / data.len().max(1) as f64);
     }

@@ -3,7 +3,7 @@
 //! font library is needed).
 
 use super::{Curve, MetricCurve};
-use crate::train::checkpoint::write_atomic;
+use crate::fsio::write_atomic;
 use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
 use std::path::Path;
@@ -303,13 +303,9 @@ pub fn scatter_chart(
 
 /// Draws into a hidden file beside `path`, then renames it into place.
 fn draw_atomic(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp.png"));
-    draw(&tmp).with_context(|| format!("cannot draw {}", path.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    crate::fsio::write_atomic_with(path, |tmp| {
+        draw(tmp).with_context(|| format!("cannot draw {}", path.display()))
+    })
 }
 
 /// A vertical bar with caps from y - e to y + e at x (`cap` wide in x units).

@@ -1,12 +1,11 @@
 //! The task-agnostic pieces of AMAT: when a prediction still counts as
 //! correct, and where along an adversarial noise the loss boundary lies.
 
-use super::config::AmatConfig;
-use crate::attack::{self, PgdConfig, Range, per_sample};
+use crate::attack::{self, PgdConfig, per_sample};
+use crate::config::AmatConfig;
 use crate::plugin::{Plugin, TaskInfo};
 use anyhow::Result;
 use std::time::Instant;
-use tch::nn::ModuleT;
 use tch::{Device, Kind, Tensor};
 
 /// One threshold of the adversarial judgement.
@@ -174,13 +173,11 @@ pub struct Crossings {
 /// iterate (AMAT.md: a crossing is ANY iterate judged wrong, so a sample
 /// broken mid-attack and repaired by the last step still counts as broken).
 pub fn crossings(
-    model: &dyn ModuleT,
-    plugin: &mut Plugin,
+    ctx: &mut attack::Context,
     judge: &mut Judge,
     (x, y): (&Tensor, &Tensor),
     eps: &Tensor,
     cfg: &PgdConfig,
-    range: Range,
 ) -> Result<Crossings> {
     let mut crossed = vec![false; x.size()[0] as usize];
     let mut judge_seconds = 0.0;
@@ -193,7 +190,7 @@ pub fn crossings(
         judge_seconds += start.elapsed().as_secs_f64();
         Ok(())
     };
-    let delta = attack::pgd_watched(model, plugin, x, y, eps, cfg, range, Some(&mut watch))?;
+    let delta = attack::pgd_watched(ctx, x, y, eps, cfg, Some(&mut watch))?;
     Ok(Crossings {
         delta,
         crossed,
@@ -217,10 +214,8 @@ pub struct Search {
 /// by bisection (forward passes only, evaluation mode), returned as the
 /// noise norm `s * ||delta_i||`. `norms` are the `||delta_i||`. Also returns
 /// how many single-sample forward passes the search took.
-#[allow(clippy::too_many_arguments)]
 pub fn boundary(
-    model: &dyn ModuleT,
-    plugin: &mut Plugin,
+    ctx: &mut attack::Context,
     judge: &mut Judge,
     x: &Tensor,
     y: &Tensor,
@@ -256,8 +251,10 @@ pub fn boundary(
         );
         let ok = {
             let _guard = tch::no_grad_guard();
-            let pred = model.forward_t(&(xa + &da * per_sample(&s, &da)), false);
-            judge.correct(plugin, &pred, &ya, None)?
+            let pred = ctx
+                .model
+                .forward_t(&(xa + &da * per_sample(&s, &da)), false);
+            judge.correct(ctx.plugin, &pred, &ya, None)?
         };
         for (k, &i) in active.iter().enumerate() {
             let (i, m) = (i as usize, mid[k] as f64);

@@ -4,15 +4,15 @@
 //! and renamed into place when complete; `checkpoints/latest` (replaced
 //! atomically) names the newest. A crash leaves the previous one intact.
 
-use super::config::{Method, RunConfig};
 use super::margins::Margins;
 use super::{EpochRecord, Trainer};
+use crate::config::{Method, RunConfig};
+use crate::fsio::{self, write_atomic};
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -42,26 +42,6 @@ pub struct State {
     pub amat_host_version: String,
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let mut f =
-        fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
-}
-
-fn sync(path: &Path) -> Result<()> {
-    fs::File::open(path)?.sync_all()?;
-    Ok(())
-}
-
 fn cpu(named: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
     named
         .into_iter()
@@ -83,7 +63,7 @@ pub fn save(run_dir: &Path, trainer: &Trainer, task: (&str, &str)) -> Result<Pat
         let path = tmp.join(file);
         Tensor::write_safetensors(&cpu(named), &path)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        sync(&path)
+        fsio::sync_file(&path)
     };
     let mut weights: Vec<(String, Tensor)> = trainer.vs.variables().into_iter().collect();
     weights.sort_by(|a, b| a.0.cmp(&b.0));
@@ -99,7 +79,7 @@ pub fn save(run_dir: &Path, trainer: &Trainer, task: (&str, &str)) -> Result<Pat
         config_hash: trainer.cfg.hash(),
         task: task.0.into(),
         task_version: task.1.into(),
-        rng_seed: super::config::hex(&trainer.rng.get_seed()),
+        rng_seed: crate::config::hex(&trainer.rng.get_seed()),
         rng_word_pos: trainer.rng.get_word_pos().to_string(),
         margin_step: trainer.margins.as_ref().map(|m| m.delta_eps),
         history: trainer.history.clone(),
@@ -114,8 +94,8 @@ pub fn save(run_dir: &Path, trainer: &Trainer, task: (&str, &str)) -> Result<Pat
     if dest.exists() {
         fs::remove_dir_all(&dest)?;
     }
-    fs::rename(&tmp, &dest)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
+    fsio::sync_dir(&tmp)?;
+    fsio::rename_durably(&tmp, &dest)?;
     write_atomic(&root.join(LATEST), name.as_bytes())?;
     prune(&root, trainer.cfg.run.keep_checkpoints)?;
     Ok(dest)

@@ -12,7 +12,7 @@
 //!   batch; a crossed sample moves to the loss boundary found by a search
 //!   along its noise.
 
-use super::config::{AmatConfig, AmatRule};
+use crate::config::{AmatConfig, AmatRule};
 use serde::{Deserialize, Serialize};
 
 /// What happened to one sample's margin in one update.

@@ -4,22 +4,20 @@
 
 pub mod amat;
 pub mod checkpoint;
-pub mod config;
 pub mod margins;
 pub mod memory;
 pub mod optim;
 pub mod patches;
 pub mod report;
-pub mod run;
 
 use crate::attack::{self, Range, sample_norms};
+use crate::config::AmatRule;
+use crate::config::{Method, RunConfig};
 use crate::data::Dataset;
 use crate::model::{NormKind, UNet};
 use crate::plugin::Plugin;
 use amat::{Judge, Search};
 use anyhow::{Result, bail};
-use config::AmatRule;
-use config::{Method, RunConfig};
 use indicatif::ProgressBar;
 use margins::Margins;
 use optim::Optimizer;
@@ -242,25 +240,21 @@ impl Trainer {
         let reference = self.margins.as_ref().map(|m| m.rule) == Some(AmatRule::Reference);
         let (delta, crossed) = if reference {
             let found = amat::crossings(
-                &self.model,
-                plugin,
+                &mut attack::Context::new(&self.model, plugin, self.range),
                 &mut self.judge,
                 (x, y),
                 &eps,
                 &self.cfg.train.attack,
-                self.range,
             )?;
             self.margin_seconds += found.judge_seconds;
             (found.delta, Some(found.crossed))
         } else {
             let delta = attack::pgd(
-                &self.model,
-                plugin,
+                &mut attack::Context::new(&self.model, plugin, self.range),
                 x,
                 y,
                 &eps,
                 &self.cfg.train.attack,
-                self.range,
             )?;
             (delta, None)
         };
@@ -402,8 +396,7 @@ impl Trainer {
                 floor: margins.delta_eps,
             };
             let (found, forwards) = amat::boundary(
-                &self.model,
-                plugin,
+                &mut attack::Context::new(&self.model, plugin, self.range),
                 &mut self.judge,
                 &x.index_select(0, &rows),
                 &y.index_select(0, &rows),

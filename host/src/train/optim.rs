@@ -3,7 +3,7 @@
 //! optimizers cannot export their moments, and an exact resume needs them.
 //! The update rules are PyTorch's (`torch.optim.Adam`, `torch.optim.SGD`).
 
-use super::config::{OptimizerKind, Schedule, TrainConfig};
+use crate::config::{OptimizerKind, Schedule, TrainConfig};
 use anyhow::{Context, Result, bail};
 use tch::{Kind, Tensor, nn::VarStore};
 

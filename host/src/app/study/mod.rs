@@ -8,9 +8,9 @@ pub mod spec;
 
 pub use spec::{Arm, Cell, Study, StudyOptions};
 
+use crate::app::{Job, Progress, execute};
+use crate::config::RunConfig;
 use crate::train::checkpoint;
-use crate::train::config::RunConfig;
-use crate::train::run::{Job, Progress, execute};
 use anyhow::{Context, Result, bail};
 use indicatif::ProgressStyle;
 
@@ -145,5 +145,5 @@ pub fn keep_spec(study: &Study) -> Result<()> {
         .with_context(|| format!("cannot create {}", study.out.display()))?;
     let text = std::fs::read(&study.file)
         .with_context(|| format!("cannot read {}", study.file.display()))?;
-    checkpoint::write_atomic(&study.out.join("study.toml"), &text)
+    crate::fsio::write_atomic(&study.out.join("study.toml"), &text)
 }

@@ -4,14 +4,14 @@
 //! `study.csv`, `curves.png` and `clean-vs-robust.png` in the study folder.
 
 use super::{State, Study, state};
+use crate::app::compare::{self, RunResult};
 use crate::attack::Norm;
 use crate::eval::Curve;
-use crate::eval::compare::{self, RunResult};
 use crate::eval::report::{
     Collapse, Point, Series, cell, collapse_line, collapse_rule, collapses, dice_convention, fmt,
     level_heading, line_chart, noise_note, parts, scatter_chart,
 };
-use crate::train::checkpoint::write_atomic;
+use crate::fsio::write_atomic;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;

@@ -2,9 +2,9 @@
 //! and override keys of the base. Overrides are applied to the base's TOML
 //! before it becomes a `RunConfig`, so any key the config knows works here.
 
+use crate::app::resolve_paths;
+use crate::config::{Method, RunConfig};
 use crate::model::DeviceChoice;
-use crate::train::config::{Method, RunConfig};
-use crate::train::run::resolve_paths;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

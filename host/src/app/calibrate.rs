@@ -5,9 +5,9 @@
 //! mean (the authors' choice) or the value at which a chosen share of the
 //! samples would be judged wrong.
 
-use super::command::{CheckpointArgs, load, run_dir_of};
-use crate::train::checkpoint::write_atomic;
-use crate::train::run::split_of;
+use super::evaluate::{CheckpointArgs, load, run_dir_of};
+use super::session::split_of;
+use crate::fsio::write_atomic;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::path::PathBuf;

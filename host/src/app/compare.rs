@@ -3,14 +3,14 @@
 //! Runs are only comparable when they were attacked alike, so the noise
 //! levels, norm and steps of their curves must agree.
 
-use super::Curve;
-use super::report::{
+use crate::config::RunConfig;
+use crate::eval::Curve;
+use crate::eval::report::{
     Collapse, Series, collapse_line, collapse_rule, collapses, dice_convention, fmt, level_heading,
     line_chart, noise_note, parts,
 };
+use crate::fsio::write_atomic;
 use crate::train::EpochRecord;
-use crate::train::checkpoint::write_atomic;
-use crate::train::config::RunConfig;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -268,8 +268,8 @@ pub fn csv(c: &Comparison) -> String {
                     "{},{},{e},{},{name},{}\n",
                     r.name,
                     r.method,
-                    super::report::cell(super::report::rms_at(&r.curve, i)),
-                    super::report::cell(*v)
+                    crate::eval::report::cell(crate::eval::report::rms_at(&r.curve, i)),
+                    crate::eval::report::cell(*v)
                 ));
             }
         }

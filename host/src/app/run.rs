@@ -1,0 +1,259 @@
+//! `amat-host run`: check the config, load plugin and data, train with
+//! checkpoints, evaluate, report. Nothing is created on disk until all
+//! checks pass, and the run folder appears (by a rename) only once its first
+//! checkpoint is complete.
+
+use super::progress::Progress;
+use super::run_dir::{RunDir, RunLock, parent_and_name};
+use super::session::{Session, effective_config, eval_seed, split_of};
+use super::summary;
+use crate::attack;
+use crate::config::{Method, RunConfig};
+use crate::eval::{self, Curve};
+use crate::fsio::write_atomic;
+use crate::model::DeviceChoice;
+use crate::train::checkpoint::{self, CONFIG};
+use crate::train::{self, Trainer};
+use anyhow::{Context, Result, bail};
+use indicatif::ProgressBar;
+use std::path::PathBuf;
+
+/// What `amat-host run` was asked.
+#[derive(Clone, Debug, Default)]
+pub struct RunArgs {
+    pub config: Option<PathBuf>,
+    pub plugin: Option<PathBuf>,
+    pub method: Option<Method>,
+    pub out: Option<PathBuf>,
+    pub device: Option<DeviceChoice>,
+    pub resume: Option<PathBuf>,
+    /// Stop cleanly (with a checkpoint) once this many epochs are done.
+    pub stop_after: Option<usize>,
+}
+
+fn default_out(cfg: &RunConfig) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    PathBuf::from("runs").join(format!("{}-{secs}", cfg.method()))
+}
+
+/// Outcome of `run`.
+#[derive(Debug)]
+pub struct Finished {
+    pub dir: PathBuf,
+    /// None when the run stopped early (`stop_after`).
+    pub curve: Option<Curve>,
+    /// The epoch a resumed run continued after.
+    pub resumed_after: Option<usize>,
+}
+
+/// One run to carry out: a config (paths resolved) and its folder.
+pub struct Job<'a> {
+    pub cfg: RunConfig,
+    pub dir: PathBuf,
+    /// Continue from the folder's newest checkpoint; else create the folder.
+    pub resume: bool,
+    /// Stop cleanly (with a checkpoint) once this many epochs are done.
+    pub stop_after: Option<usize>,
+    /// Where the run's bars go (a study shares one display across runs).
+    pub progress: &'a Progress,
+    /// Advanced by one per trained epoch (a study's overall bar).
+    pub epochs_done: Option<&'a ProgressBar>,
+    /// The run folder's lock when the caller took it already (`--resume`).
+    pub lock: Option<RunLock>,
+}
+
+pub fn run(args: &RunArgs) -> Result<Finished> {
+    let mut lock = None;
+    let (cfg, dir) = match &args.resume {
+        Some(dir) => {
+            if args.config.is_some() {
+                bail!("--resume continues with the run's own config.toml; leave out --config");
+            }
+            let (parent, _) = parent_and_name(dir)?;
+            if !parent.is_dir() {
+                bail!("{}: no such run folder", dir.display());
+            }
+            let (l, stale) = RunLock::acquire(dir)?;
+            lock = Some(l);
+            if !dir.join(CONFIG).is_file() {
+                if stale > 0 {
+                    bail!(
+                        "{} has no checkpoint to resume (the run stopped before its first one); \
+                         start it again with the command that started it (--config ... --out {0})",
+                        dir.display()
+                    );
+                }
+                if !dir.exists() {
+                    bail!("{}: no such run folder", dir.display());
+                }
+                bail!("{}: not a run folder (no {CONFIG})", dir.display());
+            }
+            let cfg =
+                effective_config(&dir.join(CONFIG), args.plugin.as_deref(), None, args.device)?;
+            if let Some(m) = args.method.filter(|&m| Some(m) != cfg.run.method) {
+                bail!("{} is a {} run, not {m}", dir.display(), cfg.method());
+            }
+            (cfg, dir.clone())
+        }
+        None => {
+            let path = args
+                .config
+                .as_ref()
+                .context("no config: pass --config FILE")?;
+            let cfg = effective_config(path, args.plugin.as_deref(), args.method, args.device)?;
+            cfg.validate().map_err(anyhow::Error::msg)?;
+            let dir = args.out.clone().unwrap_or_else(|| default_out(&cfg));
+            if dir.exists() {
+                bail!(
+                    "run folder {} exists: resume it with --resume {0} or choose another --out",
+                    dir.display()
+                );
+            }
+            (cfg, dir)
+        }
+    };
+    execute(Job {
+        cfg,
+        dir,
+        resume: args.resume.is_some(),
+        stop_after: args.stop_after,
+        progress: &Progress::new(),
+        epochs_done: None,
+        lock,
+    })
+}
+
+/// Trains (or continues) one run to its end or `stop_after`, then evaluates
+/// it and writes its report.
+pub fn execute(job: Job) -> Result<Finished> {
+    let Job {
+        cfg,
+        dir,
+        resume,
+        stop_after,
+        progress,
+        epochs_done,
+        lock,
+    } = job;
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let _lock = match lock {
+        Some(l) => l,
+        None => {
+            let (parent, _) = parent_and_name(&dir)?;
+            std::fs::create_dir_all(&parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+            RunLock::acquire(&dir)?.0
+        }
+    };
+    if !resume && dir.exists() {
+        bail!(
+            "run folder {} exists: resume it with --resume {0} or choose another --out",
+            dir.display()
+        );
+    }
+    let mut session = Session::open(&cfg)?;
+    let mut trainer = Trainer::new(
+        &cfg,
+        &session.plugin,
+        session.device,
+        session.splits.train.len(),
+    )?;
+    let mut resumed_after = None;
+    let mut run_dir = if resume {
+        let ckpt = checkpoint::resolve(&dir)?;
+        let state = checkpoint::restore(&ckpt, &mut trainer)?;
+        tracing::info!("resuming {} after epoch {}", dir.display(), state.epoch);
+        resumed_after = Some(state.epoch);
+        RunDir::existing(&dir)
+    } else {
+        let d = RunDir::stage(&dir)?;
+        write_atomic(&d.path().join(CONFIG), cfg.to_toml().as_bytes())?;
+        d
+    };
+    let info = session.plugin.info().clone();
+    let task = (info.name.as_str(), info.version.as_str());
+    let epochs_bar = progress.bar("epochs");
+    epochs_bar.set_length(cfg.train.epochs as u64);
+    epochs_bar.set_position(trainer.epoch as u64);
+    let batch_bar = progress.bar("batches");
+    while trainer.epoch < cfg.train.epochs {
+        let r = trainer.train_epoch(&mut session.plugin, &session.splits.train, &batch_bar)?;
+        let msg = format!(
+            "clean {:.4}{} eps {:.3}/{:.3}/{:.3}",
+            r.clean_loss,
+            r.adv_loss
+                .map(|a| format!(" adv {a:.4}"))
+                .unwrap_or_default(),
+            r.eps_min,
+            r.eps_median,
+            r.eps_max
+        );
+        tracing::info!(
+            "epoch {}/{}: {msg} ({:.2} s)",
+            r.epoch,
+            cfg.train.epochs,
+            r.seconds
+        );
+        epochs_bar.set_message(msg);
+        epochs_bar.inc(1);
+        if let Some(bar) = epochs_done {
+            bar.inc(1);
+        }
+        train::report::write_epochs(run_dir.path(), &trainer.history)?;
+        let stop = stop_after == Some(trainer.epoch);
+        if trainer.epoch % cfg.run.checkpoint_every == 0
+            || trainer.epoch == cfg.train.epochs
+            || stop
+        {
+            checkpoint::save(run_dir.path(), &trainer, task)?;
+            run_dir.publish()?;
+        }
+        if stop && trainer.epoch < cfg.train.epochs {
+            batch_bar.finish_and_clear();
+            if epochs_done.is_some() {
+                epochs_bar.finish_and_clear();
+            } else {
+                epochs_bar.abandon();
+            }
+            return Ok(Finished {
+                dir: run_dir.path().to_path_buf(),
+                curve: None,
+                resumed_after,
+            });
+        }
+    }
+    batch_bar.finish_and_clear();
+    // A study's runs share one display, so theirs do not stay.
+    if epochs_done.is_some() {
+        epochs_bar.finish_and_clear();
+    } else {
+        epochs_bar.finish();
+    }
+    let eval_bar = progress.bar("eval");
+    let curve = eval::robustness(
+        &mut attack::Context::new(&trainer.model, &mut session.plugin, trainer.range),
+        split_of(&session.splits, &cfg.eval.split),
+        &cfg.eval,
+        session.device,
+        eval_seed(cfg.run.seed),
+        &eval_bar,
+    )?;
+    eval_bar.finish_and_clear();
+    eval::report::write(run_dir.path(), &curve, &info.metric_names)?;
+    let summary = summary::summary(
+        &cfg,
+        &info.name,
+        session.splits.train.len(),
+        &trainer.history,
+        &curve,
+    );
+    write_atomic(&run_dir.path().join("summary.md"), summary.as_bytes())?;
+    Ok(Finished {
+        dir: run_dir.path().to_path_buf(),
+        curve: Some(curve),
+        resumed_after,
+    })
+}
