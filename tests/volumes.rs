@@ -5,14 +5,19 @@
 
 use crate::support;
 
-use amat_host::attack::{Norm, PgdConfig, Range, pgd, sample_norms};
+use amat_host::attack::{Context, Norm, PgdConfig, Range, pgd, sample_norms};
+use amat_host::config::{Method, RunConfig};
 use amat_host::data::{Dataset, Sample};
-use amat_host::eval::sliding::{self, Window};
+use amat_host::eval;
+use amat_host::model::sliding::{self, Window};
 use amat_host::model::{ModelConfig, Net};
 use amat_host::plugin::{Plugin, SandboxLimits};
+use amat_host::train::Trainer;
 use amat_host::train::patches::Patches;
+use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::path::Path;
 use std::sync::Mutex;
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
@@ -87,6 +92,106 @@ fn tiny_3d(depth: usize) -> ModelConfig {
     }
 }
 
+// ------------------------------------------------------------- training
+
+/// Four easy blobs and four faint, noisy ones: cases AMAT should treat apart.
+fn training_cases() -> Dataset {
+    let mut samples = blobs(10, "easy", 4, 0.7, 0.03);
+    samples.extend(blobs(11, "faint", 4, 0.15, 0.12));
+    Dataset {
+        name: "train".into(),
+        samples,
+    }
+}
+
+fn run_config(method: Method) -> RunConfig {
+    let text = format!(
+        "[run]\nmethod = \"{method}\"\nthreads = 1\nseed = 1\n[data.synthetic]\n\
+         [model]\ndims = 3\ndepth = 1\nwidth = 4\n\
+         [train]\nepochs = 4\nwarmup_epochs = 2\nbatch_size = 4\nlr = 0.02\n\
+         patch = [8, 8, 8]\npatches_per_case = 2\n\
+         [train.attack]\nsteps = 3\n[sat]\neps = 1.0\n\
+         [amat]\ndelta_eps = 0.5\neps_max = 4.0\n[amat.judge]\nhard_dice = 0.6\n\
+         [eval]\neps = [0.0, 1.0]\nrestarts = 1\noverlap = 0.0\n[eval.attack]\nsteps = 2\n"
+    );
+    let mut cfg = RunConfig::parse(&text, Path::new("volumes.toml")).unwrap();
+    cfg.run.plugin = Some(support::native_plugin("segmentation"));
+    cfg.validate().unwrap();
+    cfg
+}
+
+/// A tiny 3D U-Net trains on 8 x 8 x 8 patches of 12 x 16 x 16 volumes with
+/// each method: the clean loss falls; evaluation runs on a whole volume
+/// through the sliding window (2 x 2 x 2 windows), with PGD through it; AMAT's
+/// margins, one per case, part the cases.
+#[test]
+fn a_tiny_3d_unet_trains_on_patches_with_each_method_and_evaluates_whole_volumes() {
+    let _torch = lock();
+    let mut plugin = load_plugin();
+    let train = training_cases();
+    let test = Dataset {
+        name: "test".into(),
+        samples: blobs(12, "test", 1, 0.6, 0.05),
+    };
+    for method in [Method::Std, Method::Sat, Method::Amat] {
+        let cfg = run_config(method);
+        let mut t = Trainer::new(&cfg, &plugin, Device::Cpu, train.len()).unwrap();
+        assert_eq!(
+            t.model.window().map(|w| w.size.clone()),
+            Some(vec![8, 8, 8])
+        );
+        let mut records = Vec::new();
+        for _ in 0..cfg.train.epochs {
+            records.push(
+                t.train_epoch(&mut plugin, &train, &ProgressBar::hidden())
+                    .unwrap(),
+            );
+        }
+        let (first, last) = (&records[0], records.last().unwrap());
+        println!(
+            "{method}: clean loss {:.3} -> {:.3}, adversarial {:?}",
+            first.clean_loss, last.clean_loss, last.adv_loss
+        );
+        assert!(
+            last.clean_loss < first.clean_loss,
+            "{method}: the clean loss did not fall: {first:?} -> {last:?}"
+        );
+        if method != Method::Std {
+            assert_eq!(last.phase, "adversarial", "{method}");
+            assert!(last.adv_loss.unwrap() > 0.0, "{method}");
+        }
+        let curve = eval::robustness(
+            &mut Context::new(&t.model, &mut plugin, t.range),
+            &test,
+            &cfg.eval,
+            Device::Cpu,
+            0,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        let dice = curve.metric("dice_mean").unwrap();
+        println!("{method}: dice {:?}, loss {:?}", dice.values, curve.loss);
+        assert!(
+            dice.values.iter().all(|v| (0.0..=1.0).contains(v)),
+            "{method}: {dice:?}"
+        );
+        assert!(
+            curve.loss[1] >= curve.loss[0],
+            "{method}: the attack lowered the loss: {:?}",
+            curve.loss
+        );
+        if method == Method::Amat {
+            let m = &t.margins.as_ref().unwrap().values;
+            println!("margins: {m:?}");
+            assert_eq!(m.len(), train.len(), "one margin per case, not per patch");
+            let (lo, hi) = m
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            assert!(hi > lo, "every case kept the same margin: {m:?}");
+        }
+    }
+}
+
 // ------------------------------------------------------------- sliding window
 
 #[test]
@@ -134,7 +239,7 @@ fn pgd_noise_on_volumes_stays_within_each_samples_eps() {
     let mut plugin = load_plugin();
     let vs = nn::VarStore::new(Device::Cpu);
     let window = Window {
-        size: vec![8, 8, 8],
+        size: vec![8, 12, 12],
         overlap: 0.5,
     };
     let net = Net::new(&vs.root(), &tiny_3d(1), 1, 8).with_window(Some(window));
@@ -142,15 +247,19 @@ fn pgd_noise_on_volumes_stays_within_each_samples_eps() {
     let x = Tensor::stack(&data.iter().map(|s| &s.image).collect::<Vec<_>>(), 0);
     let y = Tensor::stack(&data.iter().map(|s| &s.target).collect::<Vec<_>>(), 0);
     let range = Range { min: 0.0, max: 1.0 };
-    for (norm, eps) in [(Norm::L2, [0.0f32, 0.5, 2.0]), (Norm::Linf, [0.0, 0.01, 0.05])] {
+    for (norm, eps) in [
+        (Norm::L2, [0.0f32, 0.5, 2.0]),
+        (Norm::Linf, [0.0, 0.01, 0.05]),
+    ] {
         // From zero, so any noise a voxel gets came through the gradient.
         let cfg = PgdConfig {
             norm,
-            steps: 3,
+            steps: 2,
             random_start: false,
             ..PgdConfig::default()
         };
-        let delta = pgd(&net, &mut plugin, &x, &y, &Tensor::from_slice(&eps), &cfg, range).unwrap();
+        let mut ctx = Context::new(&net, &mut plugin, range);
+        let delta = pgd(&mut ctx, &x, &y, &Tensor::from_slice(&eps), &cfg).unwrap();
         assert_eq!(delta.size(), x.size());
         let n = floats(&sample_norms(&delta, norm));
         for i in 0..3 {
@@ -164,11 +273,11 @@ fn pgd_noise_on_volumes_stays_within_each_samples_eps() {
         let attacked = &x + &delta;
         assert!(attacked.min().double_value(&[]) >= 0.0);
         assert!(attacked.max().double_value(&[]) <= 1.0);
-        // The volume's 12 x 16 x 16 voxels lie in 2 x 3 x 3 windows: the
+        // The volume's 12 x 16 x 16 voxels lie in 2 x 2 x 2 windows: the
         // noise moved voxels in every corner block of the volume.
         let moved = delta.get(2).abs().gt(0.0).to_kind(Kind::Float);
-        for (z, yy, xx) in [(0, 0, 0), (8, 8, 8), (0, 8, 0), (8, 0, 8)] {
-            let block = moved.narrow(1, z, 4).narrow(2, yy, 8).narrow(3, xx, 8);
+        for (z, yy, xx) in [(0, 0, 0), (8, 12, 12), (0, 12, 0), (8, 0, 12)] {
+            let block = moved.narrow(1, z, 4).narrow(2, yy, 4).narrow(3, xx, 4);
             assert!(
                 block.sum(Kind::Float).double_value(&[]) > 0.0,
                 "{norm}: no noise in the block at {z}, {yy}, {xx}"
@@ -248,6 +357,9 @@ fn short_cases_are_padded_and_wrong_shapes_refused() {
             target: Tensor::ones([6, 6], (Kind::Float, Device::Cpu)),
         }],
     };
-    let e = p.batch(&flat, &[0], &mut rng, Device::Cpu).unwrap_err().to_string();
+    let e = p
+        .batch(&flat, &[0], &mut rng, Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("slice-7") && e.contains("[C, D, H, W]"), "{e}");
 }

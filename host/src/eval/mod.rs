@@ -4,13 +4,12 @@
 //! metric(eps) with the curve's normalised area.
 
 pub mod report;
-pub mod sliding;
 
 use crate::attack::{self, Norm};
 use crate::config::EvalConfig;
 use crate::data::Dataset;
 use crate::plugin::Plugin;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -164,6 +163,23 @@ pub fn robustness(
     bar: &ProgressBar,
 ) -> Result<Curve> {
     let start = std::time::Instant::now();
+    // Set-level metrics take all predictions as one tensor: one shape.
+    if let Some(first) = data.samples.first()
+        && let Some(other) = data
+            .samples
+            .iter()
+            .find(|s| s.image.size() != first.image.size())
+    {
+        bail!(
+            "eval: split `{}` holds samples of different shapes (`{}` {:?}, `{}` {:?}); \
+             the robustness curve needs one shape (crop or resample the cases to one)",
+            cfg.split,
+            first.id,
+            first.image.size(),
+            other.id,
+            other.image.size()
+        );
+    }
     tch::manual_seed(seed);
     let indices: Vec<usize> = (0..data.len()).collect();
     let batches: Vec<&[usize]> = indices.chunks(cfg.batch_size).collect();

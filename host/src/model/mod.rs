@@ -2,9 +2,11 @@
 //! ([`unet3d`]) for volumes [C, D, H, W], whose heads have one channel per
 //! output channel of the task (class logits, heatmaps, ...).
 
+pub mod sliding;
 pub mod unet3d;
 
-use crate::eval::sliding::Window;
+use sliding::Window;
+
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Device, Tensor};
@@ -131,7 +133,9 @@ impl ModelConfig {
 
     /// 3D: each level's pooling factor per axis.
     pub fn pools3d(&self) -> Vec<[i64; 3]> {
-        self.pool.clone().unwrap_or_else(|| vec![[2; 3]; self.depth])
+        self.pool
+            .clone()
+            .unwrap_or_else(|| vec![[2; 3]; self.depth])
     }
 
     /// 3D: each level's kernel per axis, the bottom last.
@@ -152,7 +156,13 @@ impl ModelConfig {
     /// for its pooling (a level of size 0).
     pub fn check_shape(&self, spatial: &[i64]) -> Result<(), String> {
         if spatial.len() != self.dims {
-            let what = |n: usize| if n == 3 { "volumes [C, D, H, W]" } else { "images [C, H, W]" };
+            let what = |n: usize| {
+                if n == 3 {
+                    "volumes [C, D, H, W]"
+                } else {
+                    "images [C, H, W]"
+                }
+            };
             return Err(format!(
                 "model.dims = {} takes {}, the samples have {} spatial axes {spatial:?}",
                 self.dims,
@@ -392,7 +402,7 @@ impl Net {
     }
 
     /// Predicts every input whose spatial shape differs from `window.size`
-    /// window by window ([`crate::eval::sliding`]): a net trained on patches
+    /// window by window ([`sliding`]): a net trained on patches
     /// evaluated on whole volumes. Inputs of the window's shape (the
     /// training patches, and PGD on them) take one plain forward.
     pub fn with_window(mut self, window: Option<Window>) -> Self {
@@ -408,9 +418,7 @@ impl Net {
 impl ModuleT for Net {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         match &self.window {
-            Some(w) if x.size()[2..] != w.size[..] => {
-                crate::eval::sliding::predict(&self.arch, x, w, train)
-            }
+            Some(w) if x.size()[2..] != w.size[..] => sliding::predict(&self.arch, x, w, train),
             _ => self.arch.forward_t(x, train),
         }
     }
@@ -452,14 +460,21 @@ mod tests {
             pool: Some(vec![[1, 2, 2]]),
             ..ModelConfig::default()
         };
-        assert!(short.validate().unwrap_err().contains("2 needs one per level"));
+        assert!(
+            short
+                .validate()
+                .unwrap_err()
+                .contains("2 needs one per level")
+        );
         let even = ModelConfig {
             dims: 3,
             kernel: Some(vec![[3, 3, 3], [1, 2, 3], [3, 3, 3]]),
             ..ModelConfig::default()
         };
         assert!(even.validate().unwrap_err().contains("model.kernel[1]"));
-        let e = ModelConfig::default().check_shape(&[4, 16, 16]).unwrap_err();
+        let e = ModelConfig::default()
+            .check_shape(&[4, 16, 16])
+            .unwrap_err();
         assert!(e.contains("model.dims = 2 takes images"), "{e}");
     }
 

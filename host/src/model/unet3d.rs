@@ -7,8 +7,8 @@
 //! factor, skips by concatenation, a 1x1x1 head.
 
 use super::{ModelConfig, NormKind};
-use tch::nn::{self, ModuleT};
 use tch::Tensor;
+use tch::nn::{self, ModuleT};
 
 #[derive(Debug)]
 enum Norm3d {
@@ -216,7 +216,11 @@ mod tests {
     use super::*;
     use tch::{Device, Kind};
 
-    fn cfg(depth: usize, pool: Option<Vec<[i64; 3]>>, kernel: Option<Vec<[i64; 3]>>) -> ModelConfig {
+    fn cfg(
+        depth: usize,
+        pool: Option<Vec<[i64; 3]>>,
+        kernel: Option<Vec<[i64; 3]>>,
+    ) -> ModelConfig {
         ModelConfig {
             dims: 3,
             depth,

@@ -16,9 +16,6 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-/// nnU-Net's share of foreground-centred patches.
-pub const FOREGROUND_SHARE: f64 = 0.33;
-
 /// Foreground positions kept per case: an evenly strided subset of them
 /// (nnU-Net keeps up to 10 000 per class), to bound the memory of the cache.
 const MAX_FOREGROUND: i64 = 10_000;
@@ -138,7 +135,10 @@ impl Patches {
         let n = all.size()[0];
         let fg = if n > MAX_FOREGROUND {
             let step = (n + MAX_FOREGROUND - 1) / MAX_FOREGROUND;
-            all.index_select(0, &Tensor::arange_start_step(0, n, step, (Kind::Int64, all.device())))
+            all.index_select(
+                0,
+                &Tensor::arange_start_step(0, n, step, (Kind::Int64, all.device())),
+            )
         } else {
             all
         };
@@ -148,7 +148,12 @@ impl Patches {
     }
 
     /// A patch of case `i`: drawn, cut out and padded to the patch size.
-    fn patch(&mut self, data: &Dataset, i: usize, rng: &mut ChaCha8Rng) -> Result<(Tensor, Tensor)> {
+    fn patch(
+        &mut self,
+        data: &Dataset,
+        i: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(Tensor, Tensor)> {
         let start = self.draw(data, i, rng)?;
         let s = &data.samples[i];
         Ok((

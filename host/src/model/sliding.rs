@@ -83,7 +83,9 @@ fn crop(t: &Tensor, start: &[i64], len: &[i64]) -> Tensor {
         .iter()
         .zip(len)
         .enumerate()
-        .fold(t.shallow_clone(), |t, (a, (&s, &l))| t.narrow(2 + a as i64, s, l))
+        .fold(t.shallow_clone(), |t, (a, (&s, &l))| {
+            t.narrow(2 + a as i64, s, l)
+        })
 }
 
 /// The logits of `model` over `x` [B, C, *spatial], stitched from windows.
