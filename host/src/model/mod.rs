@@ -121,7 +121,7 @@ impl ModelConfig {
             if let Some((level, k)) = kernel
                 .iter()
                 .enumerate()
-                .find(|(_, k)| k.iter().any(|&s| s < 1 || s > 15 || s % 2 == 0))
+                .find(|(_, k)| k.iter().any(|&s| !(1..=15).contains(&s) || s % 2 == 0))
             {
                 return Err(format!(
                     "model.kernel[{level}] = {k:?}: each size must be odd, 1 to 15"
