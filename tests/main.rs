@@ -9,6 +9,7 @@ mod contract_versions;
 mod detection;
 mod landmark;
 mod layering;
+mod native_abi;
 mod plugin_contract;
 mod sandbox;
 mod sandbox_holes;

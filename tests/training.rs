@@ -64,16 +64,8 @@ fn pgd_keeps_each_sample_in_its_own_ball_and_the_intensity_range_and_raises_the_
     let (x, y) = splits.train.batch(&[0, 1, 2, 3], Device::Cpu);
     let zero = x.zeros_like();
     let ones = Tensor::ones([4], (Kind::Float, Device::Cpu));
-    let before = floats(
-        &loss_at(
-            &mut Context::new(&t.model, &mut plugin, range),
-            &x,
-            &y,
-            &zero,
-            &ones,
-        )
-        .unwrap(),
-    );
+    let mut ctx = Context::new(&t.model, &mut plugin, range);
+    let before = floats(&loss_at(&mut ctx, &x, &y, &zero, &ones).unwrap());
     let snapshot: Vec<(String, Tensor)> =
         t.vs.variables()
             .into_iter()
@@ -90,14 +82,7 @@ fn pgd_keeps_each_sample_in_its_own_ball_and_the_intensity_range_and_raises_the_
             steps: 10,
             ..PgdConfig::default()
         };
-        let delta = pgd(
-            &mut Context::new(&t.model, &mut plugin, range),
-            &x,
-            &y,
-            &Tensor::from_slice(&eps),
-            &pgd_cfg,
-        )
-        .unwrap();
+        let delta = pgd(&mut ctx, &x, &y, &Tensor::from_slice(&eps), &pgd_cfg).unwrap();
         let norms = floats(&sample_norms(&delta, norm));
         for i in 0..4 {
             assert!(
@@ -117,16 +102,7 @@ fn pgd_keeps_each_sample_in_its_own_ball_and_the_intensity_range_and_raises_the_
             attacked.min().double_value(&[]) >= 0.0 && attacked.max().double_value(&[]) <= 1.0,
             "{norm}: left [0, 1]"
         );
-        let after = floats(
-            &loss_at(
-                &mut Context::new(&t.model, &mut plugin, range),
-                &x,
-                &y,
-                &delta,
-                &ones,
-            )
-            .unwrap(),
-        );
+        let after = floats(&loss_at(&mut ctx, &x, &y, &delta, &ones).unwrap());
         assert_eq!(after[0], before[0], "{norm}: eps = 0 changed the loss");
         for i in 1..4 {
             assert!(
@@ -141,30 +117,14 @@ fn pgd_keeps_each_sample_in_its_own_ball_and_the_intensity_range_and_raises_the_
     // FGSM (one full step) also raises the loss; all-zero levels change nothing.
     let fgsm = PgdConfig::fgsm(Norm::L2);
     let eps = Tensor::from_slice(&[1.0f32; 4]);
-    let delta = pgd(
-        &mut Context::new(&t.model, &mut plugin, range),
-        &x,
-        &y,
-        &eps,
-        &fgsm,
-    )
-    .unwrap();
-    let after = floats(
-        &loss_at(
-            &mut Context::new(&t.model, &mut plugin, range),
-            &x,
-            &y,
-            &delta,
-            &ones,
-        )
-        .unwrap(),
-    );
+    let delta = pgd(&mut ctx, &x, &y, &eps, &fgsm).unwrap();
+    let after = floats(&loss_at(&mut ctx, &x, &y, &delta, &ones).unwrap());
     assert!(
         after.iter().zip(&before).all(|(a, b)| a > b),
         "FGSM: {before:?} -> {after:?}"
     );
     let none = pgd(
-        &mut Context::new(&t.model, &mut plugin, range),
+        &mut ctx,
         &x,
         &y,
         &Tensor::zeros([4], (Kind::Float, Device::Cpu)),

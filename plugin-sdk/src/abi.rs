@@ -5,7 +5,13 @@
 //! or, for decoded examples, the compact encoding in [`codec`].
 //!
 //! Every function of `HostApi` is one method of the WIT `tensor` resource, with
-//! the same name in snake case; a host test checks that against the WIT.
+//! the same name in snake case; a host test checks names, argument and result
+//! types against the WIT.
+//!
+//! Every function pointer here is an `unsafe extern "C" fn`: each takes raw
+//! pointers (or a context only the other side may interpret) that a caller
+//! must keep valid, as its `# Safety` section says. The layout is that of a
+//! plain `extern "C" fn`, so this changed no table's shape.
 
 use std::ffi::c_void;
 
@@ -51,15 +57,30 @@ impl Bytes {
 }
 
 /// Where a plugin writes bytes for the host (a result or an error message).
+/// Its fields are private: only [`Sink::new`], which is unsafe, pairs a
+/// writer with its target, so [`Sink::put`] can be safe.
 #[repr(C)]
 pub struct Sink {
-    pub target: *mut c_void,
-    pub write: extern "C" fn(target: *mut c_void, data: *const u8, len: usize),
+    target: *mut c_void,
+    write: unsafe extern "C" fn(target: *mut c_void, data: *const u8, len: usize),
 }
 
 impl Sink {
+    /// # Safety
+    /// `write(target, data, len)` must be sound for any `len` readable bytes
+    /// at `data`, for as long as the sink is used.
+    pub unsafe fn new(
+        target: *mut c_void,
+        write: unsafe extern "C" fn(target: *mut c_void, data: *const u8, len: usize),
+    ) -> Self {
+        Self { target, write }
+    }
+
+    /// Writes `data` to the sink.
     pub fn put(&self, data: &[u8]) {
-        (self.write)(self.target, data.as_ptr(), data.len());
+        // SAFETY: `new`'s contract makes `write` sound on `target` for any
+        // live slice.
+        unsafe { (self.write)(self.target, data.as_ptr(), data.len()) };
     }
 }
 
@@ -70,50 +91,86 @@ pub struct FileRef {
     pub bytes: Bytes,
 }
 
+/// The host's tensor ops as one table: the C signature of each, from which
+/// [`HostApi`] and its [`HostApi::SIGNATURES`] (what the drift test compares
+/// with `wit/task.wit`) are generated. The host expands it again for its
+/// trampolines, so adding an op here without implementing it does not build.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! for_each_host_fn {
+    ($callback:path) => {
+        $callback! {
+            from_f32: fn(data: *const f32, len: usize, shape: *const i64, ndim: usize) -> Handle;
+            from_s64: fn(data: *const i64, len: usize, shape: *const i64, ndim: usize) -> Handle;
+            full: fn(value: f64, shape: *const i64, ndim: usize) -> Handle;
+            /// Writes up to `cap` dims to `out`; returns the rank, or -1 on error.
+            shape: fn(t: Handle, out: *mut i64, cap: usize) -> i64;
+            /// Returns the dtype code, or -1 on error.
+            dtype: fn(t: Handle) -> i64;
+            /// Writes exactly `len` values (the element count); returns 0, or -1 on error.
+            to_f32: fn(t: Handle, out: *mut f32, len: usize) -> i64;
+            unary: fn(t: Handle, op: u32) -> Handle;
+            binary: fn(t: Handle, op: u32, other: Handle) -> Handle;
+            scalar: fn(t: Handle, op: u32, value: f64) -> Handle;
+            reduce: fn(t: Handle, op: u32, dims: *const i64, ndims: usize, keep_dim: bool) -> Handle;
+            argmax: fn(t: Handle, dim: i64, keep_dim: bool) -> Handle;
+            softmax: fn(t: Handle, dim: i64) -> Handle;
+            log_softmax: fn(t: Handle, dim: i64) -> Handle;
+            clamp: fn(t: Handle, min: f64, max: f64) -> Handle;
+            reshape: fn(t: Handle, shape: *const i64, ndim: usize) -> Handle;
+            permute: fn(t: Handle, dims: *const i64, ndims: usize) -> Handle;
+            narrow: fn(t: Handle, dim: i64, start: i64, length: i64) -> Handle;
+            one_hot: fn(t: Handle, classes: i64) -> Handle;
+            gather: fn(t: Handle, dim: i64, index: Handle) -> Handle;
+            where_else: fn(t: Handle, cond: Handle, other: Handle) -> Handle;
+            to_dtype: fn(t: Handle, dtype: u32) -> Handle;
+            /// Releases a handle the plugin owns (the WIT resource destructor).
+            drop: fn(t: Handle) -> ();
+        }
+    };
+}
+
 macro_rules! host_api {
-    ($($(#[$m:meta])* $name:ident : fn($($arg:ident : $ty:ty),*) $(-> $ret:ty)?;)+) => {
+    ($($(#[$m:meta])* $name:ident : fn($($arg:ident : $ty:ty),*) -> $ret:ty;)+) => {
         /// The host's tensor ops, one per method of the WIT `tensor` resource.
+        ///
+        /// # Safety
+        /// Every function has the same contract: `ctx` must be the context
+        /// the host passed to the plugin export running on this thread, and
+        /// the call must happen during that export; every pointer and length
+        /// pair must address that many readable elements (writable for
+        /// `out`), any pointer when the length is 0. Handles need no care:
+        /// a wrong one (never issued, dropped, from another call) makes the
+        /// function fail (a 0 handle or -1) and the host keep the reason.
         #[repr(C)]
         pub struct HostApi {
             pub version: u32,
-            $($(#[$m])* pub $name: extern "C" fn(ctx: Ctx $(, $arg: $ty)*) $(-> $ret)?,)+
+            $($(#[$m])* pub $name: unsafe extern "C" fn(ctx: Ctx $(, $arg: $ty)*) -> $ret,)+
         }
 
         impl HostApi {
             /// The function names, in table order (snake case of the WIT names).
             pub const FUNCTIONS: &'static [&'static str] = &[$(stringify!($name)),+];
+            /// Each function's arguments after `ctx` (name, type) and its
+            /// result type, as written in the table.
+            pub const SIGNATURES: &'static [HostFn] = &[$(HostFn {
+                name: stringify!($name),
+                args: &[$((stringify!($arg), stringify!($ty))),*],
+                result: stringify!($ret),
+            }),+];
         }
     };
 }
 
-host_api! {
-    from_f32: fn(data: *const f32, len: usize, shape: *const i64, ndim: usize) -> Handle;
-    from_s64: fn(data: *const i64, len: usize, shape: *const i64, ndim: usize) -> Handle;
-    full: fn(value: f64, shape: *const i64, ndim: usize) -> Handle;
-    /// Writes up to `cap` dims to `out`; returns the rank, or -1 on error.
-    shape: fn(t: Handle, out: *mut i64, cap: usize) -> i64;
-    /// Returns the dtype code, or -1 on error.
-    dtype: fn(t: Handle) -> i64;
-    /// Writes exactly `len` values (the element count); returns 0, or -1 on error.
-    to_f32: fn(t: Handle, out: *mut f32, len: usize) -> i64;
-    unary: fn(t: Handle, op: u32) -> Handle;
-    binary: fn(t: Handle, op: u32, other: Handle) -> Handle;
-    scalar: fn(t: Handle, op: u32, value: f64) -> Handle;
-    reduce: fn(t: Handle, op: u32, dims: *const i64, ndims: usize, keep_dim: bool) -> Handle;
-    argmax: fn(t: Handle, dim: i64, keep_dim: bool) -> Handle;
-    softmax: fn(t: Handle, dim: i64) -> Handle;
-    log_softmax: fn(t: Handle, dim: i64) -> Handle;
-    clamp: fn(t: Handle, min: f64, max: f64) -> Handle;
-    reshape: fn(t: Handle, shape: *const i64, ndim: usize) -> Handle;
-    permute: fn(t: Handle, dims: *const i64, ndims: usize) -> Handle;
-    narrow: fn(t: Handle, dim: i64, start: i64, length: i64) -> Handle;
-    one_hot: fn(t: Handle, classes: i64) -> Handle;
-    gather: fn(t: Handle, dim: i64, index: Handle) -> Handle;
-    where_else: fn(t: Handle, cond: Handle, other: Handle) -> Handle;
-    to_dtype: fn(t: Handle, dtype: u32) -> Handle;
-    /// Releases a handle the plugin owns (the WIT resource destructor).
-    drop: fn(t: Handle);
+/// One function of [`HostApi`], spelled out for checks against the WIT.
+#[derive(Debug, Clone, Copy)]
+pub struct HostFn {
+    pub name: &'static str,
+    pub args: &'static [(&'static str, &'static str)],
+    pub result: &'static str,
 }
+
+for_each_host_fn!(host_api);
 
 /// Status codes of the plugin's functions.
 pub const OK: i32 = 0;
@@ -130,19 +187,50 @@ pub const ERR_PANIC: i32 = 3;
 pub struct PluginApiV1 {
     pub version: u32,
     /// Writes the `TaskInfo` as JSON.
-    pub describe: extern "C" fn(out: &Sink) -> i32,
+    ///
+    /// # Safety
+    /// None beyond trusting the library: it takes no raw pointer.
+    pub describe: unsafe extern "C" fn(out: &Sink) -> i32,
     /// Writes the examples in the [`codec`] encoding, or an error message.
-    pub decode:
-        extern "C" fn(files: *const FileRef, nfiles: usize, options: Bytes, out: &Sink) -> i32,
+    ///
+    /// # Safety
+    /// `files` must point at `nfiles` file references whose bytes, like
+    /// `options`'s, stay readable during the call.
+    pub decode: unsafe extern "C" fn(
+        files: *const FileRef,
+        nfiles: usize,
+        options: Bytes,
+        out: &Sink,
+    ) -> i32,
     /// Stores the loss handle in `out`, or writes an error message.
-    pub loss:
-        extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: *mut Handle, err: &Sink) -> i32,
+    ///
+    /// # Safety
+    /// `ctx` must be a context of the host table the plugin was given, kept
+    /// alive and unshared for the call; `out` must be writable.
+    pub loss: unsafe extern "C" fn(
+        ctx: Ctx,
+        pred: Handle,
+        target: Handle,
+        out: *mut Handle,
+        err: &Sink,
+    ) -> i32,
     /// Version 1's "still correct" mask in `out` (0 for none); version 2
     /// plugins always answer none.
-    pub correct:
-        extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: *mut Handle, err: &Sink) -> i32,
+    ///
+    /// # Safety
+    /// As for `loss`.
+    pub correct: unsafe extern "C" fn(
+        ctx: Ctx,
+        pred: Handle,
+        target: Handle,
+        out: *mut Handle,
+        err: &Sink,
+    ) -> i32,
     /// Writes the metrics as JSON, or an error message.
-    pub metrics: extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32,
+    ///
+    /// # Safety
+    /// `ctx` as for `loss`.
+    pub metrics: unsafe extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32,
 }
 
 /// The plugin's exports, one per WIT world export: version 1's table and
@@ -151,7 +239,10 @@ pub struct PluginApiV1 {
 pub struct PluginApi {
     pub v1: PluginApiV1,
     /// Writes the per-sample scores as JSON, or an error message.
-    pub scores: extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32,
+    ///
+    /// # Safety
+    /// `ctx` as for `loss`.
+    pub scores: unsafe extern "C" fn(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32,
 }
 
 /// The signature of [`ENTRY_SYMBOL`].

@@ -98,6 +98,8 @@ macro_rules! export_task {
             host: *const $crate::abi::HostApi,
         ) -> *const $crate::abi::PluginApi {
             static API: $crate::abi::PluginApi = $crate::native::plugin_api::<$task>();
+            // SAFETY: this function's caller (the host) keeps its table alive
+            // for the process, which is `entry`'s contract.
             unsafe { $crate::native::entry(host, &API) }
         }
     };

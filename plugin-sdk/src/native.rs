@@ -34,6 +34,19 @@ fn check(h: Handle) -> Handle {
     h
 }
 
+/// Calls the host table's function `$f` with the running call's context.
+macro_rules! host_call {
+    ($f:ident($($arg:expr),* $(,)?)) => {{
+        let f = host().$f;
+        // SAFETY: `ctx()` is the context of the export running on this
+        // thread (`guarded` sets it; outside a call it is null, which the
+        // host refuses), and every pointer and length passed here are those
+        // of one live slice (`as_ptr`, `len`). Handles need no care: the host
+        // checks them.
+        unsafe { f(ctx() $(, $arg)*) }
+    }};
+}
+
 pub(crate) struct Raw {
     handle: Handle,
     owned: bool,
@@ -42,7 +55,7 @@ pub(crate) struct Raw {
 impl Drop for Raw {
     fn drop(&mut self) {
         if self.owned {
-            (host().drop)(ctx(), self.handle);
+            host_call!(drop(self.handle));
         }
     }
 }
@@ -62,36 +75,34 @@ impl Raw {
         }
     }
     pub(crate) fn from_f32(data: &[f32], shape: &[i64]) -> Raw {
-        own((host().from_f32)(
-            ctx(),
+        own(host_call!(from_f32(
             data.as_ptr(),
             data.len(),
             shape.as_ptr(),
-            shape.len(),
-        ))
+            shape.len()
+        )))
     }
     pub(crate) fn from_s64(data: &[i64], shape: &[i64]) -> Raw {
-        own((host().from_s64)(
-            ctx(),
+        own(host_call!(from_s64(
             data.as_ptr(),
             data.len(),
             shape.as_ptr(),
-            shape.len(),
-        ))
+            shape.len()
+        )))
     }
     pub(crate) fn full(value: f64, shape: &[i64]) -> Raw {
-        own((host().full)(ctx(), value, shape.as_ptr(), shape.len()))
+        own(host_call!(full(value, shape.as_ptr(), shape.len())))
     }
     pub(crate) fn shape(&self) -> Vec<i64> {
         let mut out = [0i64; 16];
-        let n = (host().shape)(ctx(), self.handle, out.as_mut_ptr(), out.len());
+        let n = host_call!(shape(self.handle, out.as_mut_ptr(), out.len()));
         if n < 0 || n as usize > out.len() {
             panic::resume_unwind(Box::new(HostOpFailed));
         }
         out[..n as usize].to_vec()
     }
     pub(crate) fn dtype(&self) -> DType {
-        let code = (host().dtype)(ctx(), self.handle);
+        let code = host_call!(dtype(self.handle));
         DType::from_code(code as u32)
             .filter(|_| code >= 0)
             .unwrap_or_else(|| panic::resume_unwind(Box::new(HostOpFailed)))
@@ -99,77 +110,69 @@ impl Raw {
     pub(crate) fn to_f32(&self) -> Vec<f32> {
         let len = self.shape().iter().product::<i64>() as usize;
         let mut out = vec![0f32; len];
-        if (host().to_f32)(ctx(), self.handle, out.as_mut_ptr(), len) != 0 {
+        if host_call!(to_f32(self.handle, out.as_mut_ptr(), len)) != 0 {
             panic::resume_unwind(Box::new(HostOpFailed));
         }
         out
     }
     pub(crate) fn unary(&self, op: UnaryOp) -> Raw {
-        own((host().unary)(ctx(), self.handle, op as u32))
+        own(host_call!(unary(self.handle, op as u32)))
     }
     pub(crate) fn binary(&self, op: BinaryOp, other: &Raw) -> Raw {
-        own((host().binary)(ctx(), self.handle, op as u32, other.handle))
+        own(host_call!(binary(self.handle, op as u32, other.handle)))
     }
     pub(crate) fn scalar(&self, op: ScalarOp, value: f64) -> Raw {
-        own((host().scalar)(ctx(), self.handle, op as u32, value))
+        own(host_call!(scalar(self.handle, op as u32, value)))
     }
     pub(crate) fn reduce(&self, op: ReduceOp, dims: &[i64], keep: bool) -> Raw {
-        own((host().reduce)(
-            ctx(),
+        own(host_call!(reduce(
             self.handle,
             op as u32,
             dims.as_ptr(),
             dims.len(),
-            keep,
-        ))
+            keep
+        )))
     }
     pub(crate) fn argmax(&self, dim: i64, keep: bool) -> Raw {
-        own((host().argmax)(ctx(), self.handle, dim, keep))
+        own(host_call!(argmax(self.handle, dim, keep)))
     }
     pub(crate) fn softmax(&self, dim: i64) -> Raw {
-        own((host().softmax)(ctx(), self.handle, dim))
+        own(host_call!(softmax(self.handle, dim)))
     }
     pub(crate) fn log_softmax(&self, dim: i64) -> Raw {
-        own((host().log_softmax)(ctx(), self.handle, dim))
+        own(host_call!(log_softmax(self.handle, dim)))
     }
     pub(crate) fn clamp(&self, min: f64, max: f64) -> Raw {
-        own((host().clamp)(ctx(), self.handle, min, max))
+        own(host_call!(clamp(self.handle, min, max)))
     }
     pub(crate) fn reshape(&self, shape: &[i64]) -> Raw {
-        own((host().reshape)(
-            ctx(),
+        own(host_call!(reshape(
             self.handle,
             shape.as_ptr(),
-            shape.len(),
-        ))
+            shape.len()
+        )))
     }
     pub(crate) fn permute(&self, dims: &[i64]) -> Raw {
-        own((host().permute)(
-            ctx(),
-            self.handle,
-            dims.as_ptr(),
-            dims.len(),
-        ))
+        own(host_call!(permute(self.handle, dims.as_ptr(), dims.len())))
     }
     pub(crate) fn narrow(&self, dim: i64, start: i64, length: i64) -> Raw {
-        own((host().narrow)(ctx(), self.handle, dim, start, length))
+        own(host_call!(narrow(self.handle, dim, start, length)))
     }
     pub(crate) fn one_hot(&self, classes: i64) -> Raw {
-        own((host().one_hot)(ctx(), self.handle, classes))
+        own(host_call!(one_hot(self.handle, classes)))
     }
     pub(crate) fn gather(&self, dim: i64, index: &Raw) -> Raw {
-        own((host().gather)(ctx(), self.handle, dim, index.handle))
+        own(host_call!(gather(self.handle, dim, index.handle)))
     }
     pub(crate) fn where_else(&self, cond: &Raw, other: &Raw) -> Raw {
-        own((host().where_else)(
-            ctx(),
+        own(host_call!(where_else(
             self.handle,
             cond.handle,
-            other.handle,
-        ))
+            other.handle
+        )))
     }
     pub(crate) fn to_dtype(&self, dtype: DType) -> Raw {
-        own((host().to_dtype)(ctx(), self.handle, dtype as u32))
+        own(host_call!(to_dtype(self.handle, dtype as u32)))
     }
     /// An owned handle to hand back to the host: a borrowed input is copied
     /// (through an op, so it stays in the graph).
@@ -183,6 +186,19 @@ impl Raw {
         std::mem::forget(raw);
         h
     }
+}
+
+/// A borrowed tensor at any handle, for tests of the host's handle checks
+/// (a wrong handle must give an error, never undefined behaviour).
+#[doc(hidden)]
+pub fn tensor_at_handle(handle: Handle) -> Tensor {
+    Tensor(Raw::borrowed(handle))
+}
+
+/// The host handle behind a tensor, for the same tests.
+#[doc(hidden)]
+pub fn handle_of(t: &Tensor) -> Handle {
+    t.0.handle
 }
 
 /// Runs one export body: sets the call's context, turns panics and failed
@@ -210,7 +226,9 @@ fn guarded(ctx: Ctx, err: &Sink, body: impl FnOnce() -> Result<(), String>) -> i
     status
 }
 
-extern "C" fn describe<T: Task>(out: &Sink) -> i32 {
+/// # Safety
+/// None: it takes no raw pointer and calls no host op.
+unsafe extern "C" fn describe<T: Task>(out: &Sink) -> i32 {
     guarded(std::ptr::null_mut(), out, || {
         let json = serde_json::to_vec(&T::describe()).map_err(|e| e.to_string())?;
         out.put(&json);
@@ -218,7 +236,10 @@ extern "C" fn describe<T: Task>(out: &Sink) -> i32 {
     })
 }
 
-extern "C" fn decode<T: Task>(
+/// # Safety
+/// `files` must point at `nfiles` file references, and their bytes and
+/// `options`'s must stay readable during the call.
+unsafe extern "C" fn decode<T: Task>(
     files: *const FileRef,
     nfiles: usize,
     options: Bytes,
@@ -228,17 +249,24 @@ extern "C" fn decode<T: Task>(
         let refs = if nfiles == 0 {
             &[][..]
         } else {
+            // SAFETY: the caller passes `nfiles` file references at `files`.
             unsafe { std::slice::from_raw_parts(files, nfiles) }
+        };
+        let text = |b: Bytes| {
+            // SAFETY: the caller keeps every name, file and the options
+            // readable for the call.
+            String::from_utf8_lossy(unsafe { b.as_slice() }).into_owned()
         };
         let request = DecodeRequest {
             files: refs
                 .iter()
                 .map(|f| File {
-                    name: String::from_utf8_lossy(unsafe { f.name.as_slice() }).into_owned(),
+                    name: text(f.name),
+                    // SAFETY: as above.
                     bytes: unsafe { f.bytes.as_slice() }.to_vec(),
                 })
                 .collect(),
-            options: String::from_utf8_lossy(unsafe { options.as_slice() }).into_owned(),
+            options: text(options),
         };
         let examples = T::decode(&request)?;
         out.put(&abi::codec::encode(&examples));
@@ -246,7 +274,10 @@ extern "C" fn decode<T: Task>(
     })
 }
 
-extern "C" fn loss<T: Task>(
+/// # Safety
+/// `ctx` must be the host's context for this call (see [`HostApi`]) and
+/// `out` writable.
+unsafe extern "C" fn loss<T: Task>(
     ctx: Ctx,
     pred: Handle,
     target: Handle,
@@ -256,18 +287,25 @@ extern "C" fn loss<T: Task>(
     guarded(ctx, err, || {
         let (p, t) = (Tensor(Raw::borrowed(pred)), Tensor(Raw::borrowed(target)));
         let l = T::loss(&p, &t)?;
+        // SAFETY: the caller passes a writable `out`.
         unsafe { *out = l.0.into_owned_handle() };
         Ok(())
     })
 }
 
 /// Version 1's predicate slot: a version 2 plugin judges through `scores`.
-extern "C" fn correct(_: Ctx, _: Handle, _: Handle, out: *mut Handle, _: &Sink) -> i32 {
+///
+/// # Safety
+/// `out` must be writable.
+unsafe extern "C" fn correct(_: Ctx, _: Handle, _: Handle, out: *mut Handle, _: &Sink) -> i32 {
+    // SAFETY: the caller passes a writable `out`.
     unsafe { *out = 0 };
     abi::OK
 }
 
-extern "C" fn scores<T: Task>(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32 {
+/// # Safety
+/// `ctx` must be the host's context for this call (see [`HostApi`]).
+unsafe extern "C" fn scores<T: Task>(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32 {
     guarded(ctx, out, || {
         let (p, t) = (Tensor(Raw::borrowed(pred)), Tensor(Raw::borrowed(target)));
         let s = T::scores(&p, &t)?;
@@ -276,7 +314,9 @@ extern "C" fn scores<T: Task>(ctx: Ctx, pred: Handle, target: Handle, out: &Sink
     })
 }
 
-extern "C" fn metrics<T: Task>(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32 {
+/// # Safety
+/// `ctx` must be the host's context for this call (see [`HostApi`]).
+unsafe extern "C" fn metrics<T: Task>(ctx: Ctx, pred: Handle, target: Handle, out: &Sink) -> i32 {
     guarded(ctx, out, || {
         let (p, t) = (Tensor(Raw::borrowed(pred)), Tensor(Raw::borrowed(target)));
         let m = T::metrics(&p, &t)?;
@@ -305,6 +345,7 @@ pub const fn plugin_api<T: Task>() -> PluginApi {
 /// # Safety
 /// `host` must point at a host table that lives as long as the process.
 pub unsafe fn entry(host: *const HostApi, api: &'static PluginApi) -> *const PluginApi {
+    // SAFETY: the caller passes null or a table that lives for the process.
     let Some(host) = (unsafe { host.as_ref() }) else {
         return std::ptr::null();
     };

@@ -31,6 +31,8 @@ pub(crate) struct Raw {
 impl Drop for Raw {
     fn drop(&mut self) {
         if self.owned {
+            // SAFETY: an owned resource is dropped once, here; `into_owned`
+            // clears `owned` before it takes the resource out.
             unsafe { ManuallyDrop::drop(&mut self.inner) }
         }
     }
@@ -46,12 +48,31 @@ fn own(t: host::Tensor) -> Raw {
 // The WIT enums and ours list the same cases in the same order (a host test
 // checks ours against the WIT), so the ABI index converts one to the other.
 fn dtype_to_wit(d: DType) -> host::Dtype {
+    // SAFETY: `d as u8` is a case index of the WIT enum (see above).
     unsafe { host::Dtype::_lift(d as u8) }
 }
+
+macro_rules! lift {
+    ($($f:ident: $ours:ident => $wit:ident),*) => {$(
+        fn $f(op: $ours) -> host::$wit {
+            // SAFETY: `op as u8` is a case index of the WIT enum (see above).
+            unsafe { host::$wit::_lift(op as u8) }
+        }
+    )*};
+}
+
+lift!(
+    lift_unaryop: UnaryOp => UnaryOp,
+    lift_binaryop: BinaryOp => BinaryOp,
+    lift_scalarop: ScalarOp => ScalarOp,
+    lift_reduceop: ReduceOp => ReduceOp
+);
 
 impl Raw {
     pub(crate) fn borrowed(t: &host::Tensor) -> Raw {
         Raw {
+            // SAFETY: a second view of a live resource handle, never dropped
+            // (`owned` is false), so the resource is released once, by its owner.
             inner: ManuallyDrop::new(unsafe { host::Tensor::from_handle(t.handle()) }),
             owned: false,
         }
@@ -75,22 +96,16 @@ impl Raw {
         self.inner.to_f32()
     }
     pub(crate) fn unary(&self, op: UnaryOp) -> Raw {
-        own(self.inner.unary(unsafe { host::UnaryOp::_lift(op as u8) }))
+        own(self.inner.unary(lift_unaryop(op)))
     }
     pub(crate) fn binary(&self, op: BinaryOp, other: &Raw) -> Raw {
-        own(self
-            .inner
-            .binary(unsafe { host::BinaryOp::_lift(op as u8) }, &other.inner))
+        own(self.inner.binary(lift_binaryop(op), &other.inner))
     }
     pub(crate) fn scalar(&self, op: ScalarOp, value: f64) -> Raw {
-        own(self
-            .inner
-            .scalar(unsafe { host::ScalarOp::_lift(op as u8) }, value))
+        own(self.inner.scalar(lift_scalarop(op), value))
     }
     pub(crate) fn reduce(&self, op: ReduceOp, dims: &[i64], keep: bool) -> Raw {
-        own(self
-            .inner
-            .reduce(unsafe { host::ReduceOp::_lift(op as u8) }, dims, keep))
+        own(self.inner.reduce(lift_reduceop(op), dims, keep))
     }
     pub(crate) fn argmax(&self, dim: i64, keep: bool) -> Raw {
         own(self.inner.argmax(dim, keep))
@@ -134,6 +149,7 @@ impl Raw {
             self.scalar(ScalarOp::Add, 0.0)
         };
         raw.owned = false;
+        // SAFETY: taken once; with `owned` cleared, `drop` leaves it alone.
         unsafe { ManuallyDrop::take(&mut raw.inner) }
     }
 }

@@ -1,6 +1,7 @@
 //! The hostile-plugin catalogue: `tests/hostile` built once per misbehaviour
-//! (a cargo feature) into `target/hostile/<feature>.wasm`, rebuilt only when
-//! its sources or the SDK's are newer than the cached file.
+//! (a cargo feature) into `target/hostile/<feature>.wasm` (or `.so` for a
+//! native build), rebuilt only when its sources or the SDK's are newer than
+//! the cached file.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -33,11 +34,20 @@ fn fresh(file: &Path, sources: SystemTime) -> bool {
 /// `tests/hostile` built as a wasm component with `feature` on (`"good"`: no
 /// feature, a well-behaved plugin).
 pub fn hostile_plugin(feature: &str) -> PathBuf {
+    build(feature, true)
+}
+
+/// `tests/hostile` built as a native library with `feature` on.
+pub fn hostile_native_plugin(feature: &str) -> PathBuf {
+    build(feature, false)
+}
+
+fn build(feature: &str, wasm: bool) -> PathBuf {
     let root = super::root();
     let target = super::target_dir();
     let dir = target.join("hostile");
     std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(format!("{feature}.wasm"));
+    let out = dir.join(format!("{feature}.{}", if wasm { "wasm" } else { "so" }));
     let sources = newest(&[
         root.join("tests/hostile"),
         root.join("plugin-sdk/src"),
@@ -50,8 +60,11 @@ pub fn hostile_plugin(feature: &str) -> PathBuf {
     if !fresh(&out, sources) {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "-p", "hostile-plugin", "--target", "wasm32-wasip2"])
+        cmd.args(["build", "-p", "hostile-plugin"])
             .current_dir(&root);
+        if wasm {
+            cmd.args(["--target", "wasm32-wasip2"]);
+        }
         if feature != "good" {
             cmd.args(["--features", feature]);
         }
@@ -61,7 +74,10 @@ pub fn hostile_plugin(feature: &str) -> PathBuf {
             "building hostile-plugin --features {feature} failed:\n{}",
             String::from_utf8_lossy(&built.stderr)
         );
-        let built = target.join("wasm32-wasip2/debug/hostile_plugin.wasm");
+        let built = match wasm {
+            true => target.join("wasm32-wasip2/debug/hostile_plugin.wasm"),
+            false => target.join("debug/libhostile_plugin.so"),
+        };
         std::fs::copy(&built, &out).unwrap();
     }
     drop(lock);

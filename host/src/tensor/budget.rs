@@ -28,3 +28,42 @@ impl Default for TensorBudget {
         }
     }
 }
+
+/// A plugin call asked for more than its [`TensorBudget`] grants. Both plugin
+/// backends find it in an op's error chain (see [`BudgetExceeded::find`]) to
+/// report a limit rather than a failed op.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetExceeded {
+    #[error("tensor budget: more than {max} live tensors")]
+    Live { max: usize },
+    #[error(
+        "tensor budget: the plugin holds {held} tensor handles it never dropped (limit {max} live)"
+    )]
+    Held { held: usize, max: usize },
+    #[error(
+        "tensor budget: more than {max} ops in one call (each is a node of the autograd graph)"
+    )]
+    Ops { max: u64 },
+    #[error(
+        "tensor budget: {elements} more elements would make {total}, over the limit of {max} per call"
+    )]
+    Elements { elements: u64, total: u64, max: u64 },
+    #[error("tensor budget: {what} has {len} dimensions, over the limit of {max}")]
+    Dims {
+        what: String,
+        len: usize,
+        max: usize,
+    },
+    #[error(
+        "tensor budget: one-hot needs its number of classes, got {classes} \
+         (sizing it from the largest index is refused)"
+    )]
+    OneHotClasses { classes: i64 },
+}
+
+impl BudgetExceeded {
+    /// The budget error anywhere in `e`'s chain (ops add context around it).
+    pub fn find(e: &anyhow::Error) -> Option<&BudgetExceeded> {
+        e.chain().find_map(|c| c.downcast_ref::<BudgetExceeded>())
+    }
+}

@@ -6,6 +6,6 @@ mod budget;
 mod ops;
 mod table;
 
-pub use budget::TensorBudget;
+pub use budget::{BudgetExceeded, TensorBudget};
 pub use ops::{Op, dtype_of, kind_of};
-pub use table::{TensorTable, TensorUsage};
+pub use table::{CallScope, HoldsTable, TensorTable, TensorUsage};

@@ -2,7 +2,7 @@
 //! kinds (wasm and native) reach the host through [`TensorTable::apply`] and
 //! the constructors here, so they cannot differ in behaviour.
 
-use super::TensorTable;
+use super::{BudgetExceeded, TensorTable};
 use amat_plugin_sdk::types::{BinaryOp, DType, ReduceOp, ScalarOp, UnaryOp};
 use anyhow::{Context, Result, anyhow, bail};
 use tch::{Device, Kind, Tensor};
@@ -108,10 +108,7 @@ fn predicted_elements(table: &TensorTable, t: &Tensor, op: &Op) -> Result<u64> {
         }
         Op::OneHot(classes) => {
             if classes < 1 {
-                bail!(
-                    "tensor budget: one-hot needs its number of classes, got {classes} \
-                     (sizing it from the largest index is refused)"
-                );
+                return Err(BudgetExceeded::OneHotClasses { classes }.into());
             }
             dims("the result", t.dim() + 1)?;
             own.checked_mul(classes as u64)
@@ -264,7 +261,7 @@ impl TensorTable {
     /// Applies `op` to the tensor at `h`, checking the budget first; returns
     /// the new handle.
     pub fn apply(&mut self, h: u32, op: Op) -> Result<u32> {
-        let t = self.get(h)?;
+        let t = self.get(h).with_context(|| op.name().to_string())?;
         let shape = t.size();
         let elements = predicted_elements(self, t, &op).with_context(|| op.name().to_string())?;
         self.reserve(elements)

@@ -1,5 +1,5 @@
-use super::TensorBudget;
-use anyhow::{Result, anyhow, bail};
+use super::{BudgetExceeded, TensorBudget};
+use anyhow::{Result, anyhow};
 use std::collections::HashMap;
 use tch::Tensor;
 
@@ -36,7 +36,7 @@ pub struct TensorTable {
     /// What the last finished call used.
     last: TensorUsage,
     /// Why the last op failed (the native ABI returns only a null handle).
-    last_error: Option<String>,
+    last_error: Option<anyhow::Error>,
 }
 
 impl TensorTable {
@@ -60,31 +60,27 @@ impl TensorTable {
 
     /// Refuses an allocation of `elements` that would break the budget.
     pub fn reserve(&mut self, elements: u64) -> Result<()> {
-        if self.slots.len() >= self.budget.max_live {
-            bail!(
-                "tensor budget: more than {} live tensors",
-                self.budget.max_live
-            );
+        let max = self.budget.max_live;
+        if self.slots.len() >= max {
+            return Err(BudgetExceeded::Live { max }.into());
         }
-        if self.held >= self.budget.max_live {
-            bail!(
-                "tensor budget: the plugin holds {} tensor handles it never dropped (limit {} live)",
-                self.held,
-                self.budget.max_live
-            );
+        if self.held >= max {
+            let held = self.held;
+            return Err(BudgetExceeded::Held { held, max }.into());
         }
         if self.created_ops >= self.budget.max_ops_per_call {
-            bail!(
-                "tensor budget: more than {} ops in one call (each is a node of the autograd graph)",
-                self.budget.max_ops_per_call
-            );
+            let max = self.budget.max_ops_per_call;
+            return Err(BudgetExceeded::Ops { max }.into());
         }
         let total = self.created_elements.saturating_add(elements);
         if total > self.budget.max_elements_per_call {
-            bail!(
-                "tensor budget: {elements} more elements would make {total}, over the limit of {} per call",
-                self.budget.max_elements_per_call
-            );
+            let max = self.budget.max_elements_per_call;
+            return Err(BudgetExceeded::Elements {
+                elements,
+                total,
+                max,
+            }
+            .into());
         }
         self.created_elements = total;
         self.created_ops += 1;
@@ -94,10 +90,12 @@ impl TensorTable {
     /// Refuses a shape or dims list longer than the budget's `max_dims`.
     pub fn check_dims(&self, what: &str, len: usize) -> Result<()> {
         if len > self.budget.max_dims {
-            bail!(
-                "tensor budget: {what} has {len} dimensions, over the limit of {}",
-                self.budget.max_dims
-            );
+            return Err(BudgetExceeded::Dims {
+                what: what.to_string(),
+                len,
+                max: self.budget.max_dims,
+            }
+            .into());
         }
         Ok(())
     }
@@ -167,7 +165,8 @@ impl TensorTable {
     }
 
     /// Frees every handle left from an interrupted call, without recording
-    /// it as a call: the start of a new one.
+    /// it as a call: the start of a new one. Backends call it through
+    /// [`super::CallScope`], which also ends the call.
     pub fn begin_call(&mut self) {
         self.slots.clear();
         self.created_elements = 0;
@@ -191,11 +190,12 @@ impl TensorTable {
         self.last
     }
 
-    pub fn set_error(&mut self, e: &anyhow::Error) {
-        self.last_error = Some(format!("{e:#}"));
+    /// Keeps why an op failed until the backend asks (the native ABI).
+    pub fn set_error(&mut self, e: anyhow::Error) {
+        self.last_error = Some(e);
     }
 
-    pub fn take_error(&mut self) -> Option<String> {
+    pub fn take_error(&mut self) -> Option<anyhow::Error> {
         self.last_error.take()
     }
 
@@ -203,5 +203,95 @@ impl TensorTable {
     #[cfg(test)]
     pub(crate) fn set_next_handle(&mut self, next: u32) {
         self.next = next;
+    }
+}
+
+/// Whatever owns a plugin's [`TensorTable`]: a wasm store, a native context.
+pub trait HoldsTable {
+    fn tensor_table(&mut self) -> &mut TensorTable;
+}
+
+impl HoldsTable for TensorTable {
+    fn tensor_table(&mut self) -> &mut TensorTable {
+        self
+    }
+}
+
+/// One plugin call's hold on its table, for both backends: made when the
+/// call begins, it releases every handle lent to or created in the call and
+/// records what the call used when dropped, whichever way the call ends
+/// (a result, an error, a trap, or a panic unwinding through the host).
+pub struct CallScope<'a, T: HoldsTable + ?Sized> {
+    owner: &'a mut T,
+}
+
+impl<'a, T: HoldsTable + ?Sized> CallScope<'a, T> {
+    pub fn begin(owner: &'a mut T) -> Self {
+        owner.tensor_table().begin_call();
+        Self { owner }
+    }
+}
+
+impl<T: HoldsTable + ?Sized> std::ops::Deref for CallScope<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.owner
+    }
+}
+
+impl<T: HoldsTable + ?Sized> std::ops::DerefMut for CallScope<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.owner
+    }
+}
+
+impl<T: HoldsTable + ?Sized> Drop for CallScope<'_, T> {
+    fn drop(&mut self) {
+        self.owner.tensor_table().end_call();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::BudgetExceeded;
+    use anyhow::Context;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn a_call_scope_releases_the_calls_handles_even_when_it_panics() {
+        let mut table = TensorTable::new(TensorBudget::default());
+        let lent = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut call = CallScope::begin(&mut table);
+            let h = call.lend(Tensor::zeros([2], (Kind::Float, Device::Cpu)));
+            call.full(1.0, &[3], Device::Cpu).unwrap();
+            assert_eq!(call.live(), 2);
+            if h > 0 {
+                panic!("the plugin call unwinds");
+            }
+            h
+        }));
+        assert!(lent.is_err());
+        assert_eq!(table.live(), 0);
+        assert_eq!(table.last_call().peak_live, 2);
+    }
+
+    #[test]
+    fn a_budget_refusal_is_typed_under_any_context() {
+        let mut table = TensorTable::new(TensorBudget {
+            max_elements_per_call: 4,
+            ..TensorBudget::default()
+        });
+        let e = table
+            .full(0.0, &[5], Device::Cpu)
+            .context("full")
+            .context("loss")
+            .unwrap_err();
+        assert!(matches!(
+            BudgetExceeded::find(&e),
+            Some(BudgetExceeded::Elements { max: 4, .. })
+        ));
+        let other = table.get(77).unwrap_err();
+        assert!(BudgetExceeded::find(&other).is_none());
     }
 }

@@ -54,6 +54,36 @@ static METRIC_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 #[cfg(feature = "one-hot-negative")]
 const ONE_HOT_INDEX: i64 = 1 << 27;
 
+/// The `wrong-handles` build's prediction handle of its last 1-sample call.
+#[cfg(all(feature = "wrong-handles", not(target_arch = "wasm32")))]
+static LENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Hands the host a wrong handle picked by the batch size (the test picks
+/// it): 1 keeps the lent prediction's handle and succeeds; 2 uses that
+/// handle in a later call; 3 one this call dropped; 4 one never issued; 5
+/// one past 32 bits whose low half is the prediction's (a host that
+/// truncated it would alias the prediction).
+#[cfg(all(feature = "wrong-handles", not(target_arch = "wasm32")))]
+fn wrong_handle(pred: &Tensor) -> Option<Tensor> {
+    use amat_plugin_sdk::native::{handle_of, tensor_at_handle};
+    use std::sync::atomic::Ordering;
+    let wrong = match pred.size(0) {
+        1 => {
+            LENT.store(handle_of(pred), Ordering::Relaxed);
+            return None;
+        }
+        2 => LENT.load(Ordering::Relaxed),
+        3 => {
+            let t = pred * 1.0;
+            handle_of(&t)
+        }
+        4 => u64::from(u32::MAX - 7),
+        _ => (1 << 32) | handle_of(pred),
+    };
+    // Any op on it must fail in the host and end this call.
+    Some(tensor_at_handle(wrong).exp())
+}
+
 #[cfg(feature = "fail-after")]
 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -207,6 +237,13 @@ impl Task for Hostile {
                 t = t.exp();
             }
             return Ok(t.sum(&[1, 2, 3], false));
+        }
+        #[cfg(all(feature = "wrong-handles", not(target_arch = "wasm32")))]
+        if let Some(t) = wrong_handle(pred) {
+            return Err(format!(
+                "the host accepted a wrong handle (a tensor of shape {:?})",
+                t.shape()
+            ));
         }
         #[cfg(feature = "stderr-spam")]
         eprintln!("hostile plugin logs at every call: {}", "x".repeat(200));
