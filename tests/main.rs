@@ -17,4 +17,5 @@ mod sandbox_holes;
 mod segmentation_data;
 mod study;
 mod training;
+mod volumes;
 mod vs_pytorch_parity;

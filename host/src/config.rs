@@ -4,6 +4,7 @@
 
 use crate::attack::{Norm, PgdConfig};
 use crate::data::source::DataSource;
+use crate::model::sliding::Window;
 use crate::model::{DeviceChoice, ModelConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -124,9 +125,41 @@ pub struct TrainConfig {
     pub warmup_epochs: usize,
     /// Weight of the adversarial term: (1 - beta) * clean + beta * adversarial.
     pub beta: f64,
+    /// Train on random patches of this spatial size ([D, H, W] for a 3D
+    /// model, [H, W] for 2D) instead of whole samples; evaluation then
+    /// predicts whole samples window by window (`eval.overlap`). Left out:
+    /// whole samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Vec<i64>>,
+    /// With `patch`: the share of patches centred on a random foreground
+    /// voxel of the target (nnU-Net's 0.33); the rest lie anywhere.
+    #[serde(skip_serializing_if = "is_default_foreground")]
+    pub patch_foreground: f64,
+    /// With `patch`: patches drawn from each case per epoch. AMAT's margin
+    /// stays one per case; the reference rule averages the case's visits.
+    #[serde(skip_serializing_if = "is_one")]
+    pub patches_per_case: usize,
     /// The attack used in training (SAT and AMAT).
     pub attack: PgdConfig,
 }
+
+fn is_default_foreground(v: &f64) -> bool {
+    *v == DEFAULT_PATCH_FOREGROUND
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
+}
+
+fn is_default_overlap(v: &f64) -> bool {
+    *v == DEFAULT_OVERLAP
+}
+
+/// nnU-Net's share of foreground-centred patches.
+pub const DEFAULT_PATCH_FOREGROUND: f64 = 0.33;
+
+/// nnU-Net's sliding-window overlap.
+pub const DEFAULT_OVERLAP: f64 = 0.5;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -144,6 +177,9 @@ impl Default for TrainConfig {
             step_gamma: 0.1,
             warmup_epochs: 1,
             beta: 0.5,
+            patch: None,
+            patch_foreground: DEFAULT_PATCH_FOREGROUND,
+            patches_per_case: 1,
             // The authors' training attack for segmentation (5 for landmarks
             // and detection).
             attack: PgdConfig {
@@ -297,6 +333,10 @@ pub struct EvalConfig {
     pub batch_size: usize,
     /// The split evaluated: test | val | train.
     pub split: String,
+    /// With `train.patch`: the share of a window its neighbour overlaps in
+    /// sliding-window inference, in [0, 0.9].
+    #[serde(skip_serializing_if = "is_default_overlap")]
+    pub overlap: f64,
     pub attack: PgdConfig,
 }
 
@@ -308,6 +348,7 @@ impl Default for EvalConfig {
             batch_size: 16,
             split: "test".into(),
             // Paper strength: PGD-100, step 0.05 eps, random start.
+            overlap: DEFAULT_OVERLAP,
             attack: PgdConfig {
                 steps: 100,
                 step_factor: 5.0,
@@ -426,6 +467,31 @@ impl RunConfig {
             return Err(bad(format!("train.beta = {} must lie in [0, 1]", t.beta)));
         }
         t.attack.validate("train.attack")?;
+        if let Some(patch) = &t.patch {
+            if patch.len() != self.model.dims {
+                return Err(bad(format!(
+                    "train.patch = {patch:?} must have {} sizes for model.dims = {}",
+                    self.model.dims, self.model.dims
+                )));
+            }
+            if patch.iter().any(|&p| !(1..=4096).contains(&p)) {
+                return Err(bad(format!(
+                    "train.patch = {patch:?}: each size must lie in 1..=4096"
+                )));
+            }
+            self.model
+                .check_shape(patch)
+                .map_err(|e| format!("train.patch = {patch:?}: {e}"))?;
+        }
+        if !(0.0..=1.0).contains(&t.patch_foreground) {
+            return Err(bad(format!(
+                "train.patch_foreground = {} must lie in [0, 1]",
+                t.patch_foreground
+            )));
+        }
+        if t.patches_per_case == 0 {
+            return Err(bad("train.patches_per_case must be at least 1"));
+        }
         non_negative("sat.eps", self.sat.eps)?;
         self.amat.validate()?;
         let e = &self.eval;
@@ -451,6 +517,12 @@ impl RunConfig {
             )));
         }
         e.attack.validate("eval.attack")?;
+        if !(0.0..=0.9).contains(&e.overlap) {
+            return Err(bad(format!(
+                "eval.overlap = {} must lie in [0, 0.9]",
+                e.overlap
+            )));
+        }
         self.sandbox.validate()?;
         Ok(())
     }
@@ -464,6 +536,15 @@ impl RunConfig {
         c.run.device = DeviceChoice::Auto;
         c.sandbox = Default::default();
         hex(&Sha256::digest(c.to_toml().as_bytes()))
+    }
+
+    /// The windows evaluation predicts whole samples in: the training patch
+    /// with `eval.overlap`; none without patches.
+    pub fn window(&self) -> Option<Window> {
+        self.train.patch.as_ref().map(|size| Window {
+            size: size.clone(),
+            overlap: self.eval.overlap,
+        })
     }
 
     /// The norm training margins are measured in.

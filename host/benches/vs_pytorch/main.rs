@@ -229,6 +229,7 @@ fn base_config(a: &Args, threads: usize) -> Result<RunConfig> {
         depth: a.depth,
         width: a.width,
         norm: NormKind::Instance,
+        ..ModelConfig::default()
     };
     Ok(cfg)
 }

@@ -6,7 +6,7 @@ use super::session::{Session, effective_config, eval_seed, split_of};
 use crate::attack::{self, Range};
 use crate::config::RunConfig;
 use crate::eval::{self, Curve, report};
-use crate::model::{DeviceChoice, UNet};
+use crate::model::{DeviceChoice, Net};
 use crate::train::checkpoint;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ pub struct Loaded {
     pub ckpt: PathBuf,
     pub session: Session,
     pub vs: VarStore,
-    pub model: UNet,
+    pub model: Net,
     pub range: Range,
 }
 
@@ -68,12 +68,13 @@ pub fn load(args: &CheckpointArgs) -> Result<Loaded> {
     let session = Session::open(&cfg)?;
     let info = session.plugin.info();
     let mut vs = VarStore::new(session.device);
-    let model = UNet::new(
+    let model = Net::new(
         &vs.root(),
         &cfg.model,
         info.input_channels as i64,
         info.output_channels as i64,
-    );
+    )
+    .with_window(cfg.window());
     checkpoint::load_weights(&ckpt, &mut vs)?;
     let range = Range {
         min: info.intensity_min as f64,

@@ -91,10 +91,23 @@ impl Session {
                 cfg.eval.split
             );
         }
+        // The network sees the training patches when there are any (the
+        // sliding window pads a shorter sample to the window), else samples.
         if let Some(size) = splits.train.image_shape(0) {
-            cfg.model
-                .check_input(size[1], size[2])
-                .map_err(anyhow::Error::msg)?;
+            let seen = cfg.train.patch.as_deref().unwrap_or(&size[1..]);
+            if seen.len() != size.len() - 1 {
+                bail!(
+                    "sample `{}` has image shape {size:?}: model.dims = {} takes [C, {}]",
+                    splits.train.id(0).unwrap_or_default(),
+                    cfg.model.dims,
+                    if cfg.model.dims == 3 {
+                        "D, H, W"
+                    } else {
+                        "H, W"
+                    }
+                );
+            }
+            cfg.model.check_shape(seen).map_err(anyhow::Error::msg)?;
         }
         if cfg.run.threads > 0 {
             tch::set_num_threads(cfg.run.threads as i32);

@@ -9,7 +9,7 @@ use crate::attack::{self, Norm};
 use crate::config::EvalConfig;
 use crate::data::Dataset;
 use crate::plugin::Plugin;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -163,6 +163,19 @@ pub fn robustness(
     bar: &ProgressBar,
 ) -> Result<Curve> {
     let start = std::time::Instant::now();
+    // Set-level metrics take all predictions as one tensor: one shape.
+    let shape = |i| data.image_shape(i).unwrap_or_default();
+    if let Some(other) = (1..data.len()).find(|&i| shape(i) != shape(0)) {
+        bail!(
+            "eval: split `{}` holds samples of different shapes (`{}` {:?}, `{}` {:?}); \
+             the robustness curve needs one shape (crop or resample the cases to one)",
+            cfg.split,
+            data.id(0).unwrap_or_default(),
+            shape(0),
+            data.id(other).unwrap_or_default(),
+            shape(other)
+        );
+    }
     tch::manual_seed(seed);
     let indices: Vec<usize> = (0..data.len()).collect();
     let batches: Vec<&[usize]> = indices.chunks(cfg.batch_size).collect();

@@ -1,5 +1,11 @@
-//! Networks the host trains. For now a 2D U-Net whose head has one channel
-//! per output channel of the task (class logits, heatmaps, ...).
+//! Networks the host trains: a 2D U-Net for images [C, H, W] and a 3D U-Net
+//! ([`unet3d`]) for volumes [C, D, H, W], whose heads have one channel per
+//! output channel of the task (class logits, heatmaps, ...).
+
+pub mod sliding;
+pub mod unet3d;
+
+use sliding::Window;
 
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
@@ -21,19 +27,40 @@ pub enum NormKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Resolution levels below the input (each halves height and width).
+    /// 2: a 2D U-Net on images [C, H, W]; 3: a 3D U-Net on volumes [C, D, H, W].
+    /// Left out of a saved config when 2, so 2D configs hash as before.
+    #[serde(skip_serializing_if = "is_planar")]
+    pub dims: usize,
+    /// Resolution levels below the input (2D: each halves height and width;
+    /// 3D: each divides every axis by its `pool` factor).
     pub depth: usize,
     /// Channels of the first level; each level below doubles them.
     pub width: i64,
     pub norm: NormKind,
+    /// 3D only: the pooling factor per axis [D, H, W] of each level (`depth`
+    /// entries); 2 on every axis when left out. `[1, 2, 2]` pools in-plane
+    /// only, for volumes with thick slices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Vec<[i64; 3]>>,
+    /// 3D only: the odd convolution kernel per axis of each level, the bottom
+    /// included (`depth + 1` entries); 3 on every axis when left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<Vec<[i64; 3]>>,
+}
+
+fn is_planar(dims: &usize) -> bool {
+    *dims == 2
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         Self {
+            dims: 2,
             depth: 2,
             width: 8,
             norm: NormKind::Instance,
+            pool: None,
+            kernel: None,
         }
     }
 }
@@ -58,17 +85,114 @@ impl ModelConfig {
                 1 << 16
             ));
         }
+        if self.dims != 2 && self.dims != 3 {
+            return Err(format!("model.dims = {} must be 2 or 3", self.dims));
+        }
+        if self.dims == 2 && (self.pool.is_some() || self.kernel.is_some()) {
+            return Err("model.pool and model.kernel apply to 3D models (model.dims = 3)".into());
+        }
+        if let Some(pool) = &self.pool {
+            if pool.len() != self.depth {
+                return Err(format!(
+                    "model.pool has {} levels, model.depth = {} needs one per level",
+                    pool.len(),
+                    self.depth
+                ));
+            }
+            if let Some((level, p)) = pool
+                .iter()
+                .enumerate()
+                .find(|(_, p)| p.iter().any(|&f| !(1..=8).contains(&f)))
+            {
+                return Err(format!(
+                    "model.pool[{level}] = {p:?}: each factor must lie in 1..=8"
+                ));
+            }
+        }
+        if let Some(kernel) = &self.kernel {
+            if kernel.len() != self.depth + 1 {
+                return Err(format!(
+                    "model.kernel has {} levels, model.depth = {} needs {} (the bottom included)",
+                    kernel.len(),
+                    self.depth,
+                    self.depth + 1
+                ));
+            }
+            if let Some((level, k)) = kernel
+                .iter()
+                .enumerate()
+                .find(|(_, k)| k.iter().any(|&s| !(1..=15).contains(&s) || s % 2 == 0))
+            {
+                return Err(format!(
+                    "model.kernel[{level}] = {k:?}: each size must be odd, 1 to 15"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// 3D: each level's pooling factor per axis.
+    pub fn pools3d(&self) -> Vec<[i64; 3]> {
+        self.pool
+            .clone()
+            .unwrap_or_else(|| vec![[2; 3]; self.depth])
+    }
+
+    /// 3D: each level's kernel per axis, the bottom last.
+    pub fn kernels3d(&self) -> Vec<[i64; 3]> {
+        self.kernel
+            .clone()
+            .unwrap_or_else(|| vec![[3; 3]; self.depth + 1])
     }
 
     /// Refuses images too small for `depth` halvings (a level of size 0).
     pub fn check_input(&self, height: i64, width: i64) -> Result<(), String> {
-        let need = 1i64 << self.depth;
-        if height < need || width < need {
+        self.check_shape(&[height, width])
+    }
+
+    /// Refuses inputs whose spatial shape (`[H, W]` for 2D, `[D, H, W]` for
+    /// 3D: what the network sees, a patch when training on patches) does
+    /// not suit the model: the wrong number of axes, or an axis too short
+    /// for its pooling (a level of size 0).
+    pub fn check_shape(&self, spatial: &[i64]) -> Result<(), String> {
+        if spatial.len() != self.dims {
+            let what = |n: usize| {
+                if n == 3 {
+                    "volumes [C, D, H, W]"
+                } else {
+                    "images [C, H, W]"
+                }
+            };
             return Err(format!(
-                "model.depth = {} halves the image {} times: it needs at least {need} x {need} pixels, \
-                 the images are {height} x {width}",
-                self.depth, self.depth
+                "model.dims = {} takes {}, the samples have {} spatial axes {spatial:?}",
+                self.dims,
+                what(self.dims),
+                spatial.len()
+            ));
+        }
+        if self.dims == 2 {
+            let (height, width) = (spatial[0], spatial[1]);
+            let need = 1i64 << self.depth;
+            if height < need || width < need {
+                return Err(format!(
+                    "model.depth = {} halves the image {} times: it needs at least {need} x {need} pixels, \
+                     the images are {height} x {width}",
+                    self.depth, self.depth
+                ));
+            }
+            return Ok(());
+        }
+        let mut need = [1i64; 3];
+        for p in self.pools3d() {
+            for a in 0..3 {
+                need[a] *= p[a];
+            }
+        }
+        if spatial.iter().zip(need).any(|(&s, n)| s < n) {
+            return Err(format!(
+                "model.pool over model.depth = {} levels divides the axes [D, H, W] by {need:?}: \
+                 it needs at least {} x {} x {} voxels, the inputs are {} x {} x {}",
+                self.depth, need[0], need[1], need[2], spatial[0], spatial[1], spatial[2]
             ));
         }
         Ok(())
@@ -242,6 +366,64 @@ impl ModuleT for UNet {
     }
 }
 
+/// The network of a `[model]` section, 2D or 3D, with the windows it
+/// predicts larger inputs in when it was trained on patches.
+#[derive(Debug)]
+pub struct Net {
+    arch: Arch,
+    window: Option<Window>,
+}
+
+#[derive(Debug)]
+enum Arch {
+    Planar(UNet),
+    Volumetric(unet3d::UNet3d),
+}
+
+impl ModuleT for Arch {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        match self {
+            Arch::Planar(net) => net.forward_t(x, train),
+            Arch::Volumetric(net) => net.forward_t(x, train),
+        }
+    }
+}
+
+impl Net {
+    /// The U-Net `cfg.dims` asks for. A 2D net's variables are named as
+    /// they always were, so older checkpoints load.
+    pub fn new(p: &nn::Path, cfg: &ModelConfig, in_channels: i64, out_channels: i64) -> Self {
+        let arch = if cfg.dims == 3 {
+            Arch::Volumetric(unet3d::UNet3d::new(p, cfg, in_channels, out_channels))
+        } else {
+            Arch::Planar(UNet::new(p, cfg, in_channels, out_channels))
+        };
+        Self { arch, window: None }
+    }
+
+    /// Predicts every input whose spatial shape differs from `window.size`
+    /// window by window ([`sliding`]): a net trained on patches
+    /// evaluated on whole volumes. Inputs of the window's shape (the
+    /// training patches, and PGD on them) take one plain forward.
+    pub fn with_window(mut self, window: Option<Window>) -> Self {
+        self.window = window;
+        self
+    }
+
+    pub fn window(&self) -> Option<&Window> {
+        self.window.as_ref()
+    }
+}
+
+impl ModuleT for Net {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        match &self.window {
+            Some(w) if x.size()[2..] != w.size[..] => sliding::predict(&self.arch, x, w, train),
+            _ => self.arch.forward_t(x, train),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +447,38 @@ mod tests {
     }
 
     #[test]
+    fn a_2d_config_serialises_as_before_and_3d_keys_are_checked() {
+        let text = toml::to_string(&ModelConfig::default()).unwrap();
+        assert_eq!(text, "depth = 2\nwidth = 8\nnorm = \"instance\"\n");
+        let pooled = ModelConfig {
+            pool: Some(vec![[1, 2, 2]; 2]),
+            ..ModelConfig::default()
+        };
+        assert!(pooled.validate().unwrap_err().contains("apply to 3D"));
+        let short = ModelConfig {
+            dims: 3,
+            pool: Some(vec![[1, 2, 2]]),
+            ..ModelConfig::default()
+        };
+        assert!(
+            short
+                .validate()
+                .unwrap_err()
+                .contains("2 needs one per level")
+        );
+        let even = ModelConfig {
+            dims: 3,
+            kernel: Some(vec![[3, 3, 3], [1, 2, 3], [3, 3, 3]]),
+            ..ModelConfig::default()
+        };
+        assert!(even.validate().unwrap_err().contains("model.kernel[1]"));
+        let e = ModelConfig::default()
+            .check_shape(&[4, 16, 16])
+            .unwrap_err();
+        assert!(e.contains("model.dims = 2 takes images"), "{e}");
+    }
+
+    #[test]
     fn output_has_the_input_size_and_head_channels() {
         for norm in [NormKind::Batch, NormKind::Instance, NormKind::None] {
             let vs = nn::VarStore::new(Device::Cpu);
@@ -272,6 +486,7 @@ mod tests {
                 depth: 2,
                 width: 4,
                 norm,
+                ..ModelConfig::default()
             };
             let net = UNet::new(&vs.root(), &cfg, 1, 3);
             for (h, w) in [(16, 16), (17, 23)] {

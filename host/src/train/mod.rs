@@ -7,19 +7,21 @@ pub mod checkpoint;
 pub mod margins;
 pub mod memory;
 pub mod optim;
+pub mod patches;
 pub mod report;
 
 use crate::attack::{self, Range, sample_norms};
 use crate::config::AmatRule;
 use crate::config::{Method, RunConfig};
 use crate::data::Dataset;
-use crate::model::{NormKind, UNet};
+use crate::model::{Net, NormKind};
 use crate::plugin::Plugin;
 use amat::{Judge, Search};
 use anyhow::{Result, bail};
 use indicatif::ProgressBar;
 use margins::Margins;
 use optim::Optimizer;
+use patches::Patches;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -69,7 +71,7 @@ pub struct Trainer {
     pub method: Method,
     pub device: Device,
     pub vs: VarStore,
-    pub model: UNet,
+    pub model: Net,
     pub opt: Optimizer,
     /// AMAT only.
     pub margins: Option<Margins>,
@@ -80,6 +82,8 @@ pub struct Trainer {
     pub history: Vec<EpochRecord>,
     pub judge: Judge,
     pub range: Range,
+    /// With `train.patch`: draws each batch's patches (from `rng`).
+    pub patches: Option<Patches>,
     /// Search forwards and margin-update seconds of the current epoch.
     search_forwards: usize,
     margin_seconds: f64,
@@ -106,13 +110,22 @@ impl Trainer {
         memory::keep_freed_memory();
         tch::manual_seed(cfg.run.seed as i64);
         let vs = VarStore::new(device);
-        let model = UNet::new(
+        // Trained on patches, the net predicts whole samples window by window.
+        let model = Net::new(
             &vs.root(),
             &cfg.model,
             info.input_channels as i64,
             info.output_channels as i64,
-        );
+        )
+        .with_window(cfg.window());
         let opt = Optimizer::new(&vs, &cfg.train);
+        let patches = cfg.train.patch.as_ref().map(|size| {
+            Patches::new(
+                size.clone(),
+                cfg.train.patch_foreground,
+                info.intensity_min as f64,
+            )
+        });
         let margins = (method == Method::Amat).then(|| Margins::new(train_len, &cfg.amat));
         let judge = Judge::new(&cfg.amat, info).map_err(anyhow::Error::msg)?;
         Ok(Self {
@@ -131,6 +144,7 @@ impl Trainer {
                 min: info.intensity_min as f64,
                 max: info.intensity_max as f64,
             },
+            patches,
             search_forwards: 0,
             margin_seconds: 0.0,
         })
@@ -161,7 +175,14 @@ impl Trainer {
         let adversarial = self.adversarial(epoch);
         let lr = optim::learning_rate(&self.cfg.train, epoch);
         tch::manual_seed(epoch_seed(self.cfg.run.seed, epoch));
-        let mut order: Vec<usize> = (0..data.len()).collect();
+        // On patches, each case is visited `patches_per_case` times; its
+        // visits share its one margin (AMAT.md's F_i average).
+        let visits = if self.patches.is_some() {
+            self.cfg.train.patches_per_case
+        } else {
+            1
+        };
+        let mut order: Vec<usize> = (0..visits).flat_map(|_| 0..data.len()).collect();
         order.shuffle(&mut self.rng);
         if let Some(m) = &mut self.margins {
             m.begin_epoch();
@@ -172,7 +193,10 @@ impl Trainer {
         bar.set_length(order.len().div_ceil(self.cfg.train.batch_size) as u64);
         bar.set_position(0);
         for idx in order.chunks(self.cfg.train.batch_size) {
-            let (x, y) = data.batch(idx, self.device);
+            let (x, y) = match &mut self.patches {
+                Some(p) => p.batch(data, idx, &mut self.rng, self.device)?,
+                None => data.batch(idx, self.device),
+            };
             let (clean, adv) = if adversarial {
                 self.adversarial_step(plugin, &x, &y, idx, lr)?
             } else {
@@ -187,7 +211,7 @@ impl Trainer {
             m.end_epoch();
             self.margin_seconds += start.elapsed().as_secs_f64();
         }
-        let n = data.len().max(1) as f64;
+        let n = order.len().max(1) as f64;
         let record = self.record(
             epoch,
             adversarial,

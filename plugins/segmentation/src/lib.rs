@@ -1,5 +1,6 @@
-//! Segmentation: the model outputs class logits [B, C, H, W]; the target is a
-//! class-index map [B, H, W] (or [B, 1, H, W]) stored as floats.
+//! Segmentation: the model outputs class logits [B, C, *spatial] (images
+//! [B, C, H, W] or volumes [B, C, D, H, W]); the target is a class-index map
+//! [B, *spatial] (or [B, 1, *spatial]) stored as floats.
 //!
 //! Loss per sample: cross-entropy (mean over pixels) + (1 - soft Dice, mean
 //! over classes). Metrics: hard Dice per foreground class and their mean, as
@@ -24,26 +25,41 @@ pub struct Segmentation;
 pub const CLASSES: u32 = decode::CLASS_NAMES.len() as u32;
 const SMOOTH: f64 = 1.0;
 
-/// Target as a long [B, H, W] class map.
-fn class_map(target: &Tensor) -> Tensor {
+/// The spatial axes of a prediction of `rank` axes [B, C, *spatial].
+pub fn spatial_dims(rank: usize) -> Vec<i64> {
+    (2..rank as i64).collect()
+}
+
+/// Target as a long [B, *spatial] class map, for a prediction of `rank` axes.
+fn class_map(target: &Tensor, rank: usize) -> Tensor {
     let s = target.shape();
-    let t = if s.len() == 4 {
-        target.reshape(&[s[0], s[2], s[3]])
+    let t = if s.len() == rank {
+        // [B, 1, *spatial]
+        let squeezed: Vec<i64> = s[..1].iter().chain(&s[2..]).copied().collect();
+        target.reshape(&squeezed)
     } else {
         target.reshape(&s)
     };
     t.to_long()
 }
 
-/// One-hot target as float [B, C, H, W].
-fn one_hot(target: &Tensor, classes: i64) -> Tensor {
-    class_map(target).one_hot(classes).permute(&[0, 3, 1, 2])
+/// Moves a one-hot's class axis (last) to axis 1: [B, *spatial, C] -> [B, C, *spatial].
+pub fn classes_first(t: &Tensor, rank: usize) -> Tensor {
+    let r = rank as i64;
+    let order: Vec<i64> = [0, r - 1].into_iter().chain(1..r - 1).collect();
+    t.permute(&order)
 }
 
-/// Per-sample, per-class Dice [B, C] of two [B, C, H, W] maps.
+/// One-hot target as float [B, C, *spatial], for a prediction of `rank` axes.
+pub fn one_hot(target: &Tensor, classes: i64, rank: usize) -> Tensor {
+    classes_first(&class_map(target, rank).one_hot(classes), rank)
+}
+
+/// Per-sample, per-class Dice [B, C] of two [B, C, *spatial] maps.
 pub fn dice(p: &Tensor, y: &Tensor) -> Tensor {
-    let inter = (p * y).sum(&[2, 3], false);
-    let total = p.sum(&[2, 3], false) + y.sum(&[2, 3], false);
+    let spatial = spatial_dims(p.shape().len());
+    let inter = (p * y).sum(&spatial, false);
+    let total = p.sum(&spatial, false) + y.sum(&spatial, false);
     (inter * 2.0 + SMOOTH) / (total + SMOOTH)
 }
 
@@ -76,13 +92,13 @@ impl Task for Segmentation {
 
     fn loss(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
         let shape = pred.shape();
-        if shape.len() != 4 {
+        if shape.len() != 4 && shape.len() != 5 {
             return Err(format!(
-                "loss: prediction must be [B, C, H, W], got {shape:?}"
+                "loss: prediction must be [B, C, H, W] or [B, C, D, H, W], got {shape:?}"
             ));
         }
         let classes = shape[1];
-        let y = one_hot(target, classes);
+        let y = one_hot(target, classes, shape.len());
         if y.shape() != shape {
             return Err(format!(
                 "loss: target {:?} does not match prediction {shape:?}",
@@ -90,7 +106,9 @@ impl Task for Segmentation {
             ));
         }
         let log_p = pred.log_softmax(1);
-        let ce = -(&log_p * &y).sum(&[1], false).mean(&[1, 2], false);
+        // Mean over the voxels: the spatial axes, one lower after the class sum.
+        let voxels: Vec<i64> = (1..shape.len() as i64 - 1).collect();
+        let ce = -(&log_p * &y).sum(&[1], false).mean(&voxels, false);
         let soft_dice = dice(&log_p.exp(), &y).mean(&[1], false);
         Ok(ce + (1.0 - soft_dice))
     }
@@ -103,7 +121,7 @@ impl Task for Segmentation {
     }
 
     fn metrics(pred: &Tensor, target: &Tensor) -> Result<Vec<Metric>, String> {
-        metrics::dice_metrics(pred, &one_hot(target, pred.size(1)))
+        metrics::dice_metrics(pred, &one_hot(target, pred.size(1), pred.shape().len()))
     }
 }
 
@@ -117,13 +135,11 @@ pub fn hard_dice(pred: &Tensor, target: &Tensor) -> Result<Vec<f64>, String> {
         ));
     }
     let (b, classes) = (shape[0] as usize, shape[1]);
-    let y = one_hot(target, classes);
-    let hard = pred
-        .argmax(1, false)
-        .one_hot(classes)
-        .permute(&[0, 3, 1, 2]);
-    let inter = (&hard * &y).sum(&[2, 3], false).to_vec();
-    let total = (hard.sum(&[2, 3], false) + y.sum(&[2, 3], false)).to_vec();
+    let y = one_hot(target, classes, shape.len());
+    let hard = classes_first(&pred.argmax(1, false).one_hot(classes), shape.len());
+    let spatial = spatial_dims(shape.len());
+    let inter = (&hard * &y).sum(&spatial, false).to_vec();
+    let total = (hard.sum(&spatial, false) + y.sum(&spatial, false)).to_vec();
     let c = classes as usize;
     Ok((0..b)
         .map(|i| {

@@ -46,22 +46,21 @@ pub fn per_class(inter: &[f32], pred: &[f32], truth: &[f32], classes: usize) -> 
         .collect()
 }
 
-/// `dice_mean` and `dice_<class>` of logits [B, C, H, W] against a one-hot
-/// target of the same shape.
+/// `dice_mean` and `dice_<class>` of logits [B, C, *spatial] (images or
+/// volumes) against a one-hot target of the same shape.
 pub fn dice_metrics(pred: &Tensor, y: &Tensor) -> Result<Vec<Metric>, String> {
     let shape = pred.shape();
-    if shape.len() != 4 || y.shape() != shape {
+    if !(shape.len() == 4 || shape.len() == 5) || y.shape() != shape {
         return Err(format!(
-            "metrics: prediction must be [B, C, H, W] and match the target, got {shape:?} and {:?}",
+            "metrics: prediction must be [B, C, H, W] or [B, C, D, H, W] and match the target, \
+             got {shape:?} and {:?}",
             y.shape()
         ));
     }
     let classes = shape[1] as usize;
-    let hard = pred
-        .argmax(1, false)
-        .one_hot(shape[1])
-        .permute(&[0, 3, 1, 2]);
-    let counts = |t: &Tensor| t.sum(&[2, 3], false).to_vec();
+    let hard = crate::classes_first(&pred.argmax(1, false).one_hot(shape[1]), shape.len());
+    let spatial = crate::spatial_dims(shape.len());
+    let counts = |t: &Tensor| t.sum(&spatial, false).to_vec();
     let dice = per_class(&counts(&(&hard * y)), &counts(&hard), &counts(y), classes);
     let defined: Vec<f64> = dice.iter().flatten().copied().collect();
     // `dice_mean` is always there (the one described metric): with no

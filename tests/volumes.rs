@@ -1,0 +1,362 @@
+//! Volumes [C, D, H, W]: the 3D U-Net trained on patches with each method,
+//! sliding-window inference, PGD on whole volumes through the windows, and
+//! the patch sampler's foreground oversampling. Tiny volumes built in memory
+//! (a bright blob to segment), so each test takes seconds.
+
+use crate::support;
+
+use amat_host::attack::{Context, Norm, PgdConfig, Range, pgd, sample_norms};
+use amat_host::config::{Method, RunConfig};
+use amat_host::data::{Dataset, Sample};
+use amat_host::eval;
+use amat_host::model::sliding::{self, Window};
+use amat_host::model::{ModelConfig, Net};
+use amat_host::plugin::{Plugin, SandboxLimits};
+use amat_host::train::Trainer;
+use amat_host::train::patches::Patches;
+use indicatif::ProgressBar;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+use std::sync::Mutex;
+use tch::nn::{self, ModuleT};
+use tch::{Device, Kind, Tensor};
+
+static TORCH: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    TORCH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn load_plugin() -> Plugin {
+    Plugin::load(
+        support::native_plugin("segmentation"),
+        &SandboxLimits::default(),
+    )
+    .unwrap()
+}
+
+fn floats(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_kind(Kind::Float).flatten(0, -1)).unwrap()
+}
+
+const SHAPE: [i64; 3] = [12, 16, 16];
+
+/// A volume [1, 12, 16, 16] holding a bright ball of radius 2.5 to 4 voxels
+/// (`contrast` above a 0.2 background, Gaussian noise of `noise`), and its
+/// class map [12, 16, 16] (1 inside the ball).
+fn blob(rng: &mut ChaCha8Rng, id: String, contrast: f32, noise: f32) -> Sample {
+    let [d, h, w] = SHAPE;
+    let c = [
+        rng.gen_range(4.0..d as f32 - 4.0),
+        rng.gen_range(4.0..h as f32 - 4.0),
+        rng.gen_range(4.0..w as f32 - 4.0),
+    ];
+    let r: f32 = rng.gen_range(2.5..4.0);
+    let (mut image, mut target) = (Vec::new(), Vec::new());
+    for z in 0..d {
+        for y in 0..h {
+            for x in 0..w {
+                let dist2 = (z as f32 - c[0]).powi(2)
+                    + (y as f32 - c[1]).powi(2)
+                    + (x as f32 - c[2]).powi(2);
+                let inside = dist2 <= r * r;
+                // Box-Muller is overkill: a uniform noise of the same sd.
+                let n = (rng.gen_range(-1.0f32..1.0)) * noise * 3f32.sqrt();
+                let v = 0.2 + if inside { contrast } else { 0.0 } + n;
+                image.push(v.clamp(0.0, 1.0));
+                target.push(if inside { 1.0f32 } else { 0.0 });
+            }
+        }
+    }
+    Sample {
+        id,
+        image: Tensor::from_slice(&image).reshape([1, d, h, w]),
+        target: Tensor::from_slice(&target).reshape(SHAPE),
+    }
+}
+
+fn blobs(seed: u64, name: &str, n: usize, contrast: f32, noise: f32) -> Vec<Sample> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| blob(&mut rng, format!("{name}-{i}"), contrast, noise))
+        .collect()
+}
+
+fn tiny_3d(depth: usize) -> ModelConfig {
+    ModelConfig {
+        dims: 3,
+        depth,
+        width: 4,
+        ..ModelConfig::default()
+    }
+}
+
+// ------------------------------------------------------------- training
+
+/// Four easy blobs and four faint, noisy ones: cases AMAT should treat apart.
+fn training_cases() -> Dataset {
+    let mut samples = blobs(10, "easy", 4, 0.7, 0.03);
+    samples.extend(blobs(11, "faint", 4, 0.15, 0.12));
+    Dataset::new("train", samples)
+}
+
+fn run_config(method: Method) -> RunConfig {
+    let text = format!(
+        "[run]\nmethod = \"{method}\"\nthreads = 1\nseed = 1\n[data.synthetic]\n\
+         [model]\ndims = 3\ndepth = 1\nwidth = 4\n\
+         [train]\nepochs = 4\nwarmup_epochs = 2\nbatch_size = 4\nlr = 0.02\n\
+         patch = [8, 8, 8]\npatches_per_case = 2\n\
+         [train.attack]\nsteps = 3\n[sat]\neps = 1.0\n\
+         [amat]\ndelta_eps = 0.5\neps_max = 4.0\n[amat.judge]\nhard_dice = 0.6\n\
+         [eval]\neps = [0.0, 1.0]\nrestarts = 1\noverlap = 0.0\n[eval.attack]\nsteps = 2\n"
+    );
+    let mut cfg = RunConfig::parse(&text, Path::new("volumes.toml")).unwrap();
+    cfg.run.plugin = Some(support::native_plugin("segmentation"));
+    cfg.validate().unwrap();
+    cfg
+}
+
+/// A tiny 3D U-Net trains on 8 x 8 x 8 patches of 12 x 16 x 16 volumes with
+/// each method: the clean loss falls; evaluation runs on a whole volume
+/// through the sliding window (2 x 2 x 2 windows), with PGD through it; AMAT's
+/// margins, one per case, part the cases.
+#[test]
+fn a_tiny_3d_unet_trains_on_patches_with_each_method_and_evaluates_whole_volumes() {
+    let _torch = lock();
+    let mut plugin = load_plugin();
+    let train = training_cases();
+    let test = Dataset::new("test", blobs(12, "test", 1, 0.6, 0.05));
+    for method in [Method::Std, Method::Sat, Method::Amat] {
+        let cfg = run_config(method);
+        let mut t = Trainer::new(&cfg, &plugin, Device::Cpu, train.len()).unwrap();
+        assert_eq!(
+            t.model.window().map(|w| w.size.clone()),
+            Some(vec![8, 8, 8])
+        );
+        let mut records = Vec::new();
+        for _ in 0..cfg.train.epochs {
+            records.push(
+                t.train_epoch(&mut plugin, &train, &ProgressBar::hidden())
+                    .unwrap(),
+            );
+        }
+        let (first, last) = (&records[0], records.last().unwrap());
+        println!(
+            "{method}: clean loss {:.3} -> {:.3}, adversarial {:?}",
+            first.clean_loss, last.clean_loss, last.adv_loss
+        );
+        assert!(
+            last.clean_loss < first.clean_loss,
+            "{method}: the clean loss did not fall: {first:?} -> {last:?}"
+        );
+        if method != Method::Std {
+            assert_eq!(last.phase, "adversarial", "{method}");
+            assert!(last.adv_loss.unwrap() > 0.0, "{method}");
+        }
+        let curve = eval::robustness(
+            &mut Context::new(&t.model, &mut plugin, t.range),
+            &test,
+            &cfg.eval,
+            Device::Cpu,
+            0,
+            &ProgressBar::hidden(),
+        )
+        .unwrap();
+        let dice = curve.metric("dice_mean").unwrap();
+        println!("{method}: dice {:?}, loss {:?}", dice.values, curve.loss);
+        assert!(
+            dice.values.iter().all(|v| (0.0..=1.0).contains(v)),
+            "{method}: {dice:?}"
+        );
+        assert!(
+            curve.loss[1] >= curve.loss[0],
+            "{method}: the attack lowered the loss: {:?}",
+            curve.loss
+        );
+        if method == Method::Amat {
+            let m = &t.margins.as_ref().unwrap().values;
+            println!("margins: {m:?}");
+            assert_eq!(m.len(), train.len(), "one margin per case, not per patch");
+            let (lo, hi) = m
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            assert!(hi > lo, "every case kept the same margin: {m:?}");
+        }
+    }
+}
+
+// ------------------------------------------------------------- sliding window
+
+#[test]
+fn sliding_window_over_the_whole_volume_is_one_forward_and_stitches_exactly() {
+    let _torch = lock();
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = Net::new(&vs.root(), &tiny_3d(2), 1, 3);
+    let x = Tensor::rand([2, 1, 12, 16, 16], (Kind::Float, Device::Cpu));
+    let whole = tch::no_grad(|| net.forward_t(&x, false));
+    let covering = Window {
+        size: SHAPE.to_vec(),
+        overlap: 0.5,
+    };
+    let slid = tch::no_grad(|| sliding::predict(&net, &x, &covering, false));
+    let diff = (&slid - &whole).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "one covering window differs by {diff}");
+
+    // A pointwise network sees no context, so any windows, overlapping,
+    // Gaussian-weighted or padded past the volume, stitch back to its forward.
+    let point = nn::conv3d(vs.root() / "point", 1, 3, 1, Default::default());
+    let plain = x.apply(&point);
+    for (size, overlap) in [
+        (vec![8, 8, 8], 0.5),
+        (vec![5, 7, 16], 0.25),
+        (vec![16, 8, 20], 0.5),
+    ] {
+        let w = Window { size, overlap };
+        let slid = tch::no_grad(|| sliding::predict(&point, &x, &w, false));
+        assert_eq!(slid.size(), plain.size());
+        let diff = (&slid - &plain).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "windows {w:?} differ by {diff}");
+    }
+}
+
+// ------------------------------------------------------------- PGD on volumes
+
+/// PGD on whole volumes through a net that predicts them window by window:
+/// each sample's noise stays in its own ball (L2 and Linf), the attacked
+/// volume in the intensity range, and the gradient reaches every window.
+#[test]
+fn pgd_noise_on_volumes_stays_within_each_samples_eps() {
+    let _torch = lock();
+    tch::manual_seed(1);
+    let mut plugin = load_plugin();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let window = Window {
+        size: vec![8, 12, 12],
+        overlap: 0.5,
+    };
+    let net = Net::new(&vs.root(), &tiny_3d(1), 1, 8).with_window(Some(window));
+    let data = blobs(3, "pgd", 3, 0.6, 0.05);
+    let x = Tensor::stack(&data.iter().map(|s| &s.image).collect::<Vec<_>>(), 0);
+    let y = Tensor::stack(&data.iter().map(|s| &s.target).collect::<Vec<_>>(), 0);
+    let range = Range { min: 0.0, max: 1.0 };
+    for (norm, eps) in [
+        (Norm::L2, [0.0f32, 0.5, 2.0]),
+        (Norm::Linf, [0.0, 0.01, 0.05]),
+    ] {
+        // From zero, so any noise a voxel gets came through the gradient.
+        let cfg = PgdConfig {
+            norm,
+            steps: 2,
+            random_start: false,
+            ..PgdConfig::default()
+        };
+        let mut ctx = Context::new(&net, &mut plugin, range);
+        let delta = pgd(&mut ctx, &x, &y, &Tensor::from_slice(&eps), &cfg).unwrap();
+        assert_eq!(delta.size(), x.size());
+        let n = floats(&sample_norms(&delta, norm));
+        for i in 0..3 {
+            assert!(
+                n[i] <= eps[i] * (1.0 + 1e-5) + 1e-7,
+                "{norm}: sample {i} left its ball: {n:?} > {eps:?}"
+            );
+        }
+        assert_eq!(n[0], 0.0, "{norm}: eps = 0 must give no noise");
+        assert!(n[2] > 0.5 * eps[2], "{norm}: barely moved: {n:?}");
+        let attacked = &x + &delta;
+        assert!(attacked.min().double_value(&[]) >= 0.0);
+        assert!(attacked.max().double_value(&[]) <= 1.0);
+        // The volume's 12 x 16 x 16 voxels lie in 2 x 2 x 2 windows: the
+        // noise moved voxels in every corner block of the volume.
+        let moved = delta.get(2).abs().gt(0.0).to_kind(Kind::Float);
+        for (z, yy, xx) in [(0, 0, 0), (8, 12, 12), (0, 12, 0), (8, 0, 12)] {
+            let block = moved.narrow(1, z, 4).narrow(2, yy, 4).narrow(3, xx, 4);
+            assert!(
+                block.sum(Kind::Float).double_value(&[]) > 0.0,
+                "{norm}: no noise in the block at {z}, {yy}, {xx}"
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------- patches
+
+/// One foreground voxel in a 12 x 16 x 16 volume: a random 4 x 4 x 4 patch
+/// holds it about 1 time in 50, so the share seen is that of the
+/// foreground-centred draws; the same seed draws the same patches.
+#[test]
+fn foreground_oversampling_finds_a_tiny_foreground_and_is_deterministic() {
+    let [d, h, w] = SHAPE;
+    let target = Tensor::zeros(SHAPE, (Kind::Float, Device::Cpu));
+    let _ = target.get(5).get(3).get(11).fill_(1.0);
+    let data = Dataset {
+        name: "tiny".into(),
+        samples: vec![Sample {
+            id: "one-voxel".into(),
+            image: Tensor::rand([1, d, h, w], (Kind::Float, Device::Cpu)),
+            target,
+        }],
+        on_disk: None,
+    };
+    let share = |foreground: f64, seed: u64| {
+        let mut p = Patches::new(vec![4, 4, 4], foreground, 0.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut hits = 0;
+        let mut starts = Vec::new();
+        for _ in 0..300 {
+            let (_, t) = p.batch(&data, &[0], &mut rng, Device::Cpu).unwrap();
+            assert_eq!(t.size(), [1, 4, 4, 4]);
+            hits += (t.sum(Kind::Float).double_value(&[]) > 0.0) as usize;
+            starts.push(p.draw(&data, 0, &mut rng).unwrap());
+        }
+        (hits as f64 / 300.0, starts)
+    };
+    let (with, starts) = share(1.0 / 3.0, 4);
+    let (without, _) = share(0.0, 4);
+    println!("foreground share: {with} oversampled, {without} uniform");
+    assert!((0.25..0.45).contains(&with), "oversampled share {with}");
+    assert!(without < 0.1, "uniform share {without}");
+    assert_eq!(share(1.0 / 3.0, 4).1, starts, "same seed, other patches");
+    assert_ne!(share(1.0 / 3.0, 5).1, starts, "another seed, same patches");
+    // Every start keeps the patch inside the volume.
+    for s in &starts {
+        assert!(s[0] <= d - 4 && s[1] <= h - 4 && s[2] <= w - 4, "{s:?}");
+    }
+}
+
+/// A case shorter than the patch is padded (images with the pad value,
+/// targets with background); a sample of the wrong rank is refused by name.
+#[test]
+fn short_cases_are_padded_and_wrong_shapes_refused() {
+    let data = Dataset {
+        name: "short".into(),
+        samples: vec![Sample {
+            id: "flat".into(),
+            image: Tensor::ones([1, 2, 6, 6], (Kind::Float, Device::Cpu)),
+            target: Tensor::ones([2, 6, 6], (Kind::Float, Device::Cpu)),
+        }],
+        on_disk: None,
+    };
+    let mut p = Patches::new(vec![4, 4, 4], 0.0, -1.0);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let (x, y) = p.batch(&data, &[0], &mut rng, Device::Cpu).unwrap();
+    assert_eq!(x.size(), [1, 1, 4, 4, 4]);
+    assert_eq!(x.narrow(2, 2, 2).max().double_value(&[]), -1.0);
+    assert_eq!(y.narrow(1, 2, 2).max().double_value(&[]), 0.0);
+    assert_eq!(y.narrow(1, 0, 2).min().double_value(&[]), 1.0);
+    let flat = Dataset {
+        name: "2d".into(),
+        samples: vec![Sample {
+            id: "slice-7".into(),
+            image: Tensor::ones([1, 6, 6], (Kind::Float, Device::Cpu)),
+            target: Tensor::ones([6, 6], (Kind::Float, Device::Cpu)),
+        }],
+        on_disk: None,
+    };
+    let e = p
+        .batch(&flat, &[0], &mut rng, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("slice-7") && e.contains("[C, D, H, W]"), "{e}");
+}
