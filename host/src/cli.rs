@@ -127,6 +127,9 @@ pub struct StudyCommand {
     /// the same command without it continues.
     #[arg(long, conflicts_with = "report_only")]
     pub stop_after: Option<usize>,
+    /// Train each run even when the plugin fails the checks before training.
+    #[arg(long)]
+    pub skip_checks: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -152,6 +155,11 @@ pub struct RunCommand {
     /// Stop after this many epochs (with a checkpoint); finish later with --resume.
     #[arg(long)]
     pub stop_after: Option<usize>,
+    /// Train even when the plugin fails the checks before training (a fast
+    /// part of `plugin check` on the first training batch: loss shape, finite
+    /// values, per-sample independence, a gradient at the input, metric names).
+    #[arg(long)]
+    pub skip_checks: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -225,6 +233,15 @@ impl From<CheckpointOptions> for crate::eval::command::CheckpointArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum PluginCommand {
+    /// Write a new task plugin crate (outside this repository) that builds
+    /// for wasm32-wasip2 and as a native library and passes `plugin check`.
+    New {
+        /// The task's name: lowercase letters, digits and `_` or `-`.
+        name: String,
+        /// The crate's folder [default: ./NAME].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Load a plugin (.wasm component or native .so) and print what it describes.
     Info {
         /// The plugin file.
@@ -283,6 +300,7 @@ fn one_line(s: &str) -> String {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(c) => {
+            crate::plugin::preflight::skip_checks(c.skip_checks);
             let done = crate::train::run::run(&crate::train::run::RunArgs {
                 config: c.config,
                 plugin: c.plugin,
@@ -379,6 +397,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Study(c) => {
             use crate::app::study::{self, Study, StudyOptions};
+            crate::plugin::preflight::skip_checks(c.skip_checks);
             let s = Study::load(
                 &c.study,
                 &StudyOptions {
@@ -461,6 +480,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Plugin(PluginCommand::New { name, dir }) => {
+            let made = crate::plugin::scaffold::new_plugin(&name, dir.as_deref())?;
+            print!("{}", made.next_steps());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCommand::Info { plugin, json }) => {
             let p = Plugin::load(&plugin, &SandboxLimits::default())?;

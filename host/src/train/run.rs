@@ -482,6 +482,13 @@ pub fn execute(job: Job) -> Result<Finished> {
         session.device,
         session.splits.train.len(),
     )?;
+    crate::plugin::preflight::before_training(
+        &mut session.plugin,
+        &trainer.model,
+        &session.splits.train,
+        cfg.train.batch_size,
+        session.device,
+    )?;
     let mut resumed_after = None;
     let mut run_dir = if resume {
         let ckpt = checkpoint::resolve(&dir)?;

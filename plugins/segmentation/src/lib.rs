@@ -12,6 +12,7 @@
 pub mod decode;
 pub mod metrics;
 
+use amat_plugin_sdk::losses::{one_hot_channels, soft_dice, softmax_cross_entropy};
 use amat_plugin_sdk::{
     DecodeRequest, Example, Metric, SampleScore, ScoreInfo, TargetKind, Task, TaskInfo, Tensor,
     export_task,
@@ -37,14 +38,7 @@ fn class_map(target: &Tensor) -> Tensor {
 
 /// One-hot target as float [B, C, H, W].
 fn one_hot(target: &Tensor, classes: i64) -> Tensor {
-    class_map(target).one_hot(classes).permute(&[0, 3, 1, 2])
-}
-
-/// Per-sample, per-class Dice [B, C] of two [B, C, H, W] maps.
-pub fn dice(p: &Tensor, y: &Tensor) -> Tensor {
-    let inter = (p * y).sum(&[2, 3], false);
-    let total = p.sum(&[2, 3], false) + y.sum(&[2, 3], false);
-    (inter * 2.0 + SMOOTH) / (total + SMOOTH)
+    one_hot_channels(&class_map(target), classes)
 }
 
 impl Task for Segmentation {
@@ -89,10 +83,9 @@ impl Task for Segmentation {
                 target.shape()
             ));
         }
-        let log_p = pred.log_softmax(1);
-        let ce = -(&log_p * &y).sum(&[1], false).mean(&[1, 2], false);
-        let soft_dice = dice(&log_p.exp(), &y).mean(&[1], false);
-        Ok(ce + (1.0 - soft_dice))
+        let ce = softmax_cross_entropy(pred, &class_map(target))?;
+        let dice = soft_dice(&pred.log_softmax(1).exp(), &y, SMOOTH)?;
+        Ok(ce + (1.0 - dice))
     }
 
     fn scores(pred: &Tensor, target: &Tensor) -> Result<Vec<SampleScore>, String> {
