@@ -15,7 +15,13 @@ fn a_new_plugin_builds_out_of_tree_and_passes_the_check() {
         "the temporary folder must lie outside the repository"
     );
     let dir = tmp.path().join("brain-mask");
-    let out = support::run_amat_host(&["plugin", "new", "brain-mask", "--dir", dir.to_str().unwrap()]);
+    let out = support::run_amat_host(&[
+        "plugin",
+        "new",
+        "brain-mask",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     let steps = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -41,7 +47,13 @@ fn a_new_plugin_builds_out_of_tree_and_passes_the_check() {
 
     // Again into the same folder: refused, nothing overwritten.
     let again = support::amat_host()
-        .args(["plugin", "new", "brain-mask", "--dir", dir.to_str().unwrap()])
+        .args([
+            "plugin",
+            "new",
+            "brain-mask",
+            "--dir",
+            dir.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!again.status.success());

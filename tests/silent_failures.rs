@@ -148,7 +148,10 @@ fn a_tau_no_sample_reaches_is_a_warning_with_the_loss_quantiles() {
     let summary = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
     contains_all(
         &summary,
-        &["**Warning** (epoch 2)", "no training sample is judged correct"],
+        &[
+            "**Warning** (epoch 2)",
+            "no training sample is judged correct",
+        ],
     );
     let epochs = std::fs::read_to_string(out_dir.join("epochs.jsonl")).unwrap();
     let records: Vec<Value> = epochs
@@ -198,7 +201,11 @@ fn a_negative_tau_is_refused_in_the_plugin_and_in_the_config() {
     assert_eq!(out.status.code(), Some(1));
     contains_all(
         &String::from_utf8_lossy(&out.stdout),
-        &["FAIL", "tau is -1", "set it in describe to a finite loss >= 0"],
+        &[
+            "FAIL",
+            "tau is -1",
+            "set it in describe to a finite loss >= 0",
+        ],
     );
     let cfg = config(tmp.path(), "amat", "");
     let out_dir = tmp.path().join("negative");

@@ -367,10 +367,25 @@ mod tests {
                 }
             }
         };
-        look("UnaryOp", UnaryOp::ALL.iter().map(|o| format!("{o:?}")).collect());
-        look("BinaryOp", BinaryOp::ALL.iter().map(|o| format!("{o:?}")).collect());
-        look("ScalarOp", ScalarOp::ALL.iter().map(|o| format!("{o:?}")).collect());
-        look("ReduceOp", ReduceOp::ALL.iter().map(|o| format!("{o:?}")).collect());
-        assert!(missing.is_empty(), "ops without a Tensor method: {missing:?}");
+        look(
+            "UnaryOp",
+            UnaryOp::ALL.iter().map(|o| format!("{o:?}")).collect(),
+        );
+        look(
+            "BinaryOp",
+            BinaryOp::ALL.iter().map(|o| format!("{o:?}")).collect(),
+        );
+        look(
+            "ScalarOp",
+            ScalarOp::ALL.iter().map(|o| format!("{o:?}")).collect(),
+        );
+        look(
+            "ReduceOp",
+            ReduceOp::ALL.iter().map(|o| format!("{o:?}")).collect(),
+        );
+        assert!(
+            missing.is_empty(),
+            "ops without a Tensor method: {missing:?}"
+        );
     }
 }

@@ -12,8 +12,8 @@
 //!   margin can grow, so the run warns (log and `summary.md`) and shows the
 //!   clean-loss quantiles against tau.
 
-use super::check::{Battery, Case, Quantiles, Status};
 use super::Plugin;
+use super::check::{Battery, Case, Quantiles, Status};
 use crate::data::Dataset;
 use crate::train::amat::Judge;
 use anyhow::{Result, bail};
@@ -60,7 +60,9 @@ fn fix(check: &str) -> &'static str {
         "metrics" => {
             "return every name `describe` lists in metric_names, each once (extra metrics may follow)"
         }
-        "scores" => "return exactly the scores `describe` lists, in order, with one finite value per sample",
+        "scores" => {
+            "return exactly the scores `describe` lists, in order, with one finite value per sample"
+        }
         _ => "see `amat-host plugin check`",
     }
 }

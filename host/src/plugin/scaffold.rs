@@ -203,10 +203,7 @@ fn demo_data() -> (Vec<u8>, Vec<u8>) {
     let (mut image, mut mask) = (Vec::new(), Vec::new());
     for _ in 0..DEMO_SLICES {
         let r = n * (0.15 + 0.15 * uniform());
-        let (cy, cx) = (
-            r + (n - 2.0 * r) * uniform(),
-            r + (n - 2.0 * r) * uniform(),
-        );
+        let (cy, cx) = (r + (n - 2.0 * r) * uniform(), r + (n - 2.0 * r) * uniform());
         let bright = 0.5 + 0.3 * uniform();
         for y in 0..DEMO_SIDE {
             for x in 0..DEMO_SIDE {

@@ -68,7 +68,10 @@ pub(super) fn tau_line(b: &mut Battery, info: &TaskInfo, decoded: Option<&[Examp
         .filter(|e| e.image.shape == first.image.shape && e.target.shape == first.target.shape)
         .take(MAX_EXAMPLES)
         .collect();
-    let target = Tensor::stack(&same.iter().map(|e| dense(&e.target)).collect::<Vec<_>>(), 0);
+    let target = Tensor::stack(
+        &same.iter().map(|e| dense(&e.target)).collect::<Vec<_>>(),
+        0,
+    );
     let (h, w) = (
         first.image.shape.get(1).copied().unwrap_or(1),
         first.image.shape.get(2).copied().unwrap_or(1),
@@ -76,7 +79,12 @@ pub(super) fn tau_line(b: &mut Battery, info: &TaskInfo, decoded: Option<&[Examp
     let shape = [same.len() as i64, info.output_channels as i64, h, w];
     let (start, fitted) = match fit(b, &target, shape) {
         Ok(r) => r,
-        Err(e) => return skip("tau", format!("skipped: the loss failed while fitting: {e}")),
+        Err(e) => {
+            return skip(
+                "tau",
+                format!("skipped: the loss failed while fitting: {e}"),
+            );
+        }
     };
     let (Some(start), Some(q)) = (Quantiles::of(&start), Quantiles::of(&fitted)) else {
         return skip("tau", "skipped: the fitted loss is not finite");
@@ -140,7 +148,10 @@ mod tests {
     #[test]
     fn quantiles_interpolate_and_refuse_nan() {
         let q = Quantiles::of(&[4.0, 0.0, 2.0, 1.0, 3.0]).unwrap();
-        assert_eq!((q.min, q.q25, q.median, q.q75, q.max), (0.0, 1.0, 2.0, 3.0, 4.0));
+        assert_eq!(
+            (q.min, q.q25, q.median, q.q75, q.max),
+            (0.0, 1.0, 2.0, 3.0, 4.0)
+        );
         let q = Quantiles::of(&[0.0, 1.0]).unwrap();
         assert_eq!(q.q25, 0.25);
         assert!(Quantiles::of(&[]).is_none());
