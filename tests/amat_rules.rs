@@ -8,7 +8,6 @@
 
 use crate::support;
 
-use amat_host::app::calibrate;
 use amat_host::app::evaluate::{CheckpointArgs, load};
 use amat_host::attack::{Context, PgdConfig, Range};
 use amat_host::config::{EvalConfig, RunConfig};
@@ -288,7 +287,6 @@ fn calibrate_sets_the_threshold_at_the_mean_it_prints() {
     assert_eq!(cfg.amat.judge["hard_dice"], threshold);
     let judge = Judge::new(&cfg.amat, l.session.plugin.info()).unwrap();
     assert_eq!(judge.describe(), format!("hard_dice >= {threshold}"));
-    let _ = calibrate::quantile;
 }
 
 #[test]

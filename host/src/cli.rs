@@ -157,6 +157,9 @@ pub struct StudyCommand {
     /// the same command without it continues.
     #[arg(long, conflicts_with = "report_only")]
     pub stop_after: Option<usize>,
+    /// Train each run even when the plugin fails the checks before training.
+    #[arg(long)]
+    pub skip_checks: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -182,6 +185,11 @@ pub struct RunCommand {
     /// Stop after this many epochs (with a checkpoint); finish later with --resume.
     #[arg(long)]
     pub stop_after: Option<usize>,
+    /// Train even when the plugin fails the checks before training (a fast
+    /// part of `plugin check` on the first training batch: loss shape, finite
+    /// values, per-sample independence, a gradient at the input, metric names).
+    #[arg(long)]
+    pub skip_checks: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -255,6 +263,15 @@ impl From<CheckpointOptions> for crate::app::evaluate::CheckpointArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum PluginCommand {
+    /// Write a new task plugin crate (outside this repository) that builds
+    /// for wasm32-wasip2 and as a native library and passes `plugin check`.
+    New {
+        /// The task's name: lowercase letters, digits and `_` or `-`.
+        name: String,
+        /// The crate's folder [default: ./NAME].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Load a plugin (.wasm component or native .so) and print what it describes.
     Info {
         /// The plugin file.
@@ -321,6 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 device: c.device,
                 resume: c.resume,
                 stop_after: c.stop_after,
+                skip_checks: c.skip_checks,
             })?;
             match &done.curve {
                 Some(curve) => {
@@ -420,7 +438,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             if !c.report_only {
                 study::keep_spec(&s)?;
-                let o = study::run(&s, c.stop_after)?;
+                let o = study::run(&s, c.stop_after, c.skip_checks)?;
                 if !o.complete() {
                     println!(
                         "study stopped: {} of {} runs finished, {} stopped; the same command without --stop-after continues",
@@ -514,6 +532,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Plugin(PluginCommand::New { name, dir }) => {
+            let made = crate::plugin::scaffold::new_plugin(&name, dir.as_deref())?;
+            print!("{}", made.next_steps());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCommand::Info { plugin, json }) => {
             let p = Plugin::load(&plugin, &SandboxLimits::default())?;

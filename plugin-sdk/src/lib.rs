@@ -12,6 +12,7 @@
 //! the host's autograd graph, so a loss written here is differentiable with
 //! respect to the network's weights and its input.
 
+pub mod losses;
 mod tensor;
 pub mod types;
 

@@ -105,6 +105,34 @@ impl Tensor {
     pub fn isfinite(&self) -> Tensor {
         self.unary(UnaryOp::Isfinite)
     }
+    /// Boolean mask of the NaN elements.
+    pub fn isnan(&self) -> Tensor {
+        self.unary(UnaryOp::Isnan)
+    }
+    /// -1, 0 or 1 per element; zero gradient (never in a loss).
+    pub fn sign(&self) -> Tensor {
+        self.unary(UnaryOp::Sign)
+    }
+    /// Zero gradient (never in a loss).
+    pub fn floor(&self) -> Tensor {
+        self.unary(UnaryOp::Floor)
+    }
+    /// Zero gradient (never in a loss).
+    pub fn ceil(&self) -> Tensor {
+        self.unary(UnaryOp::Ceil)
+    }
+    /// Half to even; zero gradient (never in a loss).
+    pub fn round(&self) -> Tensor {
+        self.unary(UnaryOp::Round)
+    }
+    /// 1 / t.
+    pub fn reciprocal(&self) -> Tensor {
+        self.unary(UnaryOp::Reciprocal)
+    }
+    /// Boolean `!t` (non-zero counts as true).
+    pub fn logical_not(&self) -> Tensor {
+        self.unary(UnaryOp::LogicalNot)
+    }
 
     pub fn pow(&self, exponent: f64) -> Tensor {
         self.scalar(ScalarOp::Pow, exponent)
@@ -115,8 +143,41 @@ impl Tensor {
     pub fn minimum(&self, other: &Tensor) -> Tensor {
         self.binary(BinaryOp::Minimum, other)
     }
+    /// `self ^ other`, elementwise and broadcast (`pow` takes a scalar).
+    pub fn pow_tensor(&self, other: &Tensor) -> Tensor {
+        self.binary(BinaryOp::Pow, other)
+    }
     pub fn eq(&self, other: &Tensor) -> Tensor {
         self.binary(BinaryOp::Eq, other)
+    }
+    pub fn ne(&self, other: &Tensor) -> Tensor {
+        self.binary(BinaryOp::Ne, other)
+    }
+    /// Boolean `self < other` of two tensors (`lt` takes a scalar).
+    pub fn lt_tensor(&self, other: &Tensor) -> Tensor {
+        self.binary(BinaryOp::Lt, other)
+    }
+    pub fn le_tensor(&self, other: &Tensor) -> Tensor {
+        self.binary(BinaryOp::Le, other)
+    }
+    pub fn gt_tensor(&self, other: &Tensor) -> Tensor {
+        self.binary(BinaryOp::Gt, other)
+    }
+    pub fn ge_tensor(&self, other: &Tensor) -> Tensor {
+        self.binary(BinaryOp::Ge, other)
+    }
+    pub fn logical_and(&self, other: &Tensor) -> Tensor {
+        self.binary(BinaryOp::LogicalAnd, other)
+    }
+    pub fn logical_or(&self, other: &Tensor) -> Tensor {
+        self.binary(BinaryOp::LogicalOr, other)
+    }
+    /// Boolean `self == value` (`eq` takes a tensor).
+    pub fn eq_scalar(&self, value: f64) -> Tensor {
+        self.scalar(ScalarOp::Eq, value)
+    }
+    pub fn ne_scalar(&self, value: f64) -> Tensor {
+        self.scalar(ScalarOp::Ne, value)
     }
     pub fn gt(&self, value: f64) -> Tensor {
         self.scalar(ScalarOp::Gt, value)
@@ -142,6 +203,9 @@ impl Tensor {
     }
     pub fn amin(&self, dims: &[i64], keep_dim: bool) -> Tensor {
         self.reduce(ReduceOp::Amin, dims, keep_dim)
+    }
+    pub fn prod(&self, dims: &[i64], keep_dim: bool) -> Tensor {
+        self.reduce(ReduceOp::Prod, dims, keep_dim)
     }
     /// Sum over every dim but the first: the per-sample reduction of a loss.
     /// A tensor that is already [B] is returned as it is (an empty dims
@@ -278,5 +342,50 @@ impl Neg for Tensor {
     type Output = Tensor;
     fn neg(self) -> Tensor {
         self.unary(UnaryOp::Neg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::types::{BinaryOp, ReduceOp, ScalarOp, UnaryOp};
+
+    /// Every op of the contract is reached by a method of `Tensor` (or an
+    /// operator), not only through `unary`/`binary`/`scalar`/`reduce`.
+    #[test]
+    fn every_contract_op_has_a_method() {
+        let source = include_str!("tensor.rs");
+        let body = &source[..source.find("#[cfg(test)]").unwrap()];
+        let mut missing = Vec::new();
+        let mut look = |kind: &str, names: Vec<String>| {
+            for n in names {
+                let (a, b) = (format!("{kind}::{n})"), format!("{kind}::{n},"));
+                // Operators reach Add/Sub/Mul/Div through the macro's `$bin`/`$sc`.
+                let by_macro = ["Add", "Sub", "Mul", "Div"].contains(&n.as_str())
+                    && body.contains(&format!("operators!({n}, "));
+                if !(body.contains(&a) || body.contains(&b) || by_macro) {
+                    missing.push(format!("{kind}::{n}"));
+                }
+            }
+        };
+        look(
+            "UnaryOp",
+            UnaryOp::ALL.iter().map(|o| format!("{o:?}")).collect(),
+        );
+        look(
+            "BinaryOp",
+            BinaryOp::ALL.iter().map(|o| format!("{o:?}")).collect(),
+        );
+        look(
+            "ScalarOp",
+            ScalarOp::ALL.iter().map(|o| format!("{o:?}")).collect(),
+        );
+        look(
+            "ReduceOp",
+            ReduceOp::ALL.iter().map(|o| format!("{o:?}")).collect(),
+        );
+        assert!(
+            missing.is_empty(),
+            "ops without a Tensor method: {missing:?}"
+        );
     }
 }

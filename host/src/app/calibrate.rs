@@ -8,6 +8,7 @@
 use super::evaluate::{CheckpointArgs, load, run_dir_of};
 use super::session::split_of;
 use crate::fsio::write_atomic;
+use crate::plugin::check::quantile;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -76,16 +77,6 @@ impl Calibration {
         }
         s
     }
-}
-
-/// The q-quantile of sorted values (linear interpolation).
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let at = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
-    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (at - lo as f64)
 }
 
 /// Distribution and threshold of one score's per-sample values.

@@ -13,7 +13,7 @@ use crate::eval::{self, Curve};
 use crate::fsio::write_atomic;
 use crate::model::DeviceChoice;
 use crate::train::checkpoint::{self, CONFIG};
-use crate::train::{self, Trainer};
+use crate::train::{self, Trainer, preflight};
 use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
 use std::path::PathBuf;
@@ -29,6 +29,8 @@ pub struct RunArgs {
     pub resume: Option<PathBuf>,
     /// Stop cleanly (with a checkpoint) once this many epochs are done.
     pub stop_after: Option<usize>,
+    /// Train without the checks of the plugin before training.
+    pub skip_checks: bool,
 }
 
 fn default_out(cfg: &RunConfig) -> PathBuf {
@@ -63,6 +65,8 @@ pub struct Job<'a> {
     pub epochs_done: Option<&'a ProgressBar>,
     /// The run folder's lock when the caller took it already (`--resume`).
     pub lock: Option<RunLock>,
+    /// Train without the checks of the plugin before training.
+    pub skip_checks: bool,
 }
 
 pub fn run(args: &RunArgs) -> Result<Finished> {
@@ -123,6 +127,7 @@ pub fn run(args: &RunArgs) -> Result<Finished> {
         progress: &Progress::new(),
         epochs_done: None,
         lock,
+        skip_checks: args.skip_checks,
     })
 }
 
@@ -137,6 +142,7 @@ pub fn execute(job: Job) -> Result<Finished> {
         progress,
         epochs_done,
         lock,
+        skip_checks,
     } = job;
     cfg.validate().map_err(anyhow::Error::msg)?;
     let _lock = match lock {
@@ -161,6 +167,17 @@ pub fn execute(job: Job) -> Result<Finished> {
         session.device,
         session.splits.train.len(),
     )?;
+    if skip_checks {
+        tracing::warn!("the checks before training are skipped (--skip-checks)");
+    } else {
+        preflight::before_training(
+            &mut session.plugin,
+            &trainer.model,
+            &session.splits.train,
+            cfg.train.batch_size,
+            session.device,
+        )?;
+    }
     let mut resumed_after = None;
     let mut run_dir = if resume {
         let ckpt = checkpoint::resolve(&dir)?;

@@ -95,6 +95,14 @@ pub fn summary(
         );
     }
     s.push_str("\n\n");
+    for r in history.iter().filter(|r| r.warning.is_some()) {
+        let _ = writeln!(
+            s,
+            "**Warning** (epoch {}): {}\n",
+            r.epoch,
+            r.warning.as_deref().unwrap_or_default()
+        );
+    }
     if let (Some(first), Some(last)) = (history.first(), history.last()) {
         let _ = writeln!(s, "| | first epoch | last epoch |\n|---|---|---|");
         let _ = writeln!(

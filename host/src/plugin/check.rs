@@ -5,6 +5,11 @@
 //! the input of a small net) and decrease under gradient steps; decode and
 //! metrics must behave; every call must stay within the limits.
 
+mod reach;
+
+pub(crate) use reach::Quantiles;
+pub use reach::quantile;
+
 use super::{CallStats, Example, File, Plugin, PluginKind, SandboxLimits, TargetKind, TaskInfo};
 use crate::plugin::DecodeRequest;
 use serde::Serialize;
@@ -18,6 +23,9 @@ pub enum Status {
     Pass,
     Fail,
     Skip,
+    /// Sound, but AMAT will not work as meant (a tau no prediction reaches);
+    /// the verdict stays a pass.
+    Warn,
 }
 
 /// One check's outcome: what was checked and a short reason with numbers.
@@ -57,6 +65,7 @@ impl Report {
                 Status::Pass => "PASS",
                 Status::Fail => "FAIL",
                 Status::Skip => "SKIP",
+                Status::Warn => "WARN",
             };
             out += &format!("{status}  {:<16} {}\n", l.name, l.detail);
         }
@@ -68,8 +77,12 @@ impl Report {
             .map(|l| l.name)
             .collect();
         if self.passed {
+            let warned = match count(Status::Warn) {
+                0 => String::new(),
+                n => format!(", {n} warning(s)"),
+            };
             out += &format!(
-                "verdict: PASS ({} checks passed, {} skipped)\n",
+                "verdict: PASS ({} checks passed, {} skipped{warned})\n",
                 count(Status::Pass),
                 count(Status::Skip)
             );
@@ -130,6 +143,8 @@ pub fn check(path: &Path, samples: &[PathBuf], options: &str, limits: &SandboxLi
             }
         }
     }
+    let line = reach::tau_line(&mut run, &info, decoded.as_deref());
+    run.lines.push(line);
     run.limits_line();
     let lines = std::mem::take(&mut run.lines);
     report.kind = Some(match plugin.kind() {
@@ -177,21 +192,21 @@ const LOSS_CHECKS: [&str; 9] = [
     "metrics",
 ];
 
-fn pass(name: &'static str, detail: impl Into<String>) -> Line {
+pub(crate) fn pass(name: &'static str, detail: impl Into<String>) -> Line {
     Line {
         name,
         status: Status::Pass,
         detail: detail.into(),
     }
 }
-fn fail(name: &'static str, detail: impl Into<String>) -> Line {
+pub(crate) fn fail(name: &'static str, detail: impl Into<String>) -> Line {
     Line {
         name,
         status: Status::Fail,
         detail: detail.into(),
     }
 }
-fn skip(name: &'static str, detail: impl Into<String>) -> Line {
+pub(crate) fn skip(name: &'static str, detail: impl Into<String>) -> Line {
     Line {
         name,
         status: Status::Skip,
@@ -214,12 +229,12 @@ fn describe_line(info: &TaskInfo) -> String {
 }
 
 /// A prediction and a target the plugin should accept.
-struct Case {
-    pred: Tensor,
-    target: Tensor,
+pub(crate) struct Case {
+    pub pred: Tensor,
+    pub target: Tensor,
 }
 
-fn dense(d: &amat_plugin_sdk::types::Dense) -> Tensor {
+pub(crate) fn dense(d: &amat_plugin_sdk::types::Dense) -> Tensor {
     Tensor::from_slice(&d.data).reshape(d.shape.as_slice())
 }
 
@@ -285,26 +300,26 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         .double_value(&[])
 }
 
-fn values(t: &Tensor) -> Vec<f64> {
+pub(crate) fn values(t: &Tensor) -> Vec<f64> {
     Vec::<f64>::try_from(t.detach().to_kind(Kind::Double).flatten(0, -1)).unwrap_or_default()
 }
 
-struct Battery<'a> {
-    plugin: &'a mut Plugin,
+pub(crate) struct Battery<'a> {
+    pub plugin: &'a mut Plugin,
     /// Every call's cost, for the limits line.
-    stats: Vec<CallStats>,
-    lines: Vec<Line>,
+    pub stats: Vec<CallStats>,
+    pub lines: Vec<Line>,
 }
 
 impl Battery<'_> {
-    fn loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
+    pub(crate) fn loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
         let r = self.plugin.loss_unchecked(pred, target);
         self.stats.push(self.plugin.last_call());
         r.map_err(|e| e.to_string())
     }
 
     /// The loss with the contract's checks, for checks that need a sound one.
-    fn sound_loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
+    pub(crate) fn sound_loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
         let l = self.loss(pred, target)?;
         super::check_loss(&l, pred)?;
         Ok(l)
@@ -388,25 +403,48 @@ impl Battery<'_> {
 
     fn loss_checks(&mut self, info: &TaskInfo, c: &Case, decoded: Option<&[Example]>) {
         let pred = c.pred.set_requires_grad(true);
-        let first = match self.loss(&pred, &c.target) {
+        let Some((first, sound)) = self.first_loss(&pred, &c.target) else {
+            for name in &LOSS_CHECKS[1..8] {
+                self.lines.push(skip(name, "skipped: the loss failed"));
+            }
+            self.metrics_line(c);
+            return;
+        };
+        self.determinism(&pred, &c.target, &first);
+        if sound {
+            self.per_sample(c, &first);
+        } else {
+            self.lines.push(skip(
+                "per-sample",
+                "skipped: needs a finite loss of shape [B]",
+            ));
+        }
+        self.gradient(info, decoded);
+        self.input_gradient(info, c);
+        self.descent(c);
+        self.metrics_line(c);
+    }
+
+    /// The first loss call and its `loss shape`, `loss finite` and `loss
+    /// attached` lines: the loss (None when the call failed) and whether it
+    /// is a finite float [B], as the per-sample check needs.
+    pub(crate) fn first_loss(&mut self, pred: &Tensor, target: &Tensor) -> Option<(Tensor, bool)> {
+        let batch = pred.size()[0];
+        let first = match self.loss(pred, target) {
             Ok(l) => l,
             Err(e) => {
                 self.lines.push(fail("loss shape", e));
-                for name in &LOSS_CHECKS[1..8] {
-                    self.lines.push(skip(name, "skipped: the loss failed"));
-                }
-                self.metrics_line(c);
-                return;
+                return None;
             }
         };
-        let shape_ok = first.size() == [BATCH];
+        let shape_ok = first.size() == [batch];
         self.lines.push(if shape_ok {
-            pass("loss shape", format!("[{BATCH}] for a batch of {BATCH}"))
+            pass("loss shape", format!("[{batch}] for a batch of {batch}"))
         } else {
             fail(
                 "loss shape",
                 format!(
-                    "returned shape {:?}, expected [{BATCH}] (one value per sample)",
+                    "returned shape {:?}, expected [{batch}] (one value per sample)",
                     first.size()
                 ),
             )
@@ -447,19 +485,8 @@ impl Battery<'_> {
                 "detached from the prediction: no gradient can flow through it",
             )
         });
-        self.determinism(&pred, &c.target, &first);
-        if shape_ok && bad == 0 && is_float {
-            self.per_sample(c, &first);
-        } else {
-            self.lines.push(skip(
-                "per-sample",
-                "skipped: needs a finite loss of shape [B]",
-            ));
-        }
-        self.gradient(info, decoded);
-        self.input_gradient(info, c);
-        self.descent(c);
-        self.metrics_line(c);
+        let sound = shape_ok && bad == 0 && is_float;
+        Some((first, sound))
     }
 
     fn determinism(&mut self, pred: &Tensor, target: &Tensor, first: &Tensor) {
@@ -487,8 +514,14 @@ impl Battery<'_> {
 
     /// Permuting the batch permutes the losses, and changing one sample
     /// leaves the others' losses alone.
-    fn per_sample(&mut self, c: &Case, first: &Tensor) {
-        let perm = Tensor::arange(BATCH, (Kind::Int64, Device::Cpu)).flip([0]);
+    pub(crate) fn per_sample(&mut self, c: &Case, first: &Tensor) {
+        let batch = c.pred.size()[0];
+        if batch < 2 {
+            self.lines
+                .push(skip("per-sample", "skipped: needs a batch of 2 or more"));
+            return;
+        }
+        let perm = Tensor::arange(batch, (Kind::Int64, c.pred.device())).flip([0]);
         let expected = first.detach().index_select(0, &perm);
         let tol = |t: &Tensor| 1e-5 * (1.0 + t.abs().max().double_value(&[]));
         let permuted = self.loss(
@@ -517,8 +550,8 @@ impl Battery<'_> {
                         format!("a changed batch gave shape {:?}", q.size()),
                     ),
                     Ok(q) => {
-                        let others = first.detach().narrow(0, 1, BATCH - 1);
-                        let d_other = max_diff(&q.detach().narrow(0, 1, BATCH - 1), &others);
+                        let others = first.detach().narrow(0, 1, batch - 1);
+                        let d_other = max_diff(&q.detach().narrow(0, 1, batch - 1), &others);
                         let t = tol(&first.detach());
                         if d_perm > t {
                             fail(
@@ -703,7 +736,7 @@ impl Battery<'_> {
         });
     }
 
-    fn metrics_line(&mut self, c: &Case) {
+    pub(crate) fn metrics_line(&mut self, c: &Case) {
         let r = self.plugin.metrics(&c.pred, &c.target);
         self.stats.push(self.plugin.last_call());
         let names = &self.plugin.info().metric_names;

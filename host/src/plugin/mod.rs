@@ -12,6 +12,7 @@ mod info;
 mod limits;
 mod native;
 mod output;
+pub mod scaffold;
 mod wasm;
 
 pub use amat_plugin_sdk::types::{
@@ -290,7 +291,8 @@ fn validate_info(info: &TaskInfo) -> Result<(), String> {
     }
     if !(info.tau.is_finite() && info.tau >= 0.0) {
         return Err(format!(
-            "tau is {}: it must be a finite loss >= 0",
+            "tau is {}: set it in describe to a finite loss >= 0 (the loss at or below which a \
+             sample counts as correct)",
             info.tau
         ));
     }

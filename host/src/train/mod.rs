@@ -8,6 +8,7 @@ pub mod margins;
 pub mod memory;
 pub mod optim;
 pub mod patches;
+pub mod preflight;
 pub mod report;
 
 use crate::attack::{self, Range, sample_norms};
@@ -63,6 +64,10 @@ pub struct EpochRecord {
     #[serde(default)]
     pub margin_seconds: f64,
     pub seconds: f64,
+    /// AMAT, first adversarial epoch: why the margins cannot move, if they
+    /// cannot (`preflight::after_warmup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Everything a run changes, and what a checkpoint holds.
@@ -174,6 +179,20 @@ impl Trainer {
         let epoch = self.epoch;
         let adversarial = self.adversarial(epoch);
         let lr = optim::learning_rate(&self.cfg.train, epoch);
+        let warning = match self.cfg.train.warmup_epochs {
+            w if w > 0 && w == epoch && adversarial && self.margins.is_some() => {
+                preflight::after_warmup(
+                    plugin,
+                    &mut self.judge,
+                    &self.model,
+                    data,
+                    self.cfg.train.batch_size,
+                    self.device,
+                    w,
+                )?
+            }
+            _ => None,
+        };
         tch::manual_seed(epoch_seed(self.cfg.run.seed, epoch));
         // On patches, each case is visited `patches_per_case` times; its
         // visits share its one margin (AMAT.md's F_i average).
@@ -212,7 +231,7 @@ impl Trainer {
             self.margin_seconds += start.elapsed().as_secs_f64();
         }
         let n = order.len().max(1) as f64;
-        let record = self.record(
+        let mut record = self.record(
             epoch,
             adversarial,
             lr,
@@ -220,6 +239,7 @@ impl Trainer {
             adv_sum / n,
             start.elapsed().as_secs_f64(),
         );
+        record.warning = warning;
         self.epoch += 1;
         self.history.push(record.clone());
         Ok(record)
@@ -487,6 +507,7 @@ impl Trainer {
             search_forwards: self.search_forwards,
             margin_seconds: self.margin_seconds,
             seconds,
+            warning: None,
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod decode;
 pub mod metrics;
 
+use amat_plugin_sdk::losses::{soft_dice, softmax_cross_entropy};
 use amat_plugin_sdk::{
     DecodeRequest, Example, Metric, SampleScore, ScoreInfo, TargetKind, Task, TaskInfo, Tensor,
     export_task,
@@ -105,12 +106,9 @@ impl Task for Segmentation {
                 target.shape()
             ));
         }
-        let log_p = pred.log_softmax(1);
-        // Mean over the voxels: the spatial axes, one lower after the class sum.
-        let voxels: Vec<i64> = (1..shape.len() as i64 - 1).collect();
-        let ce = -(&log_p * &y).sum(&[1], false).mean(&voxels, false);
-        let soft_dice = dice(&log_p.exp(), &y).mean(&[1], false);
-        Ok(ce + (1.0 - soft_dice))
+        let ce = softmax_cross_entropy(pred, target)?;
+        let dice = soft_dice(&pred.log_softmax(1).exp(), &y, SMOOTH)?;
+        Ok(ce + (1.0 - dice))
     }
 
     fn scores(pred: &Tensor, target: &Tensor) -> Result<Vec<SampleScore>, String> {

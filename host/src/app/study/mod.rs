@@ -68,7 +68,7 @@ impl Outcome {
 
 /// Runs every unfinished cell in order; `stop_after` stops each run it
 /// trains once that many epochs are done (with a checkpoint).
-pub fn run(study: &Study, stop_after: Option<usize>) -> Result<Outcome> {
+pub fn run(study: &Study, stop_after: Option<usize>, skip_checks: bool) -> Result<Outcome> {
     let states = study
         .cells
         .iter()
@@ -117,6 +117,7 @@ pub fn run(study: &Study, stop_after: Option<usize>) -> Result<Outcome> {
             progress: &progress,
             epochs_done: Some(&overall),
             lock: None,
+            skip_checks,
         })
         .with_context(|| format!("study {}: {label}", study.name))?;
         let from = finished
