@@ -78,13 +78,24 @@ pub struct DecodeRequest {
 }
 
 impl DecodeRequest {
-    /// The bytes of the file called `name`, or an error naming it.
+    /// The bytes of the file called `name`, or an error naming it and the
+    /// files the request has.
     pub fn file(&self, name: &str) -> Result<&[u8], String> {
         self.files
             .iter()
             .find(|f| f.name == name)
             .map(|f| f.bytes.as_slice())
-            .ok_or_else(|| format!("decode request has no file named `{name}`"))
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.files.iter().map(|f| f.name.as_str()).collect();
+                format!(
+                    "decode request has no file named `{name}`; it has: {}",
+                    if names.is_empty() {
+                        "no files".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )
+            })
     }
 }
 
@@ -184,3 +195,31 @@ wit_enum!(ScalarOp {
 wit_enum!(ReduceOp {
     Sum = "sum", Mean = "mean", Amax = "amax", Amin = "amin", Prod = "prod",
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_file_is_named_with_the_names_there_are() {
+        let request = DecodeRequest {
+            files: vec![
+                File {
+                    name: "image.nii.gz".into(),
+                    bytes: vec![1],
+                },
+                File {
+                    name: "label.nii.gz".into(),
+                    bytes: vec![2],
+                },
+            ],
+            options: String::new(),
+        };
+        assert_eq!(request.file("label.nii.gz").unwrap(), [2]);
+        let err = request.file("seg.nii.gz").unwrap_err();
+        assert!(
+            err.contains("`seg.nii.gz`") && err.contains("image.nii.gz, label.nii.gz"),
+            "{err}"
+        );
+    }
+}
