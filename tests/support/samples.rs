@@ -58,35 +58,14 @@ pub fn random_samples(n: usize) -> Dataset {
 /// A NIfTI-1 volume of bytes (uint8, 1 mm voxels, identity sform), gzipped.
 pub fn nifti_u8_gz(dims: [usize; 3], data: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    assert_eq!(
-        data.len(),
-        dims.iter().product::<usize>(),
-        "data fills dims"
-    );
-    let mut h = vec![0u8; 352];
-    let put = |h: &mut Vec<u8>, at: usize, b: &[u8]| h[at..at + b.len()].copy_from_slice(b);
-    put(&mut h, 0, &348i32.to_le_bytes());
-    put(&mut h, 40, &3i16.to_le_bytes());
-    for (i, d) in dims.iter().enumerate() {
-        put(&mut h, 42 + 2 * i, &(*d as i16).to_le_bytes());
-    }
-    for i in 3..7 {
-        put(&mut h, 42 + 2 * i, &1i16.to_le_bytes());
-    }
-    put(&mut h, 70, &2i16.to_le_bytes()); // uint8
-    put(&mut h, 72, &8i16.to_le_bytes());
-    for i in 0..4 {
-        put(&mut h, 76 + 4 * i, &1f32.to_le_bytes());
-    }
-    put(&mut h, 108, &352f32.to_le_bytes());
-    put(&mut h, 254, &1i16.to_le_bytes()); // sform
-    for (row, at) in [280, 296, 312].into_iter().enumerate() {
-        put(&mut h, at + 4 * row, &1f32.to_le_bytes());
-    }
-    put(&mut h, 344, b"n+1\0");
-    h.extend_from_slice(data);
+    const IDENTITY: [[f32; 4]; 3] = [
+        [1.0, 0.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 1.0, 0.0],
+    ];
+    let bytes = medimg::nifti::encode_u8(dims, IDENTITY, data);
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(&h).unwrap();
+    e.write_all(&bytes).unwrap();
     e.finish().unwrap()
 }
 
