@@ -10,7 +10,7 @@
 //! A case shorter than the patch along an axis is padded (images with the
 //! intensity minimum, targets with 0, the background).
 
-use crate::data::Dataset;
+use crate::data::{Dataset, Sample};
 use anyhow::{Context, Result, bail};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -67,13 +67,25 @@ impl Patches {
     /// Where the patch of case `i` starts along each spatial axis (a start
     /// may lie past the padding of a short axis: it is always 0 there).
     pub fn draw(&mut self, data: &Dataset, i: usize, rng: &mut ChaCha8Rng) -> Result<Vec<i64>> {
-        if self.foreground_cache.len() != data.len() {
-            self.foreground_cache = (0..data.len()).map(|_| None).collect();
+        let s = read(data, i)?;
+        self.draw_in(&s, i, data.len(), rng)
+    }
+
+    /// [`draw`](Self::draw) for case `i` of `cases`, already read as `s`.
+    fn draw_in(
+        &mut self,
+        s: &Sample,
+        i: usize,
+        cases: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<i64>> {
+        if self.foreground_cache.len() != cases {
+            self.foreground_cache = (0..cases).map(|_| None).collect();
         }
-        let spatial = self.spatial(data, i)?;
+        let spatial = self.spatial(s)?;
         let centred = rng.gen_bool(self.foreground.clamp(0.0, 1.0));
         let voxel = if centred {
-            let fg = self.foreground_of(data, i, spatial.len());
+            let fg = self.foreground_of(i, &s.target, spatial.len());
             let n = fg.size()[0];
             (n > 0).then(|| {
                 let k = rng.gen_range(0..n);
@@ -96,9 +108,8 @@ impl Patches {
             .collect())
     }
 
-    /// The spatial shape of case `i`, checked against the patch.
-    fn spatial(&self, data: &Dataset, i: usize) -> Result<Vec<i64>> {
-        let s = read(data, i)?;
+    /// The spatial shape of sample `s`, checked against the patch.
+    fn spatial(&self, s: &Sample) -> Result<Vec<i64>> {
         let (image, target) = (s.image.size(), s.target.size());
         let n = self.size.len();
         if image.len() != n + 1 || target.len() < n {
@@ -119,16 +130,12 @@ impl Patches {
         Ok(spatial)
     }
 
-    /// Foreground positions of case `i`: voxels where any channel of the
-    /// target is non-zero.
-    fn foreground_of(&mut self, data: &Dataset, i: usize, axes: usize) -> Tensor {
+    /// Foreground positions of case `i` (whose target is `target`): voxels
+    /// where any channel of the target is non-zero.
+    fn foreground_of(&mut self, i: usize, target: &Tensor, axes: usize) -> Tensor {
         if let Some(fg) = &self.foreground_cache[i] {
             return fg.shallow_clone();
         }
-        let target = match read(data, i) {
-            Ok(s) => s.target,
-            Err(_) => return Tensor::zeros([0, axes as i64], (Kind::Int64, Device::Cpu)),
-        };
         let lead = target.dim() - axes;
         let mut mask = target.ne(0.0);
         for _ in 0..lead {
@@ -157,8 +164,9 @@ impl Patches {
         i: usize,
         rng: &mut ChaCha8Rng,
     ) -> Result<(Tensor, Tensor)> {
-        let start = self.draw(data, i, rng)?;
+        // One read per patch: the draw and the cut share the sample.
         let s = read(data, i)?;
+        let start = self.draw_in(&s, i, data.len(), rng)?;
         Ok((
             self.cut(&s.image, &start, self.pad_value),
             self.cut(&s.target, &start, 0.0),
@@ -186,7 +194,7 @@ impl Patches {
 }
 
 /// Sample `i`, in memory or read from the prepared cache.
-fn read(data: &Dataset, i: usize) -> Result<crate::data::Sample> {
+fn read(data: &Dataset, i: usize) -> Result<Sample> {
     data.sample(i)
         .with_context(|| format!("sample {i} of a split of {}", data.len()))
 }
