@@ -5,7 +5,7 @@
 use crate::attack::{Norm, PgdConfig};
 use crate::data::source::DataSource;
 use crate::model::sliding::Window;
-use crate::model::{DeviceChoice, ModelConfig};
+use crate::model::{DeviceChoice, ModelConfig, Net};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -545,6 +545,18 @@ impl RunConfig {
             size: size.clone(),
             overlap: self.eval.overlap,
         })
+    }
+
+    /// The run's network for `task`, under `root`: trained on patches, it
+    /// predicts whole samples window by window.
+    pub fn network(&self, root: &tch::nn::Path, task: &crate::plugin::TaskInfo) -> Net {
+        Net::new(
+            root,
+            &self.model,
+            task.input_channels as i64,
+            task.output_channels as i64,
+        )
+        .with_window(self.window())
     }
 
     /// The norm training margins are measured in.

@@ -68,13 +68,7 @@ pub fn load(args: &CheckpointArgs) -> Result<Loaded> {
     let session = Session::open(&cfg)?;
     let info = session.plugin.info();
     let mut vs = VarStore::new(session.device);
-    let model = Net::new(
-        &vs.root(),
-        &cfg.model,
-        info.input_channels as i64,
-        info.output_channels as i64,
-    )
-    .with_window(cfg.window());
+    let model = cfg.network(&vs.root(), info);
     checkpoint::load_weights(&ckpt, &mut vs)?;
     let range = Range {
         min: info.intensity_min as f64,

@@ -115,14 +115,7 @@ impl Trainer {
         memory::keep_freed_memory();
         tch::manual_seed(cfg.run.seed as i64);
         let vs = VarStore::new(device);
-        // Trained on patches, the net predicts whole samples window by window.
-        let model = Net::new(
-            &vs.root(),
-            &cfg.model,
-            info.input_channels as i64,
-            info.output_channels as i64,
-        )
-        .with_window(cfg.window());
+        let model = cfg.network(&vs.root(), info);
         let opt = Optimizer::new(&vs, &cfg.train);
         let patches = cfg.train.patch.as_ref().map(|size| {
             Patches::new(
