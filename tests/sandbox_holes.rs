@@ -555,7 +555,7 @@ fn partials(dir: &Path) -> Vec<String> {
 #[test]
 fn a_run_folder_has_one_writer_and_a_run_killed_early_restarts() {
     let tmp = tempfile::tempdir().unwrap();
-    // Slow epochs: the kill lands before the first checkpoint.
+    // An epoch of seconds: the run is frozen before it ends (see below).
     let cfg = run_config(
         tmp.path(),
         "[data.synthetic]\ntrain = 256\ntest = 2\nsize = 48\n",
@@ -574,6 +574,13 @@ fn a_run_folder_has_one_writer_and_a_run_killed_early_restarts() {
     };
     let mut first = start(&[]);
     wait_for("the staging folder", || !partials(tmp.path()).is_empty());
+    // Frozen as soon as it stages, so the kill below lands before its first
+    // checkpoint however long the second process takes on a loaded machine.
+    let frozen = Command::new("kill")
+        .args(["-STOP", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(frozen.success());
     // A second writer of the same folder is refused while the first runs.
     let err = failed(&amat_run(&["--resume", &s(&run)]));
     assert!(err.contains("in use by another amat-host process"), "{err}");
