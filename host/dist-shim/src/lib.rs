@@ -1,5 +1,5 @@
 //! Data-parallel collectives from libtorch's own c10d (TCPStore rendezvous,
-//! Gloo on CPU, NCCL on CUDA) through a small C++ shim (`src/shim.cpp`):
+//! Gloo for CPU tensors, NCCL for CUDA tensors) through a small C++ shim (`src/shim.cpp`):
 //! no collective is implemented here. Errors (a peer gone, a timeout) come
 //! back as messages, never as exceptions or hangs.
 
@@ -21,7 +21,6 @@ unsafe extern "C" {
         rank: c_int,
         world: c_int,
         timeout_ms: c_longlong,
-        nccl: c_int,
         out: *mut *mut RawGroup,
     ) -> *mut c_char;
     fn amat_dist_drop(g: *mut RawGroup);
@@ -45,16 +44,7 @@ unsafe extern "C" {
     fn amat_dist_barrier(g: *mut RawGroup) -> *mut c_char;
 }
 
-/// Which c10d backend carries the collectives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// CPU tensors.
-    Gloo,
-    /// CUDA tensors (one device per rank).
-    Nccl,
-}
-
-/// Whether this build can create NCCL groups.
+/// Whether this build can reduce CUDA tensors (NCCL).
 pub const HAS_NCCL: bool = cfg!(amat_nccl);
 
 /// Where the group meets and who this process is in it.
@@ -101,7 +91,9 @@ fn ptrs(ts: &[&Tensor]) -> Vec<*mut C_tensor> {
 
 impl Group {
     /// Joins the group; blocks until all `world` ranks have, or the timeout.
-    pub fn join(rv: &Rendezvous, backend: Backend) -> Result<Self, String> {
+    /// Collectives over CPU tensors go through Gloo; the first over CUDA
+    /// tensors (on every rank at once) sets up NCCL.
+    pub fn join(rv: &Rendezvous) -> Result<Self, String> {
         let host = CString::new(rv.host.as_str()).map_err(|_| "a NUL in the host name")?;
         let mut raw = std::ptr::null_mut();
         take(unsafe {
@@ -111,7 +103,6 @@ impl Group {
                 rv.rank as c_int,
                 rv.world as c_int,
                 rv.timeout.as_millis().min(i64::MAX as u128) as c_longlong,
-                (backend == Backend::Nccl) as c_int,
                 &mut raw,
             )
         })?;
@@ -199,7 +190,7 @@ mod tests {
                         world,
                         timeout: Duration::from_secs(30),
                     };
-                    let mut g = Group::join(&rv, Backend::Gloo).expect("join");
+                    let mut g = Group::join(&rv).expect("join");
                     f(rank, &mut g)
                 })
             })
@@ -255,7 +246,7 @@ mod tests {
             world: 2,
             timeout: Duration::from_millis(1500),
         };
-        let err = Group::join(&rv, Backend::Gloo).err().expect("no peer came");
+        let err = Group::join(&rv).err().expect("no peer came");
         assert!(!err.is_empty());
     }
 

@@ -1,6 +1,7 @@
-// A C ABI over libtorch's c10d: a TCPStore rendezvous, a Gloo (CPU) or
-// NCCL (CUDA) process group, and the four collectives data-parallel
-// training needs. Tensors arrive as the `at::Tensor*` behind tch's
+// A C ABI over libtorch's c10d: a TCPStore rendezvous, a Gloo process
+// group for CPU tensors and (made on the first collective over CUDA
+// tensors, which every rank reaches together) an NCCL one for CUDA
+// tensors, and the four collectives data-parallel training needs. Tensors arrive as the `at::Tensor*` behind tch's
 // `C_tensor`. No C++ exception crosses this boundary: every function
 // returns NULL on success or a malloc'd message the caller frees with
 // amat_dist_free_error.
@@ -23,11 +24,34 @@ namespace {
 
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::Backend> backend;
+  c10::intrusive_ptr<c10d::Backend> gloo;
+  c10::intrusive_ptr<c10d::Backend> nccl;
   std::chrono::milliseconds timeout;
   int rank;
   int world;
 };
+
+// The backend for tensors like `t`: NCCL for CUDA tensors, Gloo otherwise.
+c10d::Backend &backend(Group *g, const at::Tensor &t) {
+  if (!t.is_cuda()) {
+    return *g->gloo;
+  }
+  if (!g->nccl) {
+#ifdef AMAT_NCCL
+    auto o = c10d::ProcessGroupNCCL::Options::create();
+    o->timeout = g->timeout;
+    auto store = c10::make_intrusive<c10d::PrefixStore>("nccl", g->store);
+    g->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, g->rank,
+                                                          g->world, o);
+#else
+    throw std::runtime_error(
+        "collectives over CUDA tensors need NCCL, and this amat-host was "
+        "built without it (its libtorch has no CUDA, or no CUDA toolkit "
+        "headers were found at build time: set CUDA_HOME)");
+#endif
+  }
+  return *g->nccl;
+}
 
 char *message(const std::string &s) {
   char *out = static_cast<char *>(std::malloc(s.size() + 1));
@@ -72,9 +96,9 @@ extern "C" {
 void amat_dist_free_error(char *e) { std::free(e); }
 
 // Joins the group: rank 0 serves the store at host:port, every rank
-// connects to it. `nccl` asks for NCCL (CUDA tensors) instead of Gloo.
+// connects to it.
 char *amat_dist_new(const char *host, int port, int rank, int world,
-                    long long timeout_ms, int nccl, Group **out) {
+                    long long timeout_ms, Group **out) {
   *out = nullptr;
   return guard([&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
@@ -85,30 +109,18 @@ char *amat_dist_new(const char *host, int port, int rank, int world,
     opts.waitWorkers = true;
     opts.timeout = timeout;
     auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
-    auto store = c10::make_intrusive<c10d::PrefixStore>("amat", tcp);
-    c10::intrusive_ptr<c10d::Backend> backend;
-    if (nccl != 0) {
-#ifdef AMAT_NCCL
-      auto o = c10d::ProcessGroupNCCL::Options::create();
-      o->timeout = timeout;
-      backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, o);
-#else
-      throw std::runtime_error(
-          "this amat-host was built without NCCL (its libtorch has no CUDA, "
-          "or the CUDA/NCCL headers were not found at build time)");
-#endif
-    } else {
-      auto o = c10d::ProcessGroupGloo::Options::create(timeout);
-      // As torch.distributed does: GLOO_SOCKET_IFNAME names the interface,
-      // else the address this host's name resolves to (or loopback).
-      const char *ifname = std::getenv("GLOO_SOCKET_IFNAME");
-      o->devices.push_back(
-          ifname != nullptr && ifname[0] != '\0'
-              ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
-              : c10d::ProcessGroupGloo::createDefaultDevice());
-      backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, o);
-    }
-    *out = new Group{tcp, backend, timeout, rank, world};
+    auto store = c10::make_intrusive<c10d::PrefixStore>("gloo", tcp);
+    auto o = c10d::ProcessGroupGloo::Options::create(timeout);
+    // As torch.distributed does: GLOO_SOCKET_IFNAME names the interface,
+    // else the address this host's name resolves to (or loopback).
+    const char *ifname = std::getenv("GLOO_SOCKET_IFNAME");
+    o->devices.push_back(
+        ifname != nullptr && ifname[0] != '\0'
+            ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
+            : c10d::ProcessGroupGloo::createDefaultDevice());
+    auto gloo =
+        c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, o);
+    *out = new Group{tcp, gloo, {}, timeout, rank, world};
   });
 }
 
@@ -123,7 +135,7 @@ char *amat_dist_broadcast(Group *g, at::Tensor **ts, int n, int root) {
     o.timeout = g->timeout;
     for (auto &t : v) {
       std::vector<at::Tensor> one{t};
-      wait(g, g->backend->broadcast(one, o));
+      wait(g, backend(g, t).broadcast(one, o));
     }
   });
 }
@@ -161,7 +173,7 @@ char *amat_dist_allreduce_sum(Group *g, at::Tensor **ts, int n,
       }
       flat.push_back(at::cat(parts));
       std::vector<at::Tensor> one{flat.back()};
-      works.push_back(g->backend->allreduce(one, o));
+      works.push_back(backend(g, one[0]).allreduce(one, o));
     }
     for (size_t i = 0; i < buckets.size(); ++i) {
       wait(g, works[i]);
@@ -183,15 +195,16 @@ char *amat_dist_allgather(Group *g, at::Tensor *t, at::Tensor **out) {
     std::vector<at::Tensor> in{*t};
     c10d::AllgatherOptions o;
     o.timeout = g->timeout;
-    wait(g, g->backend->allgather(outs, in, o));
+    wait(g, backend(g, *t).allgather(outs, in, o));
   });
 }
 
+// Over the Gloo group (a barrier on NCCL would need a CUDA device).
 char *amat_dist_barrier(Group *g) {
   return guard([&] {
     c10d::BarrierOptions o;
     o.timeout = g->timeout;
-    wait(g, g->backend->barrier(o));
+    wait(g, g->gloo->barrier(o));
   });
 }
 
