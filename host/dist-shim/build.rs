@@ -56,10 +56,10 @@ fn nccl_includes(lib: &Path) -> Option<Vec<PathBuf>> {
     }
     // A wheel: site-packages/torch/lib -> site-packages/nvidia/*/include.
     let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(site) = lib.parent().and_then(Path::parent) {
-        if let Ok(entries) = std::fs::read_dir(site.join("nvidia")) {
-            candidates.extend(entries.flatten().map(|e| e.path().join("include")));
-        }
+    if let Some(site) = lib.parent().and_then(Path::parent)
+        && let Ok(entries) = std::fs::read_dir(site.join("nvidia"))
+    {
+        candidates.extend(entries.flatten().map(|e| e.path().join("include")));
     }
     if let Some(cuda) = std::env::var_os("CUDA_HOME") {
         candidates.push(PathBuf::from(cuda).join("include"));

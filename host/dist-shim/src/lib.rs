@@ -262,7 +262,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(300));
             Some(g.all_reduce_sum(&[&t], 1 << 20))
         });
-        let err = out[0].as_ref().unwrap().as_ref().err().expect("a failure");
+        let err = out[0].as_ref().unwrap().as_ref().expect_err("a failure");
         assert!(!err.is_empty(), "{err}");
     }
 }
