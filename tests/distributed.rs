@@ -12,9 +12,9 @@
 //! here, per sample) nothing else depends on how a batch is split.
 
 use crate::support;
+use crate::support::runs::{epochs, latest_checkpoint, tensors};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use tch::Tensor;
 
 /// A tiny run; `amat` is added to its `[amat]` section.
 fn config(dir: &Path, name: &str, method: &str, amat: &str) -> PathBuf {
@@ -33,17 +33,6 @@ fn config(dir: &Path, name: &str, method: &str, amat: &str) -> PathBuf {
     path
 }
 
-fn checkpoint(run: &Path) -> PathBuf {
-    let name = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
-    run.join("checkpoints").join(name.trim())
-}
-
-fn tensors(path: &Path) -> Vec<(String, Tensor)> {
-    let mut v = Tensor::read_safetensors(path).unwrap();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 /// Largest absolute difference between two safetensors files' tensors.
 fn max_difference(a: &Path, b: &Path) -> f64 {
     let (ta, tb) = (tensors(a), tensors(b));
@@ -55,14 +44,6 @@ fn max_difference(a: &Path, b: &Path) -> f64 {
             (va - vb).abs().max().double_value(&[])
         })
         .fold(0.0, f64::max)
-}
-
-fn epochs(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("epochs.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn s(p: &Path) -> &str {
@@ -84,7 +65,7 @@ fn two_ranks_equal_one(method: &str, amat: &str) {
     assert!(stdout.contains("rank 1: training done"), "{stdout}");
     assert!(stdout.contains("run finished"), "{stdout}");
 
-    let (a, b) = (checkpoint(&one), checkpoint(&two));
+    let (a, b) = (latest_checkpoint(&one), latest_checkpoint(&two));
     let w = max_difference(
         &a.join("weights.safetensors"),
         &b.join("weights.safetensors"),
@@ -165,14 +146,6 @@ fn worker(rank: usize, port: u16, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_dead_rank_stops_the_other_and_the_run_resumes_on_one() {
     let tmp = tempfile::tempdir().unwrap();
@@ -186,7 +159,7 @@ fn a_dead_rank_stops_the_other_and_the_run_resumes_on_one() {
         .replace("batch_size = 8", "batch_size = 4");
     std::fs::write(&cfg, text).unwrap();
     let run = tmp.path().join("run");
-    let port = free_port();
+    let port = amat_host::app::launch::free_port().unwrap();
     let args = [
         "run",
         "--config",

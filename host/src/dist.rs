@@ -9,7 +9,7 @@ use std::ops::Range;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 
-pub use amat_dist_shim::{HAS_NCCL, Rendezvous};
+pub use amat_dist_shim::Rendezvous;
 
 /// Seconds a rank waits for the others (rendezvous and each collective)
 /// before it gives up; read by every rank.

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use std::process::Command;
 
 /// A port free on this machine now, for rank 0's store.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .context("cannot find a free local port for the workers' rendezvous")?;
     Ok(listener.local_addr()?.port())
