@@ -277,7 +277,11 @@ impl Trainer {
         if let Some(m) = &mut self.margins {
             m.begin_epoch();
         }
-        let start_margins = self.margins.as_ref().map(|m| m.values.clone());
+        // Data-parallel: the margins every rank replays the epoch from.
+        let start_margins = match (&self.dist, &self.margins) {
+            (Some(_), Some(m)) => m.values.clone(),
+            _ => Vec::new(),
+        };
         self.events.clear();
         self.search_forwards = 0;
         self.margin_seconds = 0.0;
@@ -310,7 +314,7 @@ impl Trainer {
         }
         if adversarial && self.margins.is_some() {
             let start = Instant::now();
-            self.gather_margins(start_margins.unwrap_or_default())?;
+            self.gather_margins(start_margins)?;
             self.margins.as_mut().expect("AMAT").end_epoch();
             self.margin_seconds += start.elapsed().as_secs_f64();
         }
