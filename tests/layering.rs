@@ -14,6 +14,7 @@ const RANKS: &[(&str, u32)] = &[
     ("builtin", 0),
     ("tensor", 1),
     ("model", 1),
+    ("dist", 1),
     ("plugin", 2),
     ("data", 3),
     ("attack", 3),

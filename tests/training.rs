@@ -7,6 +7,7 @@
 //! processes.
 
 use crate::support;
+use crate::support::runs::{epochs, latest_checkpoint, tensors};
 
 use amat_host::attack::{Context, Norm, PgdConfig, Range, loss_at, pgd, sample_norms};
 use amat_host::config::RunConfig;
@@ -265,17 +266,6 @@ fn small_config(dir: &Path, name: &str, extra: &str) -> PathBuf {
     path
 }
 
-fn latest_checkpoint(run: &Path) -> PathBuf {
-    let name = std::fs::read_to_string(run.join("checkpoints/latest")).unwrap();
-    run.join("checkpoints").join(name.trim())
-}
-
-fn tensors(path: &Path) -> Vec<(String, Tensor)> {
-    let mut v = Tensor::read_safetensors(path).unwrap();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 fn assert_same_tensors(a: &Path, b: &Path) {
     let (ta, tb) = (tensors(a), tensors(b));
     assert_eq!(ta.len(), tb.len());
@@ -288,14 +278,6 @@ fn assert_same_tensors(a: &Path, b: &Path) {
             b.display()
         );
     }
-}
-
-fn epochs(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("epochs.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// The epoch records without their timings.

@@ -190,6 +190,15 @@ pub struct RunCommand {
     /// values, per-sample independence, a gradient at the input, metric names).
     #[arg(long)]
     pub skip_checks: bool,
+    /// Data-parallel: start this many workers on this machine (Gloo on CPU,
+    /// NCCL on CUDA, one GPU each); train.batch_size is the global batch.
+    /// Under torchrun (RANK, WORLD_SIZE, ... set) leave it out.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub nproc: u32,
+    /// Data-parallel: seconds a worker waits for the others before it stops
+    /// with an error [default: AMAT_DIST_TIMEOUT, else 300].
+    #[arg(long)]
+    pub dist_timeout: Option<f64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -330,6 +339,10 @@ fn one_line(s: &str) -> String {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(c) => {
+            if c.nproc > 1 && crate::dist::worker_from_env()?.is_none() {
+                crate::app::launch::launch(c.nproc as usize, c.dist_timeout)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let done = crate::app::run(&crate::app::RunArgs {
                 config: c.config,
                 plugin: c.plugin,
@@ -339,8 +352,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 resume: c.resume,
                 stop_after: c.stop_after,
                 skip_checks: c.skip_checks,
+                dist_timeout: c.dist_timeout,
             })?;
             match &done.curve {
+                _ if done.rank > 0 => {
+                    println!("rank {}: training done (rank 0 reports)", done.rank)
+                }
                 Some(curve) => {
                     println!("run finished: {}", done.dir.display());
                     print_curve(curve);

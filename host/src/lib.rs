@@ -10,6 +10,7 @@ pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod eval;
 pub mod fsio;
 pub mod model;

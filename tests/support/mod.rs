@@ -8,6 +8,7 @@ use std::sync::Once;
 #[allow(unused_imports)]
 pub use hostile::hostile_plugin;
 pub mod hostile;
+pub mod runs;
 pub mod samples;
 
 pub fn root() -> PathBuf {

@@ -6,6 +6,7 @@ pub mod attack;
 pub mod calibrate;
 pub mod compare;
 pub mod evaluate;
+pub mod launch;
 pub mod progress;
 pub mod run;
 mod run_dir;

@@ -20,6 +20,13 @@ impl Progress {
         }
     }
 
+    /// No bars (a data-parallel rank other than 0: rank 0 shows them).
+    pub fn hidden() -> Self {
+        Self {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
+        }
+    }
+
     /// A line above the bars (on stderr directly when they are hidden).
     pub fn println(&self, line: &str) {
         if self.multi.is_hidden() {

@@ -2,6 +2,11 @@
 //! checkpoints, evaluate, report. Nothing is created on disk until all
 //! checks pass, and the run folder appears (by a rename) only once its first
 //! checkpoint is complete.
+//!
+//! Data-parallel (a worker started by `--nproc` or `torchrun`): rank 0
+//! reads the command's config (or the run folder it resumes), owns the run
+//! folder and writes checkpoints and reports; the others get the config from
+//! it, train their part of every batch and leave evaluation to rank 0.
 
 use super::progress::Progress;
 use super::run_dir::{RunDir, RunLock, parent_and_name};
@@ -9,6 +14,7 @@ use super::session::{Session, effective_config, eval_seed, split_of};
 use super::summary;
 use crate::attack;
 use crate::config::{Method, RunConfig};
+use crate::dist::{self, Dist};
 use crate::eval::{self, Curve};
 use crate::fsio::write_atomic;
 use crate::model::DeviceChoice;
@@ -31,6 +37,8 @@ pub struct RunArgs {
     pub stop_after: Option<usize>,
     /// Train without the checks of the plugin before training.
     pub skip_checks: bool,
+    /// Data-parallel workers: overrides `AMAT_DIST_TIMEOUT` (seconds).
+    pub dist_timeout: Option<f64>,
 }
 
 fn default_out(cfg: &RunConfig) -> PathBuf {
@@ -49,6 +57,9 @@ pub struct Finished {
     pub curve: Option<Curve>,
     /// The epoch a resumed run continued after.
     pub resumed_after: Option<usize>,
+    /// This process's rank in a data-parallel run (0 in one process); only
+    /// rank 0 evaluates, so other ranks finish with no curve.
+    pub rank: usize,
 }
 
 /// One run to carry out: a config (paths resolved) and its folder.
@@ -67,9 +78,81 @@ pub struct Job<'a> {
     pub lock: Option<RunLock>,
     /// Train without the checks of the plugin before training.
     pub skip_checks: bool,
+    /// This process's rank of a data-parallel run, and its rank on this
+    /// node (its CUDA device); None for one process.
+    pub dist: Option<(Dist, usize)>,
+}
+
+/// What rank 0 tells the other ranks before training: the run, or why
+/// there is none.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Start {
+    Run { config: String, dir: PathBuf },
+    Failed(String),
 }
 
 pub fn run(args: &RunArgs) -> Result<Finished> {
+    let Some(mut worker) = dist::worker_from_env()? else {
+        let (cfg, dir, lock) = resolve(args)?;
+        return execute(Job {
+            cfg,
+            dir,
+            resume: args.resume.is_some(),
+            stop_after: args.stop_after,
+            progress: &Progress::new(),
+            epochs_done: None,
+            lock,
+            skip_checks: args.skip_checks,
+            dist: None,
+        });
+    };
+    if let Some(t) = args.dist_timeout {
+        worker.rendezvous.timeout = dist::timeout(t)?;
+    }
+    let mut group = Dist::join(&worker)?;
+    let rank = group.rank();
+    let (cfg, dir, lock) = if rank == 0 {
+        let resolved = resolve(args);
+        let start = match &resolved {
+            Ok((cfg, dir, _)) => Start::Run {
+                config: cfg.to_toml(),
+                dir: dir.clone(),
+            },
+            Err(e) => Start::Failed(format!("{e:#}")),
+        };
+        group.broadcast_bytes(&serde_json::to_vec(&start)?)?;
+        resolved?
+    } else {
+        let bytes = group.broadcast_bytes(&[])?;
+        match serde_json::from_slice(&bytes).context("rank 0's start message")? {
+            Start::Run { config, dir } => {
+                let cfg = RunConfig::parse(&config, std::path::Path::new("(from rank 0)"))
+                    .map_err(anyhow::Error::msg)?;
+                (cfg, dir, None)
+            }
+            Start::Failed(e) => bail!("rank {rank}: rank 0 could not start the run: {e}"),
+        }
+    };
+    execute(Job {
+        cfg,
+        dir,
+        resume: args.resume.is_some(),
+        stop_after: args.stop_after,
+        progress: &if rank == 0 {
+            Progress::new()
+        } else {
+            Progress::hidden()
+        },
+        epochs_done: None,
+        lock,
+        skip_checks: args.skip_checks,
+        dist: Some((group, worker.local_rank)),
+    })
+}
+
+/// The run `args` ask for: its config, its folder and (resuming) the
+/// folder's lock.
+fn resolve(args: &RunArgs) -> Result<(RunConfig, PathBuf, Option<RunLock>)> {
     let mut lock = None;
     let (cfg, dir) = match &args.resume {
         Some(dir) => {
@@ -119,16 +202,7 @@ pub fn run(args: &RunArgs) -> Result<Finished> {
             (cfg, dir)
         }
     };
-    execute(Job {
-        cfg,
-        dir,
-        resume: args.resume.is_some(),
-        stop_after: args.stop_after,
-        progress: &Progress::new(),
-        epochs_done: None,
-        lock,
-        skip_checks: args.skip_checks,
-    })
+    Ok((cfg, dir, lock))
 }
 
 /// Trains (or continues) one run to its end or `stop_after`, then evaluates
@@ -143,24 +217,34 @@ pub fn execute(job: Job) -> Result<Finished> {
         epochs_done,
         lock,
         skip_checks,
+        dist,
     } = job;
     cfg.validate().map_err(anyhow::Error::msg)?;
-    let _lock = match lock {
-        Some(l) => l,
-        None => {
+    let rank = dist.as_ref().map_or(0, |(d, _)| d.rank());
+    // Only rank 0 owns the run folder.
+    let _lock = match (lock, rank) {
+        (Some(l), _) => Some(l),
+        (None, 0) => {
             let (parent, _) = parent_and_name(&dir)?;
             std::fs::create_dir_all(&parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
-            RunLock::acquire(&dir)?.0
+            Some(RunLock::acquire(&dir)?.0)
         }
+        (None, _) => None,
     };
-    if !resume && dir.exists() {
+    if rank == 0 && !resume && dir.exists() {
         bail!(
             "run folder {} exists: resume it with --resume {0} or choose another --out",
             dir.display()
         );
     }
     let mut session = Session::open(&cfg)?;
+    if let Some((_, local_rank)) = &dist
+        && session.device.is_cuda()
+    {
+        // One GPU per worker on its node, as torchrun's LOCAL_RANK means.
+        session.device = tch::Device::Cuda(*local_rank);
+    }
     let mut trainer = Trainer::new(
         &cfg,
         &session.plugin,
@@ -179,17 +263,28 @@ pub fn execute(job: Job) -> Result<Finished> {
         )?;
     }
     let mut resumed_after = None;
-    let mut run_dir = if resume {
-        let ckpt = checkpoint::resolve(&dir)?;
-        let state = checkpoint::restore(&ckpt, &mut trainer)?;
-        tracing::info!("resuming {} after epoch {}", dir.display(), state.epoch);
-        resumed_after = Some(state.epoch);
-        RunDir::existing(&dir)
-    } else {
-        let d = RunDir::stage(&dir)?;
-        write_atomic(&d.path().join(CONFIG), cfg.to_toml().as_bytes())?;
-        d
+    let mut run_dir = match (rank, resume) {
+        (0, true) => {
+            let ckpt = checkpoint::resolve(&dir)?;
+            let state = checkpoint::restore(&ckpt, &mut trainer)?;
+            tracing::info!("resuming {} after epoch {}", dir.display(), state.epoch);
+            resumed_after = Some(state.epoch);
+            Some(RunDir::existing(&dir))
+        }
+        (0, false) => {
+            let d = RunDir::stage(&dir)?;
+            write_atomic(&d.path().join(CONFIG), cfg.to_toml().as_bytes())?;
+            Some(d)
+        }
+        _ => None,
     };
+    if let Some((mut group, _)) = dist {
+        group.set_device(session.device);
+        trainer.join(group)?;
+        if resume {
+            resumed_after = Some(trainer.epoch);
+        }
+    }
     let info = session.plugin.info().clone();
     let task = (info.name.as_str(), info.version.as_str());
     let epochs_bar = progress.bar("epochs");
@@ -208,25 +303,29 @@ pub fn execute(job: Job) -> Result<Finished> {
             r.eps_median,
             r.eps_max
         );
-        tracing::info!(
-            "epoch {}/{}: {msg} ({:.2} s)",
-            r.epoch,
-            cfg.train.epochs,
-            r.seconds
-        );
+        if rank == 0 {
+            tracing::info!(
+                "epoch {}/{}: {msg} ({:.2} s)",
+                r.epoch,
+                cfg.train.epochs,
+                r.seconds
+            );
+        }
         epochs_bar.set_message(msg);
         epochs_bar.inc(1);
         if let Some(bar) = epochs_done {
             bar.inc(1);
         }
-        train::report::write_epochs(run_dir.path(), &trainer.history)?;
         let stop = stop_after == Some(trainer.epoch);
-        if trainer.epoch % cfg.run.checkpoint_every == 0
-            || trainer.epoch == cfg.train.epochs
-            || stop
-        {
-            checkpoint::save(run_dir.path(), &trainer, task)?;
-            run_dir.publish()?;
+        if let Some(run_dir) = &mut run_dir {
+            train::report::write_epochs(run_dir.path(), &trainer.history)?;
+            if trainer.epoch % cfg.run.checkpoint_every == 0
+                || trainer.epoch == cfg.train.epochs
+                || stop
+            {
+                checkpoint::save(run_dir.path(), &trainer, task)?;
+                run_dir.publish()?;
+            }
         }
         if stop && trainer.epoch < cfg.train.epochs {
             batch_bar.finish_and_clear();
@@ -236,9 +335,10 @@ pub fn execute(job: Job) -> Result<Finished> {
                 epochs_bar.abandon();
             }
             return Ok(Finished {
-                dir: run_dir.path().to_path_buf(),
+                dir: run_dir.map_or(dir, |d| d.path().to_path_buf()),
                 curve: None,
                 resumed_after,
+                rank,
             });
         }
     }
@@ -249,6 +349,14 @@ pub fn execute(job: Job) -> Result<Finished> {
     } else {
         epochs_bar.finish();
     }
+    let Some(run_dir) = run_dir else {
+        return Ok(Finished {
+            dir,
+            curve: None,
+            resumed_after,
+            rank,
+        });
+    };
     let eval_bar = progress.bar("eval");
     let curve = eval::robustness(
         &mut attack::Context::new(&trainer.model, &mut session.plugin, trainer.range),
@@ -272,5 +380,6 @@ pub fn execute(job: Job) -> Result<Finished> {
         dir: run_dir.path().to_path_buf(),
         curve: Some(curve),
         resumed_after,
+        rank,
     })
 }

@@ -15,6 +15,7 @@ use crate::attack::{self, Range, sample_norms};
 use crate::config::AmatRule;
 use crate::config::{Method, RunConfig};
 use crate::data::Dataset;
+use crate::dist::{Dist, Row};
 use crate::model::{Net, NormKind};
 use crate::plugin::Plugin;
 use amat::{Judge, Search};
@@ -92,6 +93,22 @@ pub struct Trainer {
     /// Search forwards and margin-update seconds of the current epoch.
     search_forwards: usize,
     margin_seconds: f64,
+    /// Data-parallel: this rank's place in the group; None in one process.
+    dist: Option<Dist>,
+    /// Data-parallel AMAT: this rank's margin observations of the epoch
+    /// (global position in the epoch's order, sample, gated, held or
+    /// crossed, norm or boundary), replayed by every rank at its end.
+    events: Vec<Row>,
+}
+
+/// What rank 0 hands the other ranks when they join, besides tensors.
+#[derive(Serialize, Deserialize)]
+struct Shared {
+    epoch: usize,
+    rng_seed: [u8; 32],
+    rng_word_pos: String,
+    history: Vec<EpochRecord>,
+    margins: Option<Vec<f32>>,
 }
 
 /// The torch seed of an epoch: random starts depend only on (seed, epoch),
@@ -104,6 +121,22 @@ pub fn epoch_seed(seed: u64, epoch: usize) -> i64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 1) as i64
+}
+
+/// This rank's part of one global batch.
+struct Batch<'a> {
+    /// Its samples.
+    idx: &'a [usize],
+    /// The position of `idx[0]` in the epoch's order.
+    first: usize,
+    /// The size of the global batch.
+    global: usize,
+}
+
+/// One margin observation of data-parallel AMAT (see `Trainer::events`).
+fn event(position: usize, sample: usize, gated: bool, flag: bool, value: f64) -> Row {
+    let bit = |b: bool| if b { 1.0 } else { 0.0 };
+    [position as f64, sample as f64, bit(gated), bit(flag), value]
 }
 
 impl Trainer {
@@ -145,7 +178,47 @@ impl Trainer {
             patches,
             search_forwards: 0,
             margin_seconds: 0.0,
+            dist: None,
+            events: Vec::new(),
         })
+    }
+
+    /// Makes this trainer one rank of a data-parallel run: every rank takes
+    /// rank 0's weights, optimizer state, margins, shuffler and history (so
+    /// only rank 0 reads a checkpoint, and a resume may use any number of
+    /// ranks). From then on `train.batch_size` is the global batch: each
+    /// rank takes its part of every batch of the epoch's order.
+    pub fn join(&mut self, mut dist: Dist) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let mut weights: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        weights.sort_by(|a, b| a.0.cmp(&b.0));
+        dist.broadcast(&weights.iter().map(|(_, t)| t).collect::<Vec<_>>())?;
+        let (moments, steps) = self.opt.shared_state();
+        dist.broadcast(&moments.iter().chain([&steps]).collect::<Vec<_>>())?;
+        self.opt.steps = steps.int64_value(&[0]);
+        let mine = Shared {
+            epoch: self.epoch,
+            rng_seed: self.rng.get_seed(),
+            rng_word_pos: self.rng.get_word_pos().to_string(),
+            history: self.history.clone(),
+            margins: self.margins.as_ref().map(|m| m.values.clone()),
+        };
+        let root: Shared =
+            serde_json::from_slice(&dist.broadcast_bytes(&serde_json::to_vec(&mine)?)?)?;
+        self.epoch = root.epoch;
+        self.rng = ChaCha8Rng::from_seed(root.rng_seed);
+        self.rng.set_word_pos(root.rng_word_pos.parse()?);
+        self.history = root.history;
+        if let (Some(m), Some(values)) = (&mut self.margins, root.margins) {
+            m.values = values;
+        }
+        self.dist = Some(dist);
+        Ok(())
+    }
+
+    /// This rank and the number of ranks ((0, 1) in one process).
+    pub fn rank(&self) -> (usize, usize) {
+        self.dist.as_ref().map_or((0, 1), |d| (d.rank(), d.world()))
     }
 
     fn adversarial(&self, epoch: usize) -> bool {
@@ -186,7 +259,12 @@ impl Trainer {
             }
             _ => None,
         };
-        tch::manual_seed(epoch_seed(self.cfg.run.seed, epoch));
+        // Each rank draws its own random starts; rank 0 those of one process.
+        let rank = self.rank().0 as u64;
+        tch::manual_seed(epoch_seed(
+            self.cfg.run.seed ^ rank.wrapping_mul(0xD1B5_4A32_D192_ED03),
+            epoch,
+        ));
         // On patches, each case is visited `patches_per_case` times; its
         // visits share its one margin (AMAT.md's F_i average).
         let visits = if self.patches.is_some() {
@@ -199,29 +277,51 @@ impl Trainer {
         if let Some(m) = &mut self.margins {
             m.begin_epoch();
         }
+        // Data-parallel: the margins every rank replays the epoch from.
+        let start_margins = match (&self.dist, &self.margins) {
+            (Some(_), Some(m)) => m.values.clone(),
+            _ => Vec::new(),
+        };
+        self.events.clear();
         self.search_forwards = 0;
         self.margin_seconds = 0.0;
         let (mut clean_sum, mut adv_sum) = (0.0, 0.0);
         bar.set_length(order.len().div_ceil(self.cfg.train.batch_size) as u64);
         bar.set_position(0);
-        for idx in order.chunks(self.cfg.train.batch_size) {
-            let (x, y) = match &mut self.patches {
-                Some(p) => p.batch(data, idx, &mut self.rng, self.device)?,
-                None => data.batch(idx, self.device),
+        let global = self.cfg.train.batch_size;
+        for (step, chunk) in order.chunks(global).enumerate() {
+            let part = match &self.dist {
+                Some(d) => d.shard(chunk.len()),
+                None => 0..chunk.len(),
             };
-            let (clean, adv) = if adversarial {
-                self.adversarial_step(plugin, &x, &y, idx, lr)?
-            } else {
-                self.clean_step(plugin, &x, &y, lr)?
+            let batch = Batch {
+                idx: &chunk[part.clone()],
+                first: step * global + part.start,
+                global: chunk.len(),
+            };
+            let xy = match &mut self.patches {
+                Some(p) => p.part_of_batch(data, chunk, part, &mut self.rng, self.device)?,
+                None => (!batch.idx.is_empty()).then(|| data.batch(batch.idx, self.device)),
+            };
+            let (clean, adv) = match xy {
+                None => self.idle_step(adversarial, lr)?,
+                Some((x, y)) if adversarial => self.adversarial_step(plugin, &x, &y, &batch, lr)?,
+                Some((x, y)) => self.clean_step(plugin, &x, &y, batch.global, lr)?,
             };
             clean_sum += clean;
             adv_sum += adv;
             bar.inc(1);
         }
-        if adversarial && let Some(m) = &mut self.margins {
+        if adversarial && self.margins.is_some() {
             let start = Instant::now();
-            m.end_epoch();
+            self.gather_margins(start_margins)?;
+            self.margins.as_mut().expect("AMAT").end_epoch();
             self.margin_seconds += start.elapsed().as_secs_f64();
+        }
+        if let Some(d) = &mut self.dist {
+            let sums = d.sum(&[clean_sum, adv_sum, self.search_forwards as f64])?;
+            (clean_sum, adv_sum) = (sums[0], sums[1]);
+            self.search_forwards = sums[2] as usize;
         }
         let n = order.len().max(1) as f64;
         let mut record = self.record(
@@ -244,11 +344,61 @@ impl Trainer {
         plugin: &mut Plugin,
         x: &Tensor,
         y: &Tensor,
+        global: usize,
         lr: f64,
     ) -> Result<(f64, f64)> {
         let loss = plugin.loss(&self.model.forward_t(x, true), y)?;
-        self.opt.minimize(&loss.mean(Kind::Float), lr);
+        let objective = self.batch_mean(&loss, global);
+        self.descend(&objective, lr)?;
         Ok((loss.detach().sum(Kind::Double).double_value(&[]), 0.0))
+    }
+
+    /// The mean of per-sample `loss` over the global batch of `global`
+    /// samples: over ranks, the sum of each rank's part, so that summing the
+    /// ranks' gradients gives the gradient one process would take.
+    fn batch_mean(&self, loss: &Tensor, global: usize) -> Tensor {
+        match self.dist {
+            Some(_) => loss.sum(Kind::Float) / global as f64,
+            None => loss.mean(Kind::Float),
+        }
+    }
+
+    /// One update from `objective`'s gradients, summed over the ranks.
+    fn descend(&mut self, objective: &Tensor, lr: f64) -> Result<()> {
+        let grads = self.opt.gradients(objective);
+        self.step_with(grads, lr)
+    }
+
+    fn step_with(&mut self, grads: Vec<Tensor>, lr: f64) -> Result<()> {
+        if let Some(d) = &mut self.dist {
+            d.all_reduce_sum(&grads.iter().collect::<Vec<_>>())?;
+        }
+        self.opt.step(&grads, lr);
+        Ok(())
+    }
+
+    /// A rank with no sample in a (short, last) batch joins the step's
+    /// collectives with nothing to add.
+    fn idle_step(&mut self, adversarial: bool, lr: f64) -> Result<(f64, f64)> {
+        if adversarial && self.gates() {
+            self.gated_over_ranks(0)?;
+        }
+        let grads = self.opt.params().iter().map(|p| p.zeros_like()).collect();
+        self.step_with(grads, lr)?;
+        Ok((0.0, 0.0))
+    }
+
+    /// Whether AMAT's clean gate can leave samples out.
+    fn gates(&self) -> bool {
+        self.method == Method::Amat && self.cfg.amat.tau_clean.is_some()
+    }
+
+    /// The number of gated samples of the global batch.
+    fn gated_over_ranks(&mut self, local: usize) -> Result<usize> {
+        Ok(match &mut self.dist {
+            Some(d) => d.sum(&[local as f64])?[0] as usize,
+            None => local,
+        })
     }
 
     /// The noise level of each sample of the batch.
@@ -268,9 +418,10 @@ impl Trainer {
         plugin: &mut Plugin,
         x: &Tensor,
         y: &Tensor,
-        idx: &[usize],
+        batch: &Batch,
         lr: f64,
     ) -> Result<(f64, f64)> {
+        let idx = batch.idx;
         let levels = self.noise_levels(idx);
         let eps = Tensor::from_slice(&levels).to_device(self.device);
         let reference = self.margins.as_ref().map(|m| m.rule) == Some(AmatRule::Reference);
@@ -312,24 +463,29 @@ impl Trainer {
         let gated = Tensor::from_slice(&gate)
             .to_kind(Kind::Float)
             .to_device(self.device);
-        let n_gated = gate.iter().filter(|&&g| g).count();
+        let local_gated = gate.iter().filter(|&&g| g).count();
+        let n_gated = match (self.gates(), &self.dist) {
+            (true, _) => self.gated_over_ranks(local_gated)?,
+            (false, Some(_)) => batch.global,
+            (false, None) => local_gated,
+        };
         let adv_term = if n_gated == 0 {
             adv.sum(Kind::Float) * 0.0
         } else {
             (&adv * &gated).sum(Kind::Float) / n_gated as f64
         };
-        let objective = clean.mean(Kind::Float) * (1.0 - beta) + adv_term * beta;
+        let objective = self.batch_mean(&clean, batch.global) * (1.0 - beta) + adv_term * beta;
         if self.margins.is_some() {
             let start = Instant::now();
             match crossed {
-                Some(crossed) => self.observe(&delta, idx, &gate, &crossed)?,
+                Some(crossed) => self.observe(&delta, batch, &gate, &crossed)?,
                 None => {
-                    self.update_margins(plugin, (x, y), &delta, idx, &gate, (&pred_adv, &adv))?
+                    self.update_margins(plugin, (x, y), &delta, batch, &gate, (&pred_adv, &adv))?
                 }
             }
             self.margin_seconds += start.elapsed().as_secs_f64();
         }
-        self.opt.minimize(&objective, lr);
+        self.descend(&objective, lr)?;
         let sum = |t: &Tensor| t.detach().sum(Kind::Double).double_value(&[]);
         Ok((sum(&clean), sum(&adv)))
     }
@@ -354,7 +510,7 @@ impl Trainer {
     fn observe(
         &mut self,
         delta: &Tensor,
-        idx: &[usize],
+        batch: &Batch,
         gate: &[bool],
         crossed: &[bool],
     ) -> Result<()> {
@@ -362,8 +518,41 @@ impl Trainer {
             sample_norms(delta, self.cfg.train.attack.norm).to_device(Device::Cpu),
         )?;
         let margins = self.margins.as_mut().expect("AMAT");
-        for (r, &i) in idx.iter().enumerate() {
+        for (r, &i) in batch.idx.iter().enumerate() {
             margins.observe(i, gate[r], crossed[r], norms[r] as f64);
+            if self.dist.is_some() {
+                self.events.push(event(
+                    batch.first + r,
+                    i,
+                    gate[r],
+                    crossed[r],
+                    norms[r] as f64,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Data-parallel AMAT, at the end of an epoch: every rank's
+    /// observations, replayed in the epoch's order from the margins it
+    /// started with, so each rank holds what one process would.
+    fn gather_margins(&mut self, start: Vec<f32>) -> Result<()> {
+        let Some(d) = &mut self.dist else {
+            return Ok(());
+        };
+        let mut all = d.gather_rows(&self.events)?;
+        all.sort_by(|a, b| a[0].total_cmp(&b[0]));
+        let m = self.margins.as_mut().expect("AMAT");
+        m.values = start;
+        m.begin_epoch();
+        for [_, i, gated, flag, value] in all {
+            let (i, gated, flag) = (i as usize, gated != 0.0, flag != 0.0);
+            match m.rule {
+                AmatRule::Reference => m.observe(i, gated, flag, value),
+                AmatRule::Boundary => {
+                    m.update(i, gated, flag, value.is_finite().then_some(value));
+                }
+            }
         }
         Ok(())
     }
@@ -405,10 +594,11 @@ impl Trainer {
         plugin: &mut Plugin,
         (x, y): (&Tensor, &Tensor),
         delta: &Tensor,
-        idx: &[usize],
+        batch: &Batch,
         gate: &[bool],
         (pred_adv, adv): (&Tensor, &Tensor),
     ) -> Result<()> {
+        let idx = batch.idx;
         let adv_ok = self
             .judge
             .correct(plugin, &pred_adv.detach(), y, Some(adv))?;
@@ -448,6 +638,11 @@ impl Trainer {
         let margins = self.margins.as_mut().expect("AMAT");
         for (r, &i) in idx.iter().enumerate() {
             margins.update(i, gate[r], adv_ok[r], boundary[r]);
+            if self.dist.is_some() {
+                let b = boundary[r].unwrap_or(f64::NAN);
+                self.events
+                    .push(event(batch.first + r, i, gate[r], adv_ok[r], b));
+            }
         }
         Ok(())
     }

@@ -56,11 +56,29 @@ impl Optimizer {
     /// Gradients of `loss` w.r.t. the parameters (never stored in `.grad`),
     /// then one update at rate `lr`.
     pub fn minimize(&mut self, loss: &Tensor, lr: f64) {
-        let grads = Tensor::run_backward(&[loss], &self.params(), false, false);
+        let grads = self.gradients(loss);
         self.step(&grads, lr);
     }
 
-    fn step(&mut self, grads: &[Tensor], lr: f64) {
+    /// Gradients of `loss` w.r.t. the parameters, in `params` order.
+    pub fn gradients(&self, loss: &Tensor) -> Vec<Tensor> {
+        Tensor::run_backward(&[loss], &self.params(), false, false)
+    }
+
+    /// Moments and step count, which every rank of a data-parallel run
+    /// must share (the moments in place, `steps` as a tensor to copy back).
+    pub fn shared_state(&self) -> (Vec<Tensor>, Tensor) {
+        let moments = self
+            .first
+            .iter()
+            .chain(&self.second)
+            .map(Tensor::shallow_clone)
+            .collect();
+        (moments, Tensor::from_slice(&[self.steps]))
+    }
+
+    /// One update at rate `lr` from `grads` (in `params` order).
+    pub fn step(&mut self, grads: &[Tensor], lr: f64) {
         let _guard = tch::no_grad_guard();
         self.steps += 1;
         for (i, g) in grads.iter().enumerate() {

@@ -51,17 +51,41 @@ impl Patches {
         rng: &mut ChaCha8Rng,
         device: Device,
     ) -> Result<(Tensor, Tensor)> {
-        let mut images = Vec::with_capacity(indices.len());
-        let mut targets = Vec::with_capacity(indices.len());
-        for &i in indices {
+        self.part_of_batch(data, indices, 0..indices.len(), rng, device)?
+            .context("an empty batch")
+    }
+
+    /// The patches of rows `keep` of the batch `indices` (one rank's part of
+    /// a data-parallel batch). Every row's patch is drawn, so `rng` moves
+    /// exactly as on a rank that keeps them all and the ranks' shufflers stay
+    /// in step; drawing another rank's row reads its case (the draw needs
+    /// its shape and foreground). None when `keep` is empty.
+    pub fn part_of_batch(
+        &mut self,
+        data: &Dataset,
+        indices: &[usize],
+        keep: std::ops::Range<usize>,
+        rng: &mut ChaCha8Rng,
+        device: Device,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let mut images = Vec::with_capacity(keep.len());
+        let mut targets = Vec::with_capacity(keep.len());
+        for (r, &i) in indices.iter().enumerate() {
+            if !keep.contains(&r) {
+                self.draw(data, i, rng)?;
+                continue;
+            }
             let (image, target) = self.patch(data, i, rng)?;
             images.push(image);
             targets.push(target);
         }
-        Ok((
+        if images.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((
             Tensor::stack(&images, 0).to_device(device),
             Tensor::stack(&targets, 0).to_device(device),
-        ))
+        )))
     }
 
     /// Where the patch of case `i` starts along each spatial axis (a start

@@ -118,6 +118,7 @@ pub fn run(study: &Study, stop_after: Option<usize>, skip_checks: bool) -> Resul
             epochs_done: Some(&overall),
             lock: None,
             skip_checks,
+            dist: None,
         })
         .with_context(|| format!("study {}: {label}", study.name))?;
         let from = finished
