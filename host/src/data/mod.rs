@@ -6,6 +6,7 @@ pub mod cache;
 pub mod case_split;
 pub mod cases;
 pub mod decoding;
+pub mod generate;
 pub mod manifest;
 pub mod prepare;
 pub mod source;
