@@ -120,6 +120,19 @@ fn generated_cases_keep_their_labels_and_prepare_by_case() {
         }
     }
 
+    // Leave one subject out: fold 1 holds out every MNI152 case.
+    let folds: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("splits_final.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        folds[1]["val"],
+        serde_json::json!(["mni152_000", "mni152_001"])
+    );
+    assert_eq!(
+        folds[1]["train"],
+        serde_json::json!(["colin27_000", "colin27_001"])
+    );
+
     // A second generate into the same folder is refused, leaving it as it was.
     let again = generate(&out);
     let e = String::from_utf8_lossy(&again.stderr);
@@ -149,4 +162,9 @@ fn generated_cases_keep_their_labels_and_prepare_by_case() {
     assert!(split_of.values().all(|s| s.len() == 1), "{split_of:?}");
     let used: BTreeSet<Split> = split_of.values().flatten().copied().collect();
     assert!(used.contains(&Split::Train) && used.contains(&Split::Test));
+    let described = m.description.as_deref().unwrap_or_default();
+    assert!(
+        described.contains("deformations of 2 real subject"),
+        "{described}"
+    );
 }

@@ -309,7 +309,7 @@ impl Warper {
         }
     }
 
-    /// Case number `seed` draws: see [`Deform`].
+    /// One case, drawn from `seed` (see [`Deform`]).
     pub fn case(&self, d: &Deform, seed: u64) -> Case {
         let _guard = tch::no_grad_guard();
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -645,6 +645,12 @@ fn write_all(args: &GenerateArgs, sources: &[SourceName], dir: &Path) -> Result<
         dims.push(warper.grid.dims);
     }
     bar.finish_and_clear();
+    if sources.len() > 1 {
+        fsio::write_atomic(
+            &dir.join("splits_final.json"),
+            serde_json::to_string_pretty(&subject_folds(sources, &ids))?.as_bytes(),
+        )?;
+    }
     let json = dataset_json(args, sources, ids.len(), &dims);
     fsio::write_atomic(
         &dir.join("dataset.json"),
@@ -655,6 +661,21 @@ fn write_all(args: &GenerateArgs, sources: &[SourceName], dir: &Path) -> Result<
         cases: ids,
         dims,
     })
+}
+
+/// Leave one subject out, in nnU-Net's `splits_final.json` form: fold k
+/// holds out every case of `sources[k]`, so a test split made from it
+/// (`data prepare --fold k`) never shares a subject with training.
+fn subject_folds(sources: &[SourceName], ids: &[String]) -> serde_json::Value {
+    let of = |s: SourceName, held: bool| -> Vec<&String> {
+        ids.iter()
+            .filter(|id| id.starts_with(&format!("{}_", s.id())) == held)
+            .collect()
+    };
+    sources
+        .iter()
+        .map(|&s| serde_json::json!({"train": of(s, false), "val": of(s, true)}))
+        .collect()
 }
 
 fn affine_f32(g: &Grid) -> [[f32; 4]; 3] {
@@ -717,6 +738,10 @@ fn dataset_json(
             "spacing_mm": args.spacing,
             "dims": dims,
             "deform": args.deform,
+            "splits": (sources.len() > 1).then(|| format!(
+                "splits_final.json: fold k holds out every case of source k ({}), so `data prepare --fold k` tests on a subject the training never saw",
+                ids.join(", ")
+            )),
         },
     })
 }

@@ -152,6 +152,8 @@ pub struct Splits {
     pub train: Dataset,
     pub val: Dataset,
     pub test: Dataset,
+    /// Where the data comes from (a dataset.json's `description`), for reports.
+    pub about: Option<String>,
 }
 
 /// Where a run's data comes from.
