@@ -9,6 +9,7 @@ mod contract_versions;
 mod datasets;
 mod detection;
 mod distributed;
+mod generate;
 mod landmark;
 mod layering;
 mod native_abi;

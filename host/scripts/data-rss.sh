@@ -8,6 +8,10 @@
 #
 #   bash host/scripts/data-rss.sh [N=40]
 #
+# X1=DIR X10=DIR: nnU-Net folders to measure instead of the synthetic ones
+# (host/scripts/generated-bench.sh passes generated cases); DECODE: the
+# decode options (default {"size": 64}).
+#
 # Uses target/debug/amat-host and the dev wasm segmentation plugin
 # (cargo build -p amat-host; bash host/scripts/build-plugins.sh dev).
 set -euo pipefail
@@ -19,6 +23,12 @@ plugin=$target/wasm32-wasip2/debug/amat_segmentation.wasm
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+decode=${DECODE:-'{"size": 64}'}
+cores=$(nproc)
+if [ -n "${X1:-}" ]; then
+    ln -s "$(realpath "$X1")" "$work/x1"
+    ln -s "$(realpath "$X10")" "$work/x10"
+else
 # Cases: 48 x 48 x 24 uint8 volumes, a bright ellipsoid labelled 1 in 16 slices.
 python3 - "$work" "$N" <<'PY'
 import gzip, json, os, random, struct, sys
@@ -57,18 +67,21 @@ for name, count in (("x1", n), ("x10", 10 * n)):
         open(os.path.join(d, "imagesTr", f"case_{k:04d}_0000.nii.gz"), "wb").write(nifti(img))
         open(os.path.join(d, "labelsTr", f"case_{k:04d}.nii.gz"), "wb").write(nifti(lab))
 PY
+fi
+count() { find "$work/$1/imagesTr/" -name '*_0000.nii.gz' | wc -l; }
 
 prepare() { # folder out jobs
     "$bin" data prepare --plugin "$plugin" --spec "$work/$1" --out "$work/$2" \
-        --decode '{"size": 64}' --jobs "$3" | tail -1
+        --decode "$decode" --jobs "$3" | tail -1
 }
-echo "prepare ($N cases):"
+echo "prepare ($(count x1) cases, $cores cores):"
 prepare x1 p1-jobs1 1
-prepare x1 p1 2
+prepare x1 p1 "$cores"
 echo "re-prepare from the cache:"
-prepare x1 p1 2
-echo "prepare ($((10 * N)) cases):"
-prepare x10 p10 2
+prepare x1 p1 "$cores"
+echo "prepare ($(count x10) cases):"
+prepare x10 p10-jobs1 1
+prepare x10 p10 "$cores"
 
 rss() { # prepared [run flags]
     cat > "$work/$1.toml" <<EOF

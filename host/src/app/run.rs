@@ -371,6 +371,7 @@ pub fn execute(job: Job) -> Result<Finished> {
     let summary = summary::summary(
         &cfg,
         &info.name,
+        session.splits.about.as_deref(),
         session.splits.train.len(),
         &trainer.history,
         &curve,

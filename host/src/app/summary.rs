@@ -13,6 +13,7 @@ use std::fmt::Write;
 pub fn summary(
     cfg: &RunConfig,
     task: &str,
+    data_about: Option<&str>,
     train_samples: usize,
     history: &[EpochRecord],
     curve: &Curve,
@@ -20,6 +21,9 @@ pub fn summary(
     let mut s = String::new();
     let method = cfg.run.method.map(|m| m.to_string()).unwrap_or_default();
     let _ = writeln!(s, "# {method} on {task}\n");
+    if let Some(about) = data_about {
+        let _ = writeln!(s, "- data: {about}");
+    }
     let _ = writeln!(
         s,
         "- {} epochs ({} warm-up), {} training samples, batch {}, {:?} lr {}, seed {}",

@@ -49,6 +49,9 @@ pub struct Cases {
     pub layout: &'static str,
     /// `dataset.json`'s `name`, if it has one.
     pub name: Option<String>,
+    /// `dataset.json`'s `description`: where the data comes from (generated
+    /// cases say they are deformations of real subjects).
+    pub description: Option<String>,
     /// Label value -> class name.
     pub labels: BTreeMap<u32, String>,
     pub cases: Vec<CaseInput>,
@@ -142,10 +145,8 @@ pub fn from_dataset_folder(dir: &Path) -> Result<Cases> {
     let json: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("dataset {}: not JSON", path.display()))?;
     let at = |what: &str| format!("dataset {}: {what}", path.display());
-    let name = json
-        .get("name")
-        .and_then(|n| n.as_str())
-        .map(str::to_string);
+    let text_of = |key: &str| json.get(key).and_then(|n| n.as_str()).map(str::to_string);
+    let (name, description) = (text_of("name"), text_of("description"));
     let cases = if json.get("channel_names").is_some() {
         nnunet_v2(dir, &json, &at)?
     } else if json.get("training").is_some() {
@@ -156,7 +157,11 @@ pub fn from_dataset_folder(dir: &Path) -> Result<Cases> {
             at("neither nnU-Net v2 (`channel_names`) nor MSD (`training`)")
         );
     };
-    Ok(Cases { name, ..cases })
+    Ok(Cases {
+        name,
+        description,
+        ..cases
+    })
 }
 
 fn labels_of(
@@ -361,6 +366,7 @@ fn finish(
     Ok(Cases {
         layout,
         name: None,
+        description: None,
         labels,
         cases,
     })
@@ -520,13 +526,15 @@ mod tests {
     #[test]
     fn msd_folder_and_glob() {
         let d = tempfile::tempdir().unwrap();
-        let json = r#"{"name": "Hippo", "labels": {"0": "background", "1": "Anterior"},
+        let json = r#"{"name": "Hippo", "description": "Left and right hippocampus",
+                       "labels": {"0": "background", "1": "Anterior"},
                        "training": [{"image": "./imagesTr/h_3.nii.gz", "label": "./labelsTr/h_3.nii.gz"}]}"#;
         std::fs::write(d.path().join("dataset.json"), json).unwrap();
         touch(&d.path().join("imagesTr/h_3.nii.gz"));
         touch(&d.path().join("labelsTr/h_3.nii.gz"));
         let c = from_dataset_folder(d.path()).unwrap();
         assert_eq!((c.layout, c.name.as_deref()), ("msd", Some("Hippo")));
+        assert_eq!(c.description.as_deref(), Some("Left and right hippocampus"));
         assert_eq!(c.cases[0].id, "h_3");
         let names: Vec<String> = c.cases[0]
             .named_files()

@@ -378,6 +378,9 @@ pub struct SlabRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub name: String,
+    /// Where the data comes from, as its `dataset.json` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     pub plugin: PluginRecord,
     /// "volume" (one decode call, slab splits), "nnunet-v2", "msd", "list" or "glob".
     #[serde(default = "volume_layout")]

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod case_split;
 pub mod cases;
 pub mod decoding;
+pub mod generate;
 pub mod manifest;
 pub mod prepare;
 pub mod source;
@@ -151,6 +152,8 @@ pub struct Splits {
     pub train: Dataset,
     pub val: Dataset,
     pub test: Dataset,
+    /// Where the data comes from (a dataset.json's `description`), for reports.
+    pub about: Option<String>,
 }
 
 /// Where a run's data comes from.

@@ -153,7 +153,7 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
     let options = options_of(&spec, args.decode.as_deref())?;
 
     // The jobs: one volume, or one per case.
-    let (layout, jobs, name) = if !spec.files.is_empty() {
+    let (layout, jobs, name, description) = if !spec.files.is_empty() {
         let files = spec
             .files
             .iter()
@@ -173,7 +173,7 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
             options: options.clone(),
             describe: None,
         };
-        ("volume".to_string(), vec![job], spec.name.clone())
+        ("volume".to_string(), vec![job], spec.name.clone(), None)
     } else {
         let cases = cases_of(&spec, &base, &what)?;
         let name = [spec.name.clone(), cases.name.clone().unwrap_or_default()]
@@ -203,7 +203,7 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
                 }
             })
             .collect();
-        (cases.layout.to_string(), jobs, name)
+        (cases.layout.to_string(), jobs, name, cases.description)
     };
     let volume = layout == "volume";
     if volume && args.fold.is_some() {
@@ -378,6 +378,7 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
     };
     let mut manifest = Manifest {
         name,
+        description,
         plugin: plugin_record,
         layout: layout.clone(),
         files,
@@ -625,6 +626,7 @@ pub fn load_splits_on_disk(manifest_path: &Path, plugin: &Plugin) -> Result<Spli
         set.name = m.name.clone();
         set.on_disk.get_or_insert_with(OnDisk::default);
     }
+    splits.about = m.description.clone();
     Ok(splits)
 }
 
@@ -784,7 +786,10 @@ fn splits_from(m: &Manifest, samples: Vec<Sample>) -> Result<Splits> {
             );
         }
     }
-    let mut splits = Splits::default();
+    let mut splits = Splits {
+        about: m.description.clone(),
+        ..Splits::default()
+    };
     for set in [&mut splits.train, &mut splits.val, &mut splits.test] {
         set.name = m.name.clone();
     }
