@@ -119,8 +119,8 @@ fn nnunet_folder_prepares_by_case_and_re_decodes_only_what_changed() {
     assert!(on_disk.train.samples.is_empty() && on_disk.train.on_disk.is_some());
     assert_eq!(on_disk.train.len(), splits.train.len());
     let all: Vec<usize> = (0..splits.train.len()).rev().collect();
-    let (x, y) = splits.train.batch(&all, tch::Device::Cpu);
-    let (x2, y2) = on_disk.train.batch(&all, tch::Device::Cpu);
+    let (x, y) = splits.train.batch(&all, tch::Device::Cpu).unwrap();
+    let (x2, y2) = on_disk.train.batch(&all, tch::Device::Cpu).unwrap();
     assert!(x.equal(&x2) && y.equal(&y2));
     assert_eq!(on_disk.test.id(0), splits.test.id(0));
 

@@ -171,7 +171,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<Calibration> {
     let indices: Vec<usize> = (0..data.len()).collect();
     let _guard = tch::no_grad_guard();
     for idx in indices.chunks(l.cfg.eval.batch_size) {
-        let (x, y) = data.batch(idx, session.device);
+        let (x, y) = data.batch(idx, session.device)?;
         let pred = l.model.forward_t(&x, false);
         let loss = session.plugin.loss(&pred, &y)?;
         let scores = session.plugin.scores(&pred, &y)?;

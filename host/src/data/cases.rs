@@ -51,6 +51,9 @@ pub struct Cases {
     pub name: Option<String>,
     /// Label value -> class name.
     pub labels: BTreeMap<u32, String>,
+    /// Each image channel's modality as the dataset names it (nnU-Net's
+    /// `channel_names`, MSD's `modality`; e.g. "CT", "T1"); empty when not named.
+    pub channels: Vec<String>,
     pub cases: Vec<CaseInput>,
 }
 
@@ -146,17 +149,50 @@ pub fn from_dataset_folder(dir: &Path) -> Result<Cases> {
         .get("name")
         .and_then(|n| n.as_str())
         .map(str::to_string);
-    let cases = if json.get("channel_names").is_some() {
-        nnunet_v2(dir, &json, &at)?
+    let (cases, names) = if json.get("channel_names").is_some() {
+        (nnunet_v2(dir, &json, &at)?, "channel_names")
     } else if json.get("training").is_some() {
-        msd(dir, &json, &at)?
+        (msd(dir, &json, &at)?, "modality")
     } else {
         bail!(
             "{}",
             at("neither nnU-Net v2 (`channel_names`) nor MSD (`training`)")
         );
     };
-    Ok(Cases { name, ..cases })
+    let channels = channel_names(&json, names, &at)?;
+    Ok(Cases {
+        name,
+        channels,
+        ..cases
+    })
+}
+
+/// `{"0": "CT", "1": ...}` in channel order; empty when the key is absent.
+fn channel_names(
+    json: &serde_json::Value,
+    key: &str,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Vec<String>> {
+    let Some(table) = json.get(key) else {
+        return Ok(Vec::new());
+    };
+    let table = table
+        .as_object()
+        .with_context(|| at(&format!("`{key}` is not an object")))?;
+    let mut named: BTreeMap<usize, String> = BTreeMap::new();
+    for (k, v) in table {
+        let index: usize = k
+            .parse()
+            .map_err(|_| anyhow::anyhow!(at(&format!("`{key}` key `{k}` is not a channel index"))))?;
+        let name = v
+            .as_str()
+            .with_context(|| at(&format!("`{key}`.{k} is not a string")))?;
+        named.insert(index, name.to_string());
+    }
+    if named.keys().copied().ne(0..named.len()) {
+        bail!("{}", at(&format!("`{key}` must number the channels 0, 1, ...")));
+    }
+    Ok(named.into_values().collect())
 }
 
 fn labels_of(
@@ -362,6 +398,7 @@ fn finish(
         layout,
         name: None,
         labels,
+        channels: Vec::new(),
         cases,
     })
 }

@@ -137,6 +137,7 @@ pub fn splits(cfg: &SyntheticConfig) -> Splits {
         train: dataset(cfg, "train", cfg.train, &mut rng),
         val: dataset(cfg, "val", cfg.val, &mut rng),
         test: dataset(cfg, "test", cfg.test, &mut rng),
+        normalization: None,
     }
 }
 

@@ -148,7 +148,17 @@ impl Trainer {
         })
     }
 
-    fn adversarial(&self, epoch: usize) -> bool {
+    /// Images normalised by the host (see `data::normalize`): attacks clamp
+    /// to the dataset's normalised range, and patches are padded with 0,
+    /// the normalised background, as nnU-Net pads.
+    pub fn normalised(&mut self, n: &crate::data::normalize::NormRecord) {
+        self.range = n.range();
+        if let Some(p) = &mut self.patches {
+            p.pad_value = 0.0;
+        }
+    }
+
+        fn adversarial(&self, epoch: usize) -> bool {
         self.method != Method::Std && epoch >= self.cfg.train.warmup_epochs
     }
 
@@ -207,7 +217,7 @@ impl Trainer {
         for idx in order.chunks(self.cfg.train.batch_size) {
             let (x, y) = match &mut self.patches {
                 Some(p) => p.batch(data, idx, &mut self.rng, self.device)?,
-                None => data.batch(idx, self.device),
+                None => data.batch(idx, self.device)?,
             };
             let (clean, adv) = if adversarial {
                 self.adversarial_step(plugin, &x, &y, idx, lr)?

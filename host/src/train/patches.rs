@@ -11,7 +11,7 @@
 //! intensity minimum, targets with 0, the background).
 
 use crate::data::{Dataset, Sample};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
@@ -196,5 +196,4 @@ impl Patches {
 /// Sample `i`, in memory or read from the prepared cache.
 fn read(data: &Dataset, i: usize) -> Result<Sample> {
     data.sample(i)
-        .with_context(|| format!("sample {i} of a split of {}", data.len()))
 }

@@ -72,7 +72,7 @@ pub fn before_training(
     }
     let start = Instant::now();
     let n = data.len().min(batch_size.clamp(2, MAX_BATCH));
-    let (x, y) = data.batch(&(0..n).collect::<Vec<_>>(), device);
+    let (x, y) = data.batch(&(0..n).collect::<Vec<_>>(), device)?;
     let x = x.set_requires_grad(true);
     let pred = model.forward_t(&x, false);
     let path = plugin.path().to_path_buf();
@@ -159,7 +159,7 @@ pub fn after_warmup(
     let (mut losses, mut correct) = (Vec::with_capacity(n), 0);
     let indices: Vec<usize> = (0..n).collect();
     for idx in indices.chunks(batch_size.max(1)) {
-        let (x, y) = data.batch(idx, device);
+        let (x, y) = data.batch(idx, device)?;
         let pred = model.forward_t(&x, false);
         let loss = plugin.loss(&pred, &y)?;
         correct += judge
