@@ -137,6 +137,20 @@ impl Dataset {
         }
     }
 
+    /// `indices` in batches of at most `size` samples of one image shape
+    /// (volumes may differ in shape; batches stack): grouped by shape, in
+    /// order within a shape.
+    pub fn batches_of_one_shape(&self, indices: &[usize], size: usize) -> Vec<Vec<usize>> {
+        let shape = |i: usize| self.image_shape(i).unwrap_or_default();
+        let mut sorted = indices.to_vec();
+        sorted.sort_by_key(|&i| shape(i));
+        sorted
+            .chunk_by(|&a, &b| shape(a) == shape(b))
+            .flat_map(|group| group.chunks(size.max(1)))
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
     /// Stacks the samples at `indices` into `(images [B, C, *spatial], targets [B, ...])`
     /// on `device`; an on-disk sample that can no longer be read is an error naming it.
     pub fn batch(&self, indices: &[usize], device: Device) -> Result<(Tensor, Tensor)> {

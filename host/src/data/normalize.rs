@@ -357,3 +357,100 @@ fn foreground_mask(s: &Sample) -> Result<Vec<bool>> {
     let v = Vec::<f32>::try_from(s.target.flatten(0, -1).to_kind(Kind::Float))?;
     Ok(v.into_iter().map(|x| x > 0.0).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-channel case of 100 voxels: `background` outside, the
+    /// foreground (target 1) the first `values.len()` voxels.
+    fn case(id: &str, background: f32, values: &[f32]) -> Sample {
+        let mut image = vec![background; 100];
+        let mut target = vec![0f32; 100];
+        image[..values.len()].copy_from_slice(values);
+        target[..values.len()].fill(1.0);
+        Sample {
+            id: id.into(),
+            image: Tensor::from_slice(&image).reshape([1, 10, 10]),
+            target: Tensor::from_slice(&target).reshape([10, 10]),
+        }
+    }
+
+    fn floats(t: &Tensor) -> Vec<f64> {
+        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+    }
+
+    #[test]
+    fn ct_is_clipped_to_the_training_foreground_percentiles_and_z_scored_with_its_statistics() {
+        // Training foregrounds 0..=199 HU in two cases, one of them with an
+        // outlier; a test case far brighter, which must not inform anything.
+        let a: Vec<f32> = (0..100).map(|v| v as f32).collect();
+        let mut b: Vec<f32> = (100..200).map(|v| v as f32).collect();
+        b[99] = 3000.0;
+        let test: Vec<f32> = vec![5000.0; 50];
+        let cases = vec![
+            ("a", true, case("a:volume:0", -1000.0, &a[..60])),
+            ("b", true, case("b:volume:0", -1000.0, &b)),
+            ("t", false, case("t:volume:0", -1000.0, &test)),
+        ];
+        let (norms, record) = compute(
+            &["CT".into()],
+            1,
+            cases
+                .into_iter()
+                .map(|(id, train, s)| Ok((id.to_string(), train, vec![s]))),
+        )
+        .unwrap();
+        let ct = record.channels[0].ct.clone().unwrap();
+        assert_eq!(record.channels[0].scheme, "ct");
+        assert_eq!((ct.voxels, ct.cases), (160, 2), "training foregrounds only");
+        let mut fg: Vec<f64> = a[..60].iter().chain(&b).map(|&v| v as f64).collect();
+        fg.sort_by(f64::total_cmp);
+        let mean = fg.iter().sum::<f64>() / 160.0;
+        assert!((ct.mean - mean).abs() < 1e-9, "{} vs {mean}", ct.mean);
+        assert!(ct.p99_5 < 3000.0 && ct.p00_5 >= 0.0, "{ct:?}");
+        // Every case, the test one included, is clipped to those percentiles.
+        let n = &norms[2].channels[0];
+        assert_eq!(n.clip, Some([ct.p00_5, ct.p99_5]));
+        let t = floats(&norms[2].apply(&case("t", -1000.0, &test).image));
+        let top = (ct.p99_5 - ct.mean) / ct.sd;
+        assert!((t[0] - top).abs() < 1e-5, "{} vs {top}", t[0]);
+        let bottom = (ct.p00_5 - ct.mean) / ct.sd;
+        assert!((t[99] - bottom).abs() < 1e-5, "background clipped: {}", t[99]);
+        assert!((record.range[0] - bottom).abs() < 1e-9 && (record.range[1] - top).abs() < 1e-9);
+    }
+
+    #[test]
+    fn mri_is_z_scored_per_case_over_its_non_zero_voxels() {
+        let values: Vec<f32> = (1..=40).map(|v| (v * v) as f32).collect();
+        let s = case("m:volume:0", 0.0, &values);
+        let (norms, record) = compute(
+            &["T1".into()],
+            1,
+            std::iter::once(Ok((
+                "m".to_string(),
+                true,
+                vec![case("m:volume:0", 0.0, &values)],
+            ))),
+        )
+        .unwrap();
+        assert_eq!(record.channels[0].scheme, "zscore-nonzero");
+        let y = floats(&norms[0].apply(&s.image));
+        let inside = &y[..40];
+        let mean = inside.iter().sum::<f64>() / 40.0;
+        let sd = (inside.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 40.0).sqrt();
+        assert!(mean.abs() < 1e-5 && (sd - 1.0).abs() < 1e-5, "{mean} {sd}");
+        assert!(y[40..].iter().all(|&v| v == 0.0), "zeros stay zero");
+        assert!(record.range[0] < 0.0 && record.range[1] > 1.0, "{:?}", record.range);
+
+        let flat = case("f:volume:0", 0.0, &[7.0; 30]);
+        let e = compute(
+            &[],
+            1,
+            std::iter::once(Ok(("f".to_string(), true, vec![flat]))),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("case `f`") && e.contains("constant"), "{e}");
+    }
+}

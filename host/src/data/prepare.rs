@@ -53,6 +53,8 @@ pub struct PrepareArgs {
     pub splits: Option<PathBuf>,
     /// Decode options (JSON object) over the spec's `[decode]`.
     pub decode: Option<String>,
+    /// Overrides `normalize.scheme` ("field" or "plugin").
+    pub normalize: Option<String>,
     pub limits: LimitArgs,
 }
 
@@ -72,6 +74,8 @@ pub struct Prepared {
     pub jobs: usize,
     pub decode_seconds: f64,
     pub total_seconds: f64,
+    /// The host's normalisation, if it normalised.
+    pub normalization: Option<normalize::NormRecord>,
 }
 
 /// The spec behind `--spec`: a file, or a dataset folder with an optional
@@ -148,6 +152,9 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
     }
     if let Some(folds) = args.folds {
         spec.split.folds = folds;
+    }
+    if let Some(scheme) = &args.normalize {
+        spec.normalize.scheme = Some(scheme.clone());
     }
     let what = format!("data spec {}", args.spec.display());
     let options = options_of(&spec, args.decode.as_deref())?;
@@ -425,6 +432,7 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
         jobs: threads.min(jobs.len()),
         decode_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
+        normalization: manifest.normalization,
     })
 }
 

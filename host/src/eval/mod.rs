@@ -188,13 +188,8 @@ pub fn robustness(
         );
     }
     tch::manual_seed(seed);
-    // Batches hold samples of one shape (stable: in split order within a shape).
-    let mut indices: Vec<usize> = (0..data.len()).collect();
-    indices.sort_by(|&a, &b| shapes[a].cmp(&shapes[b]));
-    let batches: Vec<&[usize]> = indices
-        .chunk_by(|&a, &b| shapes[a] == shapes[b])
-        .flat_map(|group| group.chunks(cfg.batch_size))
-        .collect();
+    let indices: Vec<usize> = (0..data.len()).collect();
+    let batches = data.batches_of_one_shape(&indices, cfg.batch_size);
     bar.set_length((batches.len() * cfg.eps.len()) as u64);
     bar.set_position(0);
     let mut losses = Vec::new();
