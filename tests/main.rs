@@ -8,6 +8,7 @@ mod cli_plugin;
 mod contract_versions;
 mod datasets;
 mod detection;
+mod generate;
 mod landmark;
 mod layering;
 mod native_abi;

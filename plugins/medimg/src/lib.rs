@@ -7,11 +7,13 @@
 //! - [`image2d`]: normalisation, fitting into a square, affine warps.
 //! - [`fcsv`]: Slicer fiducial lists (RAS mm).
 //! - [`tiff`]: grey TIFF images.
+//! - [`atlas`]: the segmentation classes and AAL regions grouped into them.
 //! - [`augment`]: random warps and intensity changes shared by image, labels and points.
 //!
 //! Every error is a `String` that starts with the file's name and says what
 //! is wrong with it.
 
+pub mod atlas;
 pub mod augment;
 pub mod fcsv;
 pub mod image2d;

@@ -310,11 +310,24 @@ fn voxels(name: &str, h: &Header, bytes: &[u8]) -> Result<Vec<f32>, String> {
 /// Builds NIfTI-1 bytes (uncompressed, little endian, sform set) for tests and
 /// tools that need small volumes of their own.
 pub fn encode_u8(dims: [usize; 3], affine: [[f32; 4]; 3], data: &[u8]) -> Vec<u8> {
-    assert_eq!(
-        data.len(),
-        dims.iter().product::<usize>(),
-        "data fills dims"
-    );
+    encode_raw(dims, affine, data.len(), (2, 8), data)
+}
+
+/// Like [`encode_u8`], float32 voxels.
+pub fn encode_f32(dims: [usize; 3], affine: [[f32; 4]; 3], data: &[f32]) -> Vec<u8> {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    encode_raw(dims, affine, data.len(), (16, 32), &bytes)
+}
+
+/// `(datatype, bitpix)`: the NIfTI code and bits per voxel of `bytes`.
+fn encode_raw(
+    dims: [usize; 3],
+    affine: [[f32; 4]; 3],
+    voxels: usize,
+    (datatype, bitpix): (i16, i16),
+    bytes: &[u8],
+) -> Vec<u8> {
+    assert_eq!(voxels, dims.iter().product::<usize>(), "data fills dims");
     let mut h = vec![0u8; 352];
     let put = |h: &mut Vec<u8>, at: usize, b: &[u8]| h[at..at + b.len()].copy_from_slice(b);
     put(&mut h, 0, &348i32.to_le_bytes());
@@ -325,8 +338,8 @@ pub fn encode_u8(dims: [usize; 3], affine: [[f32; 4]; 3], data: &[u8]) -> Vec<u8
     for i in 3..7 {
         put(&mut h, 42 + 2 * i, &1i16.to_le_bytes());
     }
-    put(&mut h, 70, &2i16.to_le_bytes());
-    put(&mut h, 72, &8i16.to_le_bytes());
+    put(&mut h, 70, &datatype.to_le_bytes());
+    put(&mut h, 72, &bitpix.to_le_bytes());
     put(&mut h, 76, &1f32.to_le_bytes());
     for i in 0..3 {
         let len = affine.iter().map(|row| row[i].powi(2)).sum::<f32>().sqrt();
@@ -340,7 +353,7 @@ pub fn encode_u8(dims: [usize; 3], affine: [[f32; 4]; 3], data: &[u8]) -> Vec<u8
         }
     }
     put(&mut h, 344, b"n+1\0");
-    h.extend_from_slice(data);
+    h.extend_from_slice(bytes);
     h
 }
 
@@ -375,6 +388,14 @@ mod tests {
         assert_eq!(v.get(0, 1, 0), 2.0);
         assert_eq!(v.get(1, 2, 3), 23.0);
         assert_eq!(v.voxel_to_ras([1.0, 2.0, 2.0]), [-8.0, 7.0, 3.0]);
+    }
+
+    #[test]
+    fn float_volumes_round_trip() {
+        let data = [0.25f32, -1.5, 3.0e6, 0.0, 7.0, 1.0e-3];
+        let v = read("f.nii", &encode_f32([3, 2, 1], EYE, &data)).unwrap();
+        assert_eq!((v.dims, v.data.as_slice()), ([3, 2, 1], &data[..]));
+        assert_eq!(v.affine[0], [2.0, 0.0, 0.0, -10.0]);
     }
 
     #[test]
