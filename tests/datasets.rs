@@ -313,7 +313,8 @@ fn an_image_outside_the_declared_range_is_refused_naming_the_case() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("raw");
     nnunet_folder(&data, 3);
-    // Values as stored (0-255) for a task that declares [0, 1].
+    // Values as stored (0-255) for a task that declares [0, 1], with the
+    // plugin's scaling kept (the field's scheme would normalise them).
     let out = support::amat_host()
         .args(["data", "prepare", "--plugin"])
         .arg(wasm())
@@ -322,6 +323,7 @@ fn an_image_outside_the_declared_range_is_refused_naming_the_case() {
         .arg("--out")
         .arg(tmp.path().join("prepared"))
         .args(["--decode", r#"{"size": 8, "intensity": "raw"}"#])
+        .args(["--normalize", "plugin"])
         .output()
         .unwrap();
     let err = stderr(&out);

@@ -373,7 +373,10 @@ fn ball_case(k: usize, dims: [usize; 3]) -> (Vec<u8>, Vec<u8>) {
     for z in 0..nz {
         for y in 0..ny {
             for x in 0..nx {
-                let border = [x, y, z].iter().zip(dims).any(|(&v, n)| v < 2 || v + 2 >= n);
+                let border = [x, y, z]
+                    .iter()
+                    .zip(dims)
+                    .any(|(&v, n)| v < 2 || v + 2 >= n);
                 let d2 = (x as f32 - c[0]).powi(2)
                     + (y as f32 - c[1]).powi(2)
                     + (2.0 * (z as f32 - c[2])).powi(2);
@@ -439,17 +442,30 @@ fn plugin_decoded_volumes_prepare_normalise_train_on_patches_and_evaluate_whole(
         .arg(&data)
         .arg("--out")
         .arg(&prepared)
-        .args(["--decode", r#"{"volume": true, "spacing": [2.0, 2.0, 1.0]}"#])
+        .args([
+            "--decode",
+            r#"{"volume": true, "spacing": [2.0, 2.0, 1.0]}"#,
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("eps in z-score units"), "{stdout}");
 
     let manifest = prepared.join("manifest.json");
     let m = amat_host::data::manifest::Manifest::read(&manifest).unwrap();
-    let n = m.normalization.as_ref().expect("the field's scheme for cases");
-    assert_eq!((n.scheme.as_str(), n.channels[0].scheme.as_str()), ("field", "zscore-nonzero"));
+    let n = m
+        .normalization
+        .as_ref()
+        .expect("the field's scheme for cases");
+    assert_eq!(
+        (n.scheme.as_str(), n.channels[0].scheme.as_str()),
+        ("field", "zscore-nonzero")
+    );
     assert_eq!(n.channels[0].modality, "T1");
     assert!(m.cases.iter().all(|c| c.norm.is_some()));
 
@@ -463,17 +479,25 @@ fn plugin_decoded_volumes_prepare_normalise_train_on_patches_and_evaluate_whole(
         for i in 0..set.len() {
             let s = set.sample(i).unwrap();
             let shape = s.image.size();
-            assert_eq!((shape[0], shape[1], shape[2]), (1, 10, 8), "{}: {shape:?}", s.id);
+            assert_eq!(
+                (shape[0], shape[1], shape[2]),
+                (1, 10, 8),
+                "{}: {shape:?}",
+                s.id
+            );
             assert_eq!(s.target.size(), shape[1..].to_vec());
             shapes.insert(shape);
             // Z-scored over the non-zero voxels: mean 0, sd 1 there.
             let v = floats(&s.image);
             let inside: Vec<f64> = v.iter().filter(|x| **x != 0.0).map(|&x| x as f64).collect();
             let mean = inside.iter().sum::<f64>() / inside.len() as f64;
-            let sd = (inside.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
-                / inside.len() as f64)
+            let sd = (inside.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / inside.len() as f64)
                 .sqrt();
-            assert!(mean.abs() < 1e-3 && (sd - 1.0).abs() < 1e-3, "{}: {mean} {sd}", s.id);
+            assert!(
+                mean.abs() < 1e-3 && (sd - 1.0).abs() < 1e-3,
+                "{}: {mean} {sd}",
+                s.id
+            );
         }
     }
     assert_eq!(shapes.len(), 3, "three grid sizes: {shapes:?}");
@@ -500,17 +524,32 @@ fn plugin_decoded_volumes_prepare_normalise_train_on_patches_and_evaluate_whole(
         .arg(&run)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let curve: amat_host::eval::Curve =
         serde_json::from_str(&std::fs::read_to_string(run.join("robustness.json")).unwrap())
             .unwrap();
     assert_eq!(curve.samples, splits.test.len());
     // Class 1 is named as in the default label set.
     let dice = curve.metric("dice_frontal").expect("the ball's Dice");
-    assert!(dice.values.iter().all(|v| (0.0..=1.0).contains(v)), "{:?}", dice.values);
-    assert!(curve.intensity.contains("z-score units"), "{}", curve.intensity);
+    assert!(
+        dice.values.iter().all(|v| (0.0..=1.0).contains(v)),
+        "{:?}",
+        dice.values
+    );
+    assert!(
+        curve.intensity.contains("z-score units"),
+        "{}",
+        curve.intensity
+    );
     let summary = std::fs::read_to_string(run.join("summary.md")).unwrap();
-    assert!(summary.contains("z-score units") && summary.contains("clamped to ["), "{summary}");
+    assert!(
+        summary.contains("z-score units") && summary.contains("clamped to ["),
+        "{summary}"
+    );
 
     // The cache changes under a running process: an error, not a panic.
     let case = &m.cases[0];
@@ -519,7 +558,9 @@ fn plugin_decoded_volumes_prepare_normalise_train_on_patches_and_evaluate_whole(
         .into_iter()
         .find(|s| (0..s.len()).any(|i| s.id(i).unwrap().starts_with(&case.id)))
         .unwrap();
-    let i = (0..set.len()).find(|&i| set.id(i).unwrap().starts_with(&case.id)).unwrap();
+    let i = (0..set.len())
+        .find(|&i| set.id(i).unwrap().starts_with(&case.id))
+        .unwrap();
     let e = format!("{:#}", set.batch(&[i], Device::Cpu).unwrap_err());
     assert!(
         e.contains(&format!("case `{}`", case.id)) && e.contains(case.cache.to_str().unwrap()),
@@ -563,19 +604,36 @@ fn a_split_of_mixed_shapes_evaluates_as_its_volumes_alone() {
         .unwrap()
     };
     let both = curve_of(vec![
-        Sample { id: "cut".into(), image: cut.image.shallow_clone(), target: cut.target.shallow_clone() },
-        Sample { id: "big".into(), image: big[0].image.shallow_clone(), target: big[0].target.shallow_clone() },
+        Sample {
+            id: "cut".into(),
+            image: cut.image.shallow_clone(),
+            target: cut.target.shallow_clone(),
+        },
+        Sample {
+            id: "big".into(),
+            image: big[0].image.shallow_clone(),
+            target: big[0].target.shallow_clone(),
+        },
     ]);
     let alone = [curve_of(vec![cut]), curve_of(big)];
     // Dice per class is the mean over the samples that define it, so the
     // pair's value is the mean of the values the two volumes have alone:
     // the padding adds to no class.
-    let value = |c: &eval::Curve, name: &str| c.metric(name).map(|m| m.values[0]).filter(|v| v.is_finite());
+    let value = |c: &eval::Curve, name: &str| {
+        c.metric(name)
+            .map(|m| m.values[0])
+            .filter(|v| v.is_finite())
+    };
     let mut checked = 0;
     for m in both.metrics.iter().filter(|m| m.name != "dice_mean") {
         let own: Vec<f64> = alone.iter().filter_map(|c| value(c, &m.name)).collect();
         let expected = own.iter().sum::<f64>() / own.len() as f64;
-        assert!((m.values[0] - expected).abs() < 1e-9, "{}: {} vs {own:?}", m.name, m.values[0]);
+        assert!(
+            (m.values[0] - expected).abs() < 1e-9,
+            "{}: {} vs {own:?}",
+            m.name,
+            m.values[0]
+        );
         checked += 1;
     }
     assert!(checked > 0, "{:?}", both.metrics);

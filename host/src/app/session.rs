@@ -141,7 +141,10 @@ impl Session {
     /// normalisation's, when the data has one, else the plugin's declared one.
     pub fn range(&self) -> Range {
         match &self.splits.normalization {
-            Some(n) => n.range(),
+            Some(n) => Range {
+                min: n.range[0],
+                max: n.range[1],
+            },
             None => Range {
                 min: self.plugin.info().intensity_min as f64,
                 max: self.plugin.info().intensity_max as f64,

@@ -181,16 +181,19 @@ fn channel_names(
         .with_context(|| at(&format!("`{key}` is not an object")))?;
     let mut named: BTreeMap<usize, String> = BTreeMap::new();
     for (k, v) in table {
-        let index: usize = k
-            .parse()
-            .map_err(|_| anyhow::anyhow!(at(&format!("`{key}` key `{k}` is not a channel index"))))?;
+        let index: usize = k.parse().map_err(|_| {
+            anyhow::anyhow!(at(&format!("`{key}` key `{k}` is not a channel index")))
+        })?;
         let name = v
             .as_str()
             .with_context(|| at(&format!("`{key}`.{k} is not a string")))?;
         named.insert(index, name.to_string());
     }
     if named.keys().copied().ne(0..named.len()) {
-        bail!("{}", at(&format!("`{key}` must number the channels 0, 1, ...")));
+        bail!(
+            "{}",
+            at(&format!("`{key}` must number the channels 0, 1, ..."))
+        );
     }
     Ok(named.into_values().collect())
 }

@@ -132,15 +132,6 @@ pub struct NormRecord {
     pub unit: String,
 }
 
-impl NormRecord {
-    pub fn range(&self) -> crate::attack::Range {
-        crate::attack::Range {
-            min: self.range[0],
-            max: self.range[1],
-        }
-    }
-}
-
 /// Whether `scheme` (a spec's, if any) asks for the field's normalisation;
 /// `cases`: the dataset is one of cases (the default there is "field").
 pub fn field_scheme(scheme: Option<&str>, cases: bool) -> Result<bool> {
@@ -207,7 +198,9 @@ pub fn compute(
                     s.image.size()
                 );
             }
-            let mask = (train && ct.iter().any(|&c| c)).then(|| foreground_mask(s)).transpose()?;
+            let mask = (train && ct.iter().any(|&c| c))
+                .then(|| foreground_mask(s))
+                .transpose()?;
             for (c, seen) in seen.iter_mut().enumerate() {
                 let x = s.image.get(c as i64).to_kind(Kind::Double).flatten(0, -1);
                 let values = Vec::<f64>::try_from(&x)?;
@@ -222,8 +215,16 @@ pub fn compute(
                         seen.max = seen.max.max(v);
                     }
                 }
-                if ct[c] && let Some(mask) = &mask {
-                    fg[c].extend(values.iter().zip(mask).filter(|(_, m)| **m).map(|(v, _)| *v));
+                if ct[c]
+                    && let Some(mask) = &mask
+                {
+                    fg[c].extend(
+                        values
+                            .iter()
+                            .zip(mask)
+                            .filter(|(_, m)| **m)
+                            .map(|(v, _)| *v),
+                    );
                 }
             }
         }
@@ -328,7 +329,7 @@ fn zscore(case: &str, c: usize, modality: &str, s: &Seen) -> Result<ChannelNorm>
     let n = s.n as f64;
     let mean = s.sum / n;
     let sd = (s.sum2 / n - mean * mean).max(0.0).sqrt();
-    if !(sd > 1e-8 * mean.abs().max(1.0)) {
+    if sd.is_nan() || sd <= 1e-8 * mean.abs().max(1.0) {
         bail!(
             "{}: its non-zero voxels are all {mean}; a constant image cannot be z-scored",
             what()
@@ -416,7 +417,11 @@ mod tests {
         let top = (ct.p99_5 - ct.mean) / ct.sd;
         assert!((t[0] - top).abs() < 1e-5, "{} vs {top}", t[0]);
         let bottom = (ct.p00_5 - ct.mean) / ct.sd;
-        assert!((t[99] - bottom).abs() < 1e-5, "background clipped: {}", t[99]);
+        assert!(
+            (t[99] - bottom).abs() < 1e-5,
+            "background clipped: {}",
+            t[99]
+        );
         assert!((record.range[0] - bottom).abs() < 1e-9 && (record.range[1] - top).abs() < 1e-9);
     }
 
@@ -441,7 +446,11 @@ mod tests {
         let sd = (inside.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 40.0).sqrt();
         assert!(mean.abs() < 1e-5 && (sd - 1.0).abs() < 1e-5, "{mean} {sd}");
         assert!(y[40..].iter().all(|&v| v == 0.0), "zeros stay zero");
-        assert!(record.range[0] < 0.0 && record.range[1] > 1.0, "{:?}", record.range);
+        assert!(
+            record.range[0] < 0.0 && record.range[1] > 1.0,
+            "{:?}",
+            record.range
+        );
 
         let flat = case("f:volume:0", 0.0, &[7.0; 30]);
         let e = compute(

@@ -412,8 +412,13 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
         samples,
     };
     if field {
-        normalise(&mut manifest, &dir, &modalities, info.input_channels as usize)
-            .with_context(|| what.clone())?;
+        normalise(
+            &mut manifest,
+            &dir,
+            &modalities,
+            info.input_channels as usize,
+        )
+        .with_context(|| what.clone())?;
     }
     manifest.cache_key = manifest_key(&manifest);
     let path = dir.join(MANIFEST);
@@ -546,7 +551,13 @@ fn normalise(m: &mut Manifest, dir: &Path, modalities: &[String], channels: usiz
         );
     }
     let train: std::collections::HashSet<String> = match &m.case_split {
-        Some(r) => r.cases.get("train").cloned().unwrap_or_default().into_iter().collect(),
+        Some(r) => r
+            .cases
+            .get("train")
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
         None => m.cases.iter().map(|c| c.id.clone()).collect(),
     };
     let cases = m.cases.iter().map(|c| {

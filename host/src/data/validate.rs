@@ -151,7 +151,11 @@ mod tests {
         let ok = example(vec![0.0, 0.5, 1.0, 0.2], vec![0.0, 1.0, 2.0, 0.0]);
         assert_eq!(check_example(&ok, &info(), false), Ok(()));
         let bright = example(vec![0.0, 255.0, 3.0, 1.0], vec![0.0; 4]);
-        assert_eq!(check_example(&bright, &info(), true), Ok(()), "raw: the host normalises");
+        assert_eq!(
+            check_example(&bright, &info(), true),
+            Ok(()),
+            "raw: the host normalises"
+        );
         let e = check_example(&bright, &info(), false).unwrap_err();
         assert!(
             e.contains("`c:axial:1`") && e.contains("[0, 255]") && e.contains("255"),

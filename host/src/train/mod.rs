@@ -152,13 +152,16 @@ impl Trainer {
     /// to the dataset's normalised range, and patches are padded with 0,
     /// the normalised background, as nnU-Net pads.
     pub fn normalised(&mut self, n: &crate::data::normalize::NormRecord) {
-        self.range = n.range();
+        self.range = Range {
+            min: n.range[0],
+            max: n.range[1],
+        };
         if let Some(p) = &mut self.patches {
             p.pad_value = 0.0;
         }
     }
 
-        fn adversarial(&self, epoch: usize) -> bool {
+    fn adversarial(&self, epoch: usize) -> bool {
         self.method != Method::Std && epoch >= self.cfg.train.warmup_epochs
     }
 

@@ -73,7 +73,9 @@ pub fn before_training(
     let start = Instant::now();
     let n = data.len().min(batch_size.clamp(2, MAX_BATCH));
     // Volumes of several shapes: the first batch of one shape.
-    let first = data.batches_of_one_shape(&(0..n).collect::<Vec<_>>(), n).remove(0);
+    let first = data
+        .batches_of_one_shape(&(0..n).collect::<Vec<_>>(), n)
+        .remove(0);
     let n = first.len();
     let (x, y) = data.batch(&first, device)?;
     let x = x.set_requires_grad(true);

@@ -237,9 +237,7 @@ impl Volume {
         }
         Volume {
             dims,
-            pixdim: std::array::from_fn(|a| {
-                self.pixdim[a] * self.dims[a] as f32 / dims[a] as f32
-            }),
+            pixdim: std::array::from_fn(|a| self.pixdim[a] * self.dims[a] as f32 / dims[a] as f32),
             affine,
             data,
         }
@@ -357,7 +355,10 @@ mod tests {
         assert_eq!(c.dims, [1, 2, 2]);
         assert_eq!(c.get(0, 0, 0), v.get(1, 1, 2));
         assert_eq!(c.get(0, 1, 1), v.get(1, 2, 3));
-        assert_eq!(c.voxel_to_ras([0.0, 1.0, 1.0]), v.voxel_to_ras([1.0, 2.0, 3.0]));
+        assert_eq!(
+            c.voxel_to_ras([0.0, 1.0, 1.0]),
+            v.voxel_to_ras([1.0, 2.0, 3.0])
+        );
         assert!(bounding_box(v.dims, 0, |_| false).is_none());
     }
 

@@ -25,7 +25,8 @@
 //! - `volume`: `true` decodes each case (or the Colin27 volume) into one
 //!   example: the whole volume [C, D, H, W] (D = z, H = y, W = x of the
 //!   NIfTI grid) with its class map [D, H, W], id `<source>:volume:0`,
-//!   instead of its labelled 2D slices. Then:
+//!   instead of its labelled 2D slices (`size`, `axis`, `slices` and
+//!   `augment` concern slices and are refused). Then:
 //!   - `crop`: "nonzero" (default, as nnU-Net: the bounding box of the
 //!     voxels where any image channel is non-zero) | "foreground" (of the
 //!     label map's non-background voxels: it uses the label, so it suits
@@ -34,7 +35,6 @@
 //!   - `spacing`: `[x, y, z]` mm, resample to this voxel size after the
 //!     crop (trilinear image, nearest-neighbour labels; the voxel size read
 //!     from the NIfTI header's pixdim); default: keep the grid.
-//!   `size`, `axis`, `slices` and `augment` concern slices and are refused.
 //!
 //! Images are scaled to [0, 1] by the whole volume's 0.5 and 99.5
 //! percentiles (per channel, so slices stay comparable), then fitted into
@@ -547,8 +547,10 @@ mod tests {
         assert_eq!(out[0].target.data[16 + 5], 1.0);
         assert_eq!(out[0].image.data[16 + 5], 105.0, "raw: the host normalises");
         // The foreground box (voxels 5 and 6 of z = 1) with no margin.
-        let fg = decode(&volume_request(r#""volume": true, "crop": "foreground", "margin": 0"#))
-            .unwrap();
+        let fg = decode(&volume_request(
+            r#""volume": true, "crop": "foreground", "margin": 0"#,
+        ))
+        .unwrap();
         assert_eq!(fg[0].image.shape, vec![2, 1, 1, 2]);
         assert_eq!(fg[0].target.data, vec![1.0, 2.0]);
         // 1 mm voxels resampled to 2 mm in-plane: 2 x 2 per slice, labels stay classes.
@@ -557,7 +559,13 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(coarse[0].target.shape, vec![3, 2, 2]);
-        assert!(coarse[0].target.data.iter().all(|v| [0.0, 1.0, 2.0].contains(v)));
+        assert!(
+            coarse[0]
+                .target
+                .data
+                .iter()
+                .all(|v| [0.0, 1.0, 2.0].contains(v))
+        );
         let e = decode(&volume_request(r#""volume": true, "size": 8"#)).unwrap_err();
         assert!(e.contains("`size`"), "{e}");
         let e = decode(&volume_request(r#""spacing": [1.0, 1.0, 0.0]"#)).unwrap_err();
