@@ -264,7 +264,7 @@ fn calibrate_sets_the_threshold_at_the_mean_it_prints() {
     .unwrap();
     let data = &l.session.splits.train;
     let idx: Vec<usize> = (0..data.len()).collect();
-    let (x, y) = data.batch(&idx, Device::Cpu);
+    let (x, y) = data.batch(&idx, Device::Cpu).unwrap();
     let pred = tch::no_grad(|| l.model.forward_t(&x, false));
     let scores = l.session.plugin.scores(&pred, &y).unwrap();
     let values = &scores[0].values;

@@ -119,8 +119,8 @@ fn nnunet_folder_prepares_by_case_and_re_decodes_only_what_changed() {
     assert!(on_disk.train.samples.is_empty() && on_disk.train.on_disk.is_some());
     assert_eq!(on_disk.train.len(), splits.train.len());
     let all: Vec<usize> = (0..splits.train.len()).rev().collect();
-    let (x, y) = splits.train.batch(&all, tch::Device::Cpu);
-    let (x2, y2) = on_disk.train.batch(&all, tch::Device::Cpu);
+    let (x, y) = splits.train.batch(&all, tch::Device::Cpu).unwrap();
+    let (x2, y2) = on_disk.train.batch(&all, tch::Device::Cpu).unwrap();
     assert!(x.equal(&x2) && y.equal(&y2));
     assert_eq!(on_disk.test.id(0), splits.test.id(0));
 
@@ -313,7 +313,8 @@ fn an_image_outside_the_declared_range_is_refused_naming_the_case() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("raw");
     nnunet_folder(&data, 3);
-    // Values as stored (0-255) for a task that declares [0, 1].
+    // Values as stored (0-255) for a task that declares [0, 1], with the
+    // plugin's scaling kept (the field's scheme would normalise them).
     let out = support::amat_host()
         .args(["data", "prepare", "--plugin"])
         .arg(wasm())
@@ -322,6 +323,7 @@ fn an_image_outside_the_declared_range_is_refused_naming_the_case() {
         .arg("--out")
         .arg(tmp.path().join("prepared"))
         .args(["--decode", r#"{"size": 8, "intensity": "raw"}"#])
+        .args(["--normalize", "plugin"])
         .output()
         .unwrap();
     let err = stderr(&out);

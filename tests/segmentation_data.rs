@@ -452,9 +452,24 @@ fn example_configs_and_data_specs_parse() {
             );
         }
     }
+    // The volumes' spec names the generated folder and asks for whole volumes.
+    let s = DataSpec::read(&examples.join("data/segmentation-3d.toml")).unwrap();
+    assert_eq!(s.name, "pseudo-3d-6mm");
+    assert_eq!(
+        s.dataset.as_deref(),
+        Some(Path::new("../../data/generated/pseudo-3d"))
+    );
+    assert_eq!(s.decode.get("volume").and_then(|v| v.as_bool()), Some(true));
+    for config in ["segmentation-3d.toml", "segmentation-3d-cuda.toml"] {
+        let cfg = RunConfig::read(&examples.join(config)).unwrap();
+        assert_eq!(cfg.model.dims, 3, "{config}");
+        assert!(cfg.train.patch.is_some(), "{config}");
+    }
     for (config, prepared) in [
         ("segmentation.toml", "ch2-lobes-axial-64"),
         ("segmentation-long.toml", "ch2-lobes-axial-64-aug"),
+        ("segmentation-3d.toml", "pseudo-3d-6mm"),
+        ("segmentation-3d-cuda.toml", "pseudo-3d-2mm"),
     ] {
         let cfg = RunConfig::read(&examples.join(config)).unwrap();
         let DataSource::Manifest(m) = cfg.data else {

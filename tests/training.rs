@@ -62,7 +62,7 @@ fn pgd_keeps_each_sample_in_its_own_ball_and_the_intensity_range_and_raises_the_
             .unwrap();
     }
     let range = Range { min: 0.0, max: 1.0 };
-    let (x, y) = splits.train.batch(&[0, 1, 2, 3], Device::Cpu);
+    let (x, y) = splits.train.batch(&[0, 1, 2, 3], Device::Cpu).unwrap();
     let zero = x.zeros_like();
     let ones = Tensor::ones([4], (Kind::Float, Device::Cpu));
     let mut ctx = Context::new(&t.model, &mut plugin, range);
@@ -183,7 +183,7 @@ fn amat_margins_adapt_per_sample() {
     println!("margins: {:?}", m.values);
     // The learned samples' clean loss is below tau, the unlearnable ones' above.
     let idx: Vec<usize> = (0..train.len()).collect();
-    let (x, y) = train.batch(&idx, Device::Cpu);
+    let (x, y) = train.batch(&idx, Device::Cpu).unwrap();
     let zero = x.zeros_like();
     let clean = floats(
         &loss_at(

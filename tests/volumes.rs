@@ -360,3 +360,281 @@ fn short_cases_are_padded_and_wrong_shapes_refused() {
         .to_string();
     assert!(e.contains("slice-7") && e.contains("[C, D, H, W]"), "{e}");
 }
+
+// ------------------------------------------------- plugin-decoded volumes
+
+/// Case `k` of an nnU-Net folder: a `dims` grid whose border of 2 voxels is
+/// 0 (outside the "head"), a noisy grey inside, and a bright ball (class 1)
+/// whose brightness differs by case (as scanners do), so z-scoring matters.
+fn ball_case(k: usize, dims: [usize; 3]) -> (Vec<u8>, Vec<u8>) {
+    let [nx, ny, nz] = dims;
+    let c = [nx as f32 / 2.0, ny as f32 / 2.0, nz as f32 / 2.0];
+    let (mut image, mut label) = (Vec::new(), Vec::new());
+    for z in 0..nz {
+        for y in 0..ny {
+            for x in 0..nx {
+                let border = [x, y, z]
+                    .iter()
+                    .zip(dims)
+                    .any(|(&v, n)| v < 2 || v + 2 >= n);
+                let d2 = (x as f32 - c[0]).powi(2)
+                    + (y as f32 - c[1]).powi(2)
+                    + (2.0 * (z as f32 - c[2])).powi(2);
+                let inside = !border && d2 <= 9.0;
+                let grey = 40 + 10 * k as u8 + ((x * 7 + y * 3 + z * 5) % 11) as u8;
+                image.push(match (border, inside) {
+                    (true, _) => 0,
+                    (false, true) => grey + 80,
+                    (false, false) => grey,
+                });
+                label.push(u8::from(inside));
+            }
+        }
+    }
+    (image, label)
+}
+
+/// An nnU-Net v2 folder of `n` T1 cases of three grid sizes, with 2 mm slices.
+fn ball_folder(dir: &Path, n: usize) {
+    use crate::support::samples::nifti_u8_gz;
+    std::fs::create_dir_all(dir.join("imagesTr")).unwrap();
+    std::fs::create_dir_all(dir.join("labelsTr")).unwrap();
+    std::fs::write(
+        dir.join("dataset.json"),
+        r#"{"channel_names": {"0": "T1"}, "labels": {"background": 0, "ball": 1}, "file_ending": ".nii.gz"}"#,
+    )
+    .unwrap();
+    for k in 0..n {
+        let dims = [16 + 2 * (k % 3), 16, 10];
+        let (image, label) = ball_case(k, dims);
+        let id = format!("ball_{k:03}");
+        std::fs::write(
+            dir.join(format!("imagesTr/{id}_0000.nii.gz")),
+            nifti_u8_gz(dims, &image),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("labelsTr/{id}.nii.gz")),
+            nifti_u8_gz(dims, &label),
+        )
+        .unwrap();
+    }
+}
+
+/// The whole path for volumes the plugin decodes: `data prepare` in volume
+/// mode (cropped to the non-zero box, resampled to 2 mm in-plane), z-scored
+/// by the host per case over the non-zero voxels and recorded in the
+/// manifest; a run reads the on-disk cache, trains on patches and evaluates
+/// a test split of volumes of several shapes through the sliding window,
+/// its reports stating eps's unit. A cache file that vanishes under a
+/// running process is an error naming the case and the file.
+#[test]
+fn plugin_decoded_volumes_prepare_normalise_train_on_patches_and_evaluate_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("Dataset002_Balls");
+    ball_folder(&data, 9);
+    let prepared = tmp.path().join("prepared");
+    let wasm = support::wasm_plugin("segmentation");
+    let out = support::amat_host()
+        .args(["data", "prepare", "--plugin"])
+        .arg(&wasm)
+        .arg("--spec")
+        .arg(&data)
+        .arg("--out")
+        .arg(&prepared)
+        .args([
+            "--decode",
+            r#"{"volume": true, "spacing": [2.0, 2.0, 1.0]}"#,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("eps in z-score units"), "{stdout}");
+
+    let manifest = prepared.join("manifest.json");
+    let m = amat_host::data::manifest::Manifest::read(&manifest).unwrap();
+    let n = m
+        .normalization
+        .as_ref()
+        .expect("the field's scheme for cases");
+    assert_eq!(
+        (n.scheme.as_str(), n.channels[0].scheme.as_str()),
+        ("field", "zscore-nonzero")
+    );
+    assert_eq!(n.channels[0].modality, "T1");
+    assert!(m.cases.iter().all(|c| c.norm.is_some()));
+
+    // Whole volumes: the 2-voxel zero border cropped to a 2-voxel margin
+    // (nothing left to cut), x and y halved.
+    // The plugin that prepared it: nothing is decoded again.
+    let plugin = Plugin::load(&wasm, &SandboxLimits::default()).unwrap();
+    let splits = amat_host::data::prepare::load_splits_on_disk(&manifest, &plugin).unwrap();
+    let mut shapes = std::collections::BTreeSet::new();
+    for set in [&splits.train, &splits.val, &splits.test] {
+        for i in 0..set.len() {
+            let s = set.sample(i).unwrap();
+            let shape = s.image.size();
+            assert_eq!(
+                (shape[0], shape[1], shape[2]),
+                (1, 10, 8),
+                "{}: {shape:?}",
+                s.id
+            );
+            assert_eq!(s.target.size(), shape[1..].to_vec());
+            shapes.insert(shape);
+            // Z-scored over the non-zero voxels: mean 0, sd 1 there.
+            let v = floats(&s.image);
+            let inside: Vec<f64> = v.iter().filter(|x| **x != 0.0).map(|&x| x as f64).collect();
+            let mean = inside.iter().sum::<f64>() / inside.len() as f64;
+            let sd = (inside.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / inside.len() as f64)
+                .sqrt();
+            assert!(
+                mean.abs() < 1e-3 && (sd - 1.0).abs() < 1e-3,
+                "{}: {mean} {sd}",
+                s.id
+            );
+        }
+    }
+    assert_eq!(shapes.len(), 3, "three grid sizes: {shapes:?}");
+
+    let config = tmp.path().join("run.toml");
+    std::fs::write(
+        &config,
+        "[run]\nmethod = \"amat\"\nthreads = 1\ndevice = \"cpu\"\n\
+         [data]\nmanifest = \"prepared/manifest.json\"\n\
+         [model]\ndims = 3\ndepth = 1\nwidth = 4\n\
+         [train]\nepochs = 3\nwarmup_epochs = 1\nbatch_size = 2\nlr = 0.02\n\
+         patch = [8, 8, 8]\npatches_per_case = 2\n[train.attack]\nsteps = 2\n\
+         [amat]\ndelta_eps = 0.5\neps_max = 4.0\n\
+         [eval]\neps = [0.0, 1.0]\nrestarts = 1\noverlap = 0.5\n[eval.attack]\nsteps = 2\n",
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    let out = support::amat_host()
+        .args(["run", "--plugin"])
+        .arg(&wasm)
+        .arg("--config")
+        .arg(&config)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let curve: amat_host::eval::Curve =
+        serde_json::from_str(&std::fs::read_to_string(run.join("robustness.json")).unwrap())
+            .unwrap();
+    assert_eq!(curve.samples, splits.test.len());
+    // Class 1 is named as in the default label set.
+    let dice = curve.metric("dice_frontal").expect("the ball's Dice");
+    assert!(
+        dice.values.iter().all(|v| (0.0..=1.0).contains(v)),
+        "{:?}",
+        dice.values
+    );
+    assert!(
+        curve.intensity.contains("z-score units"),
+        "{}",
+        curve.intensity
+    );
+    let summary = std::fs::read_to_string(run.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("z-score units") && summary.contains("clamped to ["),
+        "{summary}"
+    );
+
+    // The cache changes under a running process: an error, not a panic.
+    let case = &m.cases[0];
+    std::fs::remove_file(prepared.join(&case.cache)).unwrap();
+    let set = [&splits.train, &splits.val, &splits.test]
+        .into_iter()
+        .find(|s| (0..s.len()).any(|i| s.id(i).unwrap().starts_with(&case.id)))
+        .unwrap();
+    let i = (0..set.len())
+        .find(|&i| set.id(i).unwrap().starts_with(&case.id))
+        .unwrap();
+    let e = format!("{:#}", set.batch(&[i], Device::Cpu).unwrap_err());
+    assert!(
+        e.contains(&format!("case `{}`", case.id)) && e.contains(case.cache.to_str().unwrap()),
+        "{e}"
+    );
+}
+
+/// Evaluation pads a split of class-map volumes of several shapes with
+/// background: the Dice of each volume is what it is alone.
+#[test]
+fn a_split_of_mixed_shapes_evaluates_as_its_volumes_alone() {
+    let _torch = lock();
+    let mut plugin = load_plugin();
+    let vs = nn::VarStore::new(Device::Cpu);
+    tch::manual_seed(3);
+    let mut cfg = run_config(Method::Std);
+    cfg.model = tiny_3d(1);
+    let model = cfg.network(&vs.root(), plugin.info());
+    let mut small = blobs(20, "small", 1, 0.6, 0.05);
+    let big = blobs(21, "big", 1, 0.6, 0.05);
+    // A second shape: the first volume cut to 12 x 12 x 16.
+    let s = small.pop().unwrap();
+    let cut = Sample {
+        id: s.id,
+        image: s.image.narrow(2, 0, 12).contiguous(),
+        target: s.target.narrow(1, 0, 12).contiguous(),
+    };
+    let range = Range { min: 0.0, max: 1.0 };
+    let mut eval_cfg = cfg.eval.clone();
+    eval_cfg.eps = vec![0.0];
+    let mut ctx = Context::new(&model, &mut plugin, range);
+    let mut curve_of = |samples: Vec<Sample>| {
+        eval::robustness(
+            &mut ctx,
+            &Dataset::new("test", samples),
+            &eval_cfg,
+            Device::Cpu,
+            0,
+            &ProgressBar::hidden(),
+        )
+        .unwrap()
+    };
+    let both = curve_of(vec![
+        Sample {
+            id: "cut".into(),
+            image: cut.image.shallow_clone(),
+            target: cut.target.shallow_clone(),
+        },
+        Sample {
+            id: "big".into(),
+            image: big[0].image.shallow_clone(),
+            target: big[0].target.shallow_clone(),
+        },
+    ]);
+    let alone = [curve_of(vec![cut]), curve_of(big)];
+    // Dice per class is the mean over the samples that define it, so the
+    // pair's value is the mean of the values the two volumes have alone:
+    // the padding adds to no class.
+    let value = |c: &eval::Curve, name: &str| {
+        c.metric(name)
+            .map(|m| m.values[0])
+            .filter(|v| v.is_finite())
+    };
+    let mut checked = 0;
+    for m in both.metrics.iter().filter(|m| m.name != "dice_mean") {
+        let own: Vec<f64> = alone.iter().filter_map(|c| value(c, &m.name)).collect();
+        let expected = own.iter().sum::<f64>() / own.len() as f64;
+        assert!(
+            (m.values[0] - expected).abs() < 1e-9,
+            "{}: {} vs {own:?}",
+            m.name,
+            m.values[0]
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "{:?}", both.metrics);
+}

@@ -81,7 +81,7 @@ fn compare(python: &Path, norm: Norm, eps: f64, model_norm: NormKind) {
     reference::write_state(dir.path(), &cfg, &inputs).unwrap();
 
     // amat: the quantities before the step, then one SAT step (one batch).
-    let (x, y) = data.batch(&[0, 1, 2, 3], Device::Cpu);
+    let (x, y) = data.batch(&[0, 1, 2, 3], Device::Cpu).unwrap();
     let eps_t = Tensor::full([4], eps, (Kind::Float, Device::Cpu));
     let delta = attack::pgd(
         &mut attack::Context::new(&t.model, &mut plugin, t.range),
@@ -185,7 +185,7 @@ fn compare_reference_rule(python: &Path, gate: bool) {
     let data = support::samples::random_samples(8);
     let mut t = Trainer::new(&cfg, &plugin, Device::Cpu, data.len()).unwrap();
     let all: Vec<usize> = (0..8).collect();
-    let (x, y) = data.batch(&all, Device::Cpu);
+    let (x, y) = data.batch(&all, Device::Cpu).unwrap();
     let mut clean = {
         let _guard = tch::no_grad_guard();
         floats(&plugin.loss(&t.model.forward_t(&x, false), &y).unwrap())

@@ -150,6 +150,13 @@ pub struct PrepareCommand {
     /// Decode options as a JSON object, over the spec's [decode].
     #[arg(long, value_name = "JSON")]
     pub decode: Option<String>,
+    /// Intensity normalisation, over the spec's [normalize] scheme: "field"
+    /// (nnU-Net's, by modality: CT clipped to the training foreground's
+    /// percentiles and z-scored with its statistics, MRI z-scored per case
+    /// over non-zero voxels; the default for cases) or "plugin" (the
+    /// plugin's own scaling; the only one for a single volume).
+    #[arg(long, value_name = "SCHEME")]
+    pub normalize: Option<String>,
     #[command(flatten)]
     pub limits: crate::plugin::LimitArgs,
 }
@@ -579,6 +586,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 seed: c.seed,
                 splits: c.splits,
                 decode: c.decode,
+                normalize: c.normalize,
                 limits: c.limits,
             })?;
             for slab in &p.slabs {
@@ -600,6 +608,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let counts: Vec<String> = p.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
             println!("samples: {}", counts.join(", "));
+            if let Some(n) = &p.normalization {
+                let channels: Vec<String> = n
+                    .channels
+                    .iter()
+                    .map(|c| format!("{} {}", c.modality, c.scheme))
+                    .collect();
+                println!(
+                    "intensities: normalised by the host ({}); attacks clamp to [{:.3}, {:.3}]; eps in z-score units",
+                    channels.join(", "),
+                    n.range[0],
+                    n.range[1]
+                );
+            }
             println!(
                 "decoded {} of {} cases; {} from cache{} ({} jobs, {:.1} s decoding, {:.1} s in all); manifest: {}",
                 p.decoded,

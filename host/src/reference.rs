@@ -79,7 +79,7 @@ pub fn write_state(dir: &Path, cfg: &RunConfig, s: &StateInputs) -> Result<()> {
     Tensor::write_npz(&vars, dir.join("weights.npz")).context("writing weights.npz")?;
     let (images, targets) = s
         .data
-        .batch(&(0..s.data.len()).collect::<Vec<_>>(), Device::Cpu);
+        .batch(&(0..s.data.len()).collect::<Vec<_>>(), Device::Cpu)?;
     Tensor::write_npz(
         &[("images", images), ("targets", targets)],
         dir.join("data.npz"),

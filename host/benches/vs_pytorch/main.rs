@@ -283,7 +283,7 @@ fn prepare(cfg: &RunConfig, device: tch::Device, dir: &Path, threads: usize) -> 
     let start = std::time::Instant::now();
     let mut batches = 0;
     for idx in order.chunks(cfg.train.batch_size) {
-        let _batch = train.batch(idx, device);
+        let _batch = train.batch(idx, device).unwrap();
         batches += 1;
     }
     Ok(start.elapsed().as_secs_f64() / batches as f64)

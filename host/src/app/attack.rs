@@ -66,7 +66,7 @@ pub fn attack(args: &AttackArgs) -> Result<AttackReport> {
         );
     };
     let id = id.to_string();
-    let (x, y) = data.batch(&[args.sample], *device);
+    let (x, y) = data.batch(&[args.sample], *device)?;
     let mut ctx = attack::Context::new(&l.model, plugin, l.range);
     let (clean_pred, clean_loss) = ctx.predict(&x, &y)?;
     let clean_loss = clean_loss.double_value(&[0]);

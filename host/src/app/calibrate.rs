@@ -170,8 +170,8 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<Calibration> {
     let mut values: Vec<Vec<f64>> = vec![Vec::new(); wanted.len()];
     let indices: Vec<usize> = (0..data.len()).collect();
     let _guard = tch::no_grad_guard();
-    for idx in indices.chunks(l.cfg.eval.batch_size) {
-        let (x, y) = data.batch(idx, session.device);
+    for idx in data.batches_of_one_shape(&indices, l.cfg.eval.batch_size) {
+        let (x, y) = data.batch(&idx, session.device)?;
         let pred = l.model.forward_t(&x, false);
         let loss = session.plugin.loss(&pred, &y)?;
         let scores = session.plugin.scores(&pred, &y)?;

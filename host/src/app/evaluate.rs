@@ -70,10 +70,7 @@ pub fn load(args: &CheckpointArgs) -> Result<Loaded> {
     let mut vs = VarStore::new(session.device);
     let model = cfg.network(&vs.root(), info);
     checkpoint::load_weights(&ckpt, &mut vs)?;
-    let range = Range {
-        min: info.intensity_min as f64,
-        max: info.intensity_max as f64,
-    };
+    let range = session.range();
     Ok(Loaded {
         cfg,
         ckpt,
@@ -105,8 +102,9 @@ pub fn evaluate(args: &CheckpointArgs) -> Result<(PathBuf, Curve)> {
         splits,
         device,
     } = &mut l.session;
+    let intensity = crate::eval::report::intensity_note(splits.normalization.as_ref(), l.range);
     let data = split_of(splits, &l.cfg.eval.split);
-    let curve = eval::robustness(
+    let mut curve = eval::robustness(
         &mut attack::Context::new(&l.model, plugin, l.range),
         data,
         &l.cfg.eval,
@@ -114,6 +112,7 @@ pub fn evaluate(args: &CheckpointArgs) -> Result<(PathBuf, Curve)> {
         eval_seed(l.cfg.run.seed),
         &bar,
     )?;
+    curve.intensity = intensity;
     bar.finish_and_clear();
     report::write(&out, &curve, &plugin.info().metric_names)?;
     Ok((out, curve))

@@ -251,6 +251,9 @@ pub fn execute(job: Job) -> Result<Finished> {
         session.device,
         session.splits.train.len(),
     )?;
+    if let Some(n) = &session.splits.normalization {
+        trainer.normalised(n);
+    }
     if skip_checks {
         tracing::warn!("the checks before training are skipped (--skip-checks)");
     } else {
@@ -358,7 +361,8 @@ pub fn execute(job: Job) -> Result<Finished> {
         });
     };
     let eval_bar = progress.bar("eval");
-    let curve = eval::robustness(
+    let intensity = session.intensity_note();
+    let mut curve = eval::robustness(
         &mut attack::Context::new(&trainer.model, &mut session.plugin, trainer.range),
         split_of(&session.splits, &cfg.eval.split),
         &cfg.eval,
@@ -366,6 +370,7 @@ pub fn execute(job: Job) -> Result<Finished> {
         eval_seed(cfg.run.seed),
         &eval_bar,
     )?;
+    curve.intensity = intensity;
     eval_bar.finish_and_clear();
     eval::report::write(run_dir.path(), &curve, &info.metric_names)?;
     let summary = summary::summary(

@@ -1,6 +1,7 @@
 //! What every command over a config needs: the config with its overrides
 //! and paths resolved, and the plugin, data and device it names.
 
+use crate::attack::Range;
 use crate::config::{Method, RunConfig};
 use crate::data::Splits;
 use crate::model::DeviceChoice;
@@ -85,6 +86,20 @@ impl Session {
         if splits.train.is_empty() {
             bail!("the training split is empty");
         }
+        // Whole samples are stacked into batches unless training cuts patches.
+        if cfg.train.patch.is_none() {
+            let shape = |i| splits.train.image_shape(i).unwrap_or_default();
+            if let Some(i) = (1..splits.train.len()).find(|&i| shape(i) != shape(0)) {
+                bail!(
+                    "the training split holds samples of different shapes (`{}` {:?}, `{}` {:?}): \
+                     set train.patch to train on patches of one size",
+                    splits.train.id(0).unwrap_or_default(),
+                    shape(0),
+                    splits.train.id(i).unwrap_or_default(),
+                    shape(i)
+                );
+            }
+        }
         if split_of(&splits, &cfg.eval.split).is_empty() {
             bail!(
                 "eval.split = `{}`: that split holds no sample, so the evaluation after training would have none",
@@ -118,6 +133,28 @@ impl Session {
             splits,
             device,
         })
+    }
+}
+
+impl Session {
+    /// The intensity range attacked images stay in: the host's
+    /// normalisation's, when the data has one, else the plugin's declared one.
+    pub fn range(&self) -> Range {
+        match &self.splits.normalization {
+            Some(n) => Range {
+                min: n.range[0],
+                max: n.range[1],
+            },
+            None => Range {
+                min: self.plugin.info().intensity_min as f64,
+                max: self.plugin.info().intensity_max as f64,
+            },
+        }
+    }
+
+    /// What eps is measured in, for the reports.
+    pub fn intensity_note(&self) -> String {
+        crate::eval::report::intensity_note(self.splits.normalization.as_ref(), self.range())
     }
 }
 

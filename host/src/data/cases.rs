@@ -54,6 +54,9 @@ pub struct Cases {
     pub description: Option<String>,
     /// Label value -> class name.
     pub labels: BTreeMap<u32, String>,
+    /// Each image channel's modality as the dataset names it (nnU-Net's
+    /// `channel_names`, MSD's `modality`; e.g. "CT", "T1"); empty when not named.
+    pub channels: Vec<String>,
     pub cases: Vec<CaseInput>,
 }
 
@@ -147,21 +150,54 @@ pub fn from_dataset_folder(dir: &Path) -> Result<Cases> {
     let at = |what: &str| format!("dataset {}: {what}", path.display());
     let text_of = |key: &str| json.get(key).and_then(|n| n.as_str()).map(str::to_string);
     let (name, description) = (text_of("name"), text_of("description"));
-    let cases = if json.get("channel_names").is_some() {
-        nnunet_v2(dir, &json, &at)?
+    let (cases, names) = if json.get("channel_names").is_some() {
+        (nnunet_v2(dir, &json, &at)?, "channel_names")
     } else if json.get("training").is_some() {
-        msd(dir, &json, &at)?
+        (msd(dir, &json, &at)?, "modality")
     } else {
         bail!(
             "{}",
             at("neither nnU-Net v2 (`channel_names`) nor MSD (`training`)")
         );
     };
+    let channels = channel_names(&json, names, &at)?;
     Ok(Cases {
         name,
         description,
+        channels,
         ..cases
     })
+}
+
+/// `{"0": "CT", "1": ...}` in channel order; empty when the key is absent.
+fn channel_names(
+    json: &serde_json::Value,
+    key: &str,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Vec<String>> {
+    let Some(table) = json.get(key) else {
+        return Ok(Vec::new());
+    };
+    let table = table
+        .as_object()
+        .with_context(|| at(&format!("`{key}` is not an object")))?;
+    let mut named: BTreeMap<usize, String> = BTreeMap::new();
+    for (k, v) in table {
+        let index: usize = k.parse().map_err(|_| {
+            anyhow::anyhow!(at(&format!("`{key}` key `{k}` is not a channel index")))
+        })?;
+        let name = v
+            .as_str()
+            .with_context(|| at(&format!("`{key}`.{k} is not a string")))?;
+        named.insert(index, name.to_string());
+    }
+    if named.keys().copied().ne(0..named.len()) {
+        bail!(
+            "{}",
+            at(&format!("`{key}` must number the channels 0, 1, ..."))
+        );
+    }
+    Ok(named.into_values().collect())
 }
 
 fn labels_of(
@@ -368,6 +404,7 @@ fn finish(
         name: None,
         description: None,
         labels,
+        channels: Vec::new(),
         cases,
     })
 }

@@ -47,6 +47,8 @@ pub struct Decoder<'a> {
     pub limits: SandboxLimits,
     /// The dataset folder (the cache is under it).
     pub dir: &'a Path,
+    /// The plugin returns raw intensities; the host normalises them.
+    pub raw: bool,
 }
 
 impl Decoder<'_> {
@@ -148,7 +150,7 @@ impl Decoder<'_> {
                 e.to_string()
             })?;
         for e in &examples {
-            check_example(e, self.info)?;
+            check_example(e, self.info, self.raw)?;
         }
         cache::write(&path, &examples).map_err(|e| format!("{e:#}"))?;
         let summary = cache::Summary {

@@ -48,6 +48,9 @@ pub struct DataSpec {
     pub decode: toml::Table,
     #[serde(default)]
     pub split: SplitSpec,
+    /// Intensity normalisation (see [`super::normalize`]).
+    #[serde(default)]
+    pub normalize: super::normalize::NormalizeSpec,
 }
 
 /// `[split]`: fractions (normalised by their sum) of the labelled slices of
@@ -330,6 +333,9 @@ pub struct CaseRecord {
     pub key: String,
     /// Examples the plugin decoded from it (kept in a split or not).
     pub examples: usize,
+    /// Its images' normalisation (with the field's scheme), applied as read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm: Option<super::normalize::CaseNorm>,
 }
 
 /// How the cases were split.
@@ -401,6 +407,10 @@ pub struct Manifest {
     pub cache_key: String,
     #[serde(default)]
     pub cases: Vec<CaseRecord>,
+    /// How images were normalised; absent: as the plugin scaled them, into
+    /// its declared intensity range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<super::normalize::NormRecord>,
     pub samples: Vec<SampleRecord>,
 }
 

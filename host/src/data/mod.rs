@@ -8,11 +8,13 @@ pub mod cases;
 pub mod decoding;
 pub mod generate;
 pub mod manifest;
+pub mod normalize;
 pub mod prepare;
 pub mod source;
 pub mod synthetic;
 pub mod validate;
 
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use tch::{Device, Tensor};
@@ -49,28 +51,38 @@ pub struct OnDisk {
 #[derive(Debug)]
 pub struct DiskSample {
     pub id: String,
+    /// The case (one decode call) it came from.
+    pub case: String,
     pub file: std::sync::Arc<PathBuf>,
     pub image: cache::Loc,
     pub target: cache::Loc,
+    /// The case's intensity normalisation, applied to the image as read.
+    pub norm: Option<std::sync::Arc<normalize::CaseNorm>>,
 }
 
 impl DiskSample {
     /// Reads the sample; the cache was checked when the dataset was loaded,
-    /// so a failure here means it changed under a running process.
-    fn read(&self) -> Sample {
+    /// so a failure here means it changed or vanished under a running process.
+    fn read(&self) -> Result<Sample> {
         let read = |loc| {
-            cache::read_at(&self.file, loc).unwrap_or_else(|e| {
-                panic!(
-                    "sample `{}`: {e:#} (the cache changed while in use: prepare the data again)",
-                    self.id
+            cache::read_at(&self.file, loc).with_context(|| {
+                format!(
+                    "sample `{}` of case `{}`: its cache file {} changed or vanished while in use; prepare the data again",
+                    self.id,
+                    self.case,
+                    self.file.display()
                 )
             })
         };
-        Sample {
+        let image = read(&self.image)?;
+        Ok(Sample {
             id: self.id.clone(),
-            image: read(&self.image),
-            target: read(&self.target),
-        }
+            image: match &self.norm {
+                Some(n) => n.apply(&image),
+                None => image,
+            },
+            target: read(&self.target)?,
+        })
     }
 }
 
@@ -96,14 +108,18 @@ impl Dataset {
     }
 
     /// Sample `i` (its tensors shared when in memory, read when on disk).
-    pub fn sample(&self, i: usize) -> Option<Sample> {
+    pub fn sample(&self, i: usize) -> Result<Sample> {
+        let missing = || anyhow::anyhow!("sample {i} of a split of {} ({})", self.len(), self.name);
         match &self.on_disk {
-            Some(d) => d.samples.get(i).map(DiskSample::read),
-            None => self.samples.get(i).map(|s| Sample {
-                id: s.id.clone(),
-                image: s.image.shallow_clone(),
-                target: s.target.shallow_clone(),
-            }),
+            Some(d) => d.samples.get(i).ok_or_else(missing)?.read(),
+            None => {
+                let s = self.samples.get(i).ok_or_else(missing)?;
+                Ok(Sample {
+                    id: s.id.clone(),
+                    image: s.image.shallow_clone(),
+                    target: s.target.shallow_clone(),
+                })
+            }
         }
     }
 
@@ -122,28 +138,34 @@ impl Dataset {
         }
     }
 
-    /// Stacks the samples at `indices` into `(images [B, C, H, W], targets [B, ...])` on `device`.
-    pub fn batch(&self, indices: &[usize], device: Device) -> (Tensor, Tensor) {
-        let (images, targets): (Vec<Tensor>, Vec<Tensor>) = match &self.on_disk {
-            Some(d) => indices
-                .iter()
-                .map(|&i| {
-                    let s = d.samples[i].read();
-                    (s.image, s.target)
-                })
-                .unzip(),
-            None => indices
-                .iter()
-                .map(|&i| {
-                    let s = &self.samples[i];
-                    (s.image.shallow_clone(), s.target.shallow_clone())
-                })
-                .unzip(),
-        };
-        (
+    /// `indices` in batches of at most `size` samples of one image shape
+    /// (volumes may differ in shape; batches stack): grouped by shape, in
+    /// order within a shape.
+    pub fn batches_of_one_shape(&self, indices: &[usize], size: usize) -> Vec<Vec<usize>> {
+        let shape = |i: usize| self.image_shape(i).unwrap_or_default();
+        let mut sorted = indices.to_vec();
+        sorted.sort_by_key(|&i| shape(i));
+        sorted
+            .chunk_by(|&a, &b| shape(a) == shape(b))
+            .flat_map(|group| group.chunks(size.max(1)))
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
+    /// Stacks the samples at `indices` into `(images [B, C, *spatial], targets [B, ...])`
+    /// on `device`; an on-disk sample that can no longer be read is an error naming it.
+    pub fn batch(&self, indices: &[usize], device: Device) -> Result<(Tensor, Tensor)> {
+        let mut images = Vec::with_capacity(indices.len());
+        let mut targets = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let s = self.sample(i)?;
+            images.push(s.image);
+            targets.push(s.target);
+        }
+        Ok((
             Tensor::stack(&images, 0).to_device(device),
             Tensor::stack(&targets, 0).to_device(device),
-        )
+        ))
     }
 }
 
@@ -154,6 +176,9 @@ pub struct Splits {
     pub test: Dataset,
     /// Where the data comes from (a dataset.json's `description`), for reports.
     pub about: Option<String>,
+    /// How the images were normalised, when the host did it (the attack's
+    /// range and eps's unit follow); else the plugin's declared range holds.
+    pub normalization: Option<normalize::NormRecord>,
 }
 
 /// Where a run's data comes from.

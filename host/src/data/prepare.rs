@@ -12,7 +12,7 @@ use super::manifest::{
     SliceId, Split, assign_splits,
 };
 use super::validate::{check_example, check_same_shapes};
-use super::{Dataset, DiskSample, OnDisk, Sample, Splits, cache, case_split};
+use super::{Dataset, DiskSample, OnDisk, Sample, Splits, cache, case_split, normalize};
 use crate::plugin::{LimitArgs, Plugin, SandboxLimits};
 use amat_plugin_sdk::{DecodeRequest, File};
 use anyhow::{Context, Result, bail};
@@ -53,6 +53,8 @@ pub struct PrepareArgs {
     pub splits: Option<PathBuf>,
     /// Decode options (JSON object) over the spec's `[decode]`.
     pub decode: Option<String>,
+    /// Overrides `normalize.scheme` ("field" or "plugin").
+    pub normalize: Option<String>,
     pub limits: LimitArgs,
 }
 
@@ -72,6 +74,8 @@ pub struct Prepared {
     pub jobs: usize,
     pub decode_seconds: f64,
     pub total_seconds: f64,
+    /// The host's normalisation, if it normalised.
+    pub normalization: Option<normalize::NormRecord>,
 }
 
 /// The spec behind `--spec`: a file, or a dataset folder with an optional
@@ -149,10 +153,16 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
     if let Some(folds) = args.folds {
         spec.split.folds = folds;
     }
+    if let Some(scheme) = &args.normalize {
+        spec.normalize.scheme = Some(scheme.clone());
+    }
     let what = format!("data spec {}", args.spec.display());
     let options = options_of(&spec, args.decode.as_deref())?;
 
     // The jobs: one volume, or one per case.
+    let mut modalities = spec.normalize.channels.clone();
+    let field = normalize::field_scheme(spec.normalize.scheme.as_deref(), spec.files.is_empty())
+        .with_context(|| what.clone())?;
     let (layout, jobs, name, description) = if !spec.files.is_empty() {
         let files = spec
             .files
@@ -176,6 +186,9 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
         ("volume".to_string(), vec![job], spec.name.clone(), None)
     } else {
         let cases = cases_of(&spec, &base, &what)?;
+        if modalities.is_empty() {
+            modalities = cases.channels.clone();
+        }
         let name = [spec.name.clone(), cases.name.clone().unwrap_or_default()]
             .into_iter()
             .find(|n| !n.is_empty())
@@ -190,7 +203,11 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
             .cases
             .iter()
             .map(|c| {
-                let describe = c.describe(&cases.labels);
+                let mut describe = c.describe(&cases.labels);
+                if field {
+                    // The host normalises: the plugin returns intensities as stored.
+                    describe["intensity"] = "raw".into();
+                }
                 Job {
                     case: c.id.clone(),
                     files: c
@@ -246,6 +263,7 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
         info: &info,
         limits,
         dir: &dir,
+        raw: field,
     };
     let decode_start = Instant::now();
     let results = decoder.run(&jobs, threads, !volume);
@@ -357,6 +375,7 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
             cache: d.cache.clone(),
             key: d.key.clone(),
             examples: d.summary.ids.len(),
+            norm: None,
         })
         .collect();
     let files: Vec<FileRecord> = done.iter().flat_map(|d| d.files.clone()).collect();
@@ -390,8 +409,18 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
         cache: cache::DIR.into(),
         cache_key: String::new(),
         cases: case_records,
+        normalization: None,
         samples,
     };
+    if field {
+        normalise(
+            &mut manifest,
+            &dir,
+            &modalities,
+            info.input_channels as usize,
+        )
+        .with_context(|| what.clone())?;
+    }
     manifest.cache_key = manifest_key(&manifest);
     let path = dir.join(MANIFEST);
     write_manifest(&path, &manifest)?;
@@ -409,10 +438,13 @@ pub fn prepare(args: &PrepareArgs) -> Result<Prepared> {
         jobs: threads.min(jobs.len()),
         decode_seconds,
         total_seconds: start.elapsed().as_secs_f64(),
+        normalization: manifest.normalization,
     })
 }
 
-/// Ids unique over the dataset; every example shaped like the first (batches stack them).
+/// Ids unique over the dataset; every example shaped like the first (batches
+/// stack them), except that volumes may differ in their spatial shape
+/// (training cuts patches of one size from them; see [`check_same_shapes`]).
 fn check_all_alike(done: &[Done]) -> Result<()> {
     let mut seen: HashMap<&str, &str> = HashMap::new();
     let mut first: Option<(&str, &[i64], &[i64])> = None;
@@ -507,6 +539,40 @@ fn split_cases(
     Ok((of_case, CaseSplitRecord { cases, ..record }))
 }
 
+/// The field's normalisation of every case of `m` (read from its cache file
+/// under `dir`), recorded in the manifest: per case in `cases[].norm`, the
+/// scheme, CT statistics and the attack's range in `normalization`. CT
+/// statistics come from the training split's cases only.
+fn normalise(m: &mut Manifest, dir: &Path, modalities: &[String], channels: usize) -> Result<()> {
+    if !modalities.is_empty() && modalities.len() != channels {
+        bail!(
+            "the dataset names {} channel modalities ({}); the task takes {channels} channel(s)",
+            modalities.len(),
+            modalities.join(", ")
+        );
+    }
+    let train: std::collections::HashSet<String> = match &m.case_split {
+        Some(r) => r
+            .cases
+            .get("train")
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        None => m.cases.iter().map(|c| c.id.clone()).collect(),
+    };
+    let cases = m.cases.iter().map(|c| {
+        let samples = cache::read(&dir.join(&c.cache))?;
+        Ok((c.id.clone(), train.contains(&c.id), samples))
+    });
+    let (norms, record) = normalize::compute(modalities, channels, cases)?;
+    for (case, norm) in m.cases.iter_mut().zip(norms) {
+        case.norm = Some(norm);
+    }
+    m.normalization = Some(record);
+    Ok(())
+}
+
 /// Over every case's key and the sample list: what the manifest loads as.
 fn manifest_key(m: &Manifest) -> String {
     let keys: Vec<&str> = m.cases.iter().map(|c| c.key.as_str()).collect();
@@ -546,12 +612,20 @@ pub fn load_splits(manifest_path: &Path, plugin: &Plugin) -> Result<Splits> {
             samples.into_iter().map(|s| (s.id.clone(), s)).collect(),
         );
     }
+    let norms: HashMap<&str, &normalize::CaseNorm> = m
+        .cases
+        .iter()
+        .filter_map(|c| c.norm.as_ref().map(|n| (c.id.as_str(), n)))
+        .collect();
     let mut kept = Vec::with_capacity(m.samples.len());
     for s in &m.samples {
-        let sample = by_case
+        let mut sample = by_case
             .get_mut(&s.case)
             .and_then(|c| c.remove(&s.id))
             .with_context(|| missing(manifest_path, s))?;
+        if let Some(n) = norms.get(s.case.as_str()) {
+            sample.image = n.apply(&sample.image);
+        }
         kept.push(sample);
     }
     splits_from(&m, kept)
@@ -566,6 +640,7 @@ pub fn load_splits_on_disk(manifest_path: &Path, plugin: &Plugin) -> Result<Spli
     for (case, path) in m.cases.iter().zip(files) {
         let index = cache::index(&path)?;
         let file = Arc::new(path);
+        let norm = case.norm.clone().map(Arc::new);
         by_case.insert(
             case.id.clone(),
             index
@@ -574,9 +649,11 @@ pub fn load_splits_on_disk(manifest_path: &Path, plugin: &Plugin) -> Result<Spli
                 .map(|(id, image, target)| {
                     let s = DiskSample {
                         id: id.clone(),
+                        case: case.id.clone(),
                         file: file.clone(),
                         image,
                         target,
+                        norm: norm.clone(),
                     };
                     (id, s)
                 })
@@ -592,9 +669,9 @@ pub fn load_splits_on_disk(manifest_path: &Path, plugin: &Plugin) -> Result<Spli
             .with_context(|| missing(manifest_path, s))?;
         match &first {
             None => {
-                if sample.image.shape.len() != 3 {
+                if !matches!(sample.image.shape.len(), 3 | 4) {
                     bail!(
-                        "data {}: sample `{}` has image shape {:?}, not [C, H, W]",
+                        "data {}: sample `{}` has image shape {:?}, not [C, H, W] or [C, D, H, W]",
                         m.name,
                         sample.id,
                         sample.image.shape
@@ -627,6 +704,7 @@ pub fn load_splits_on_disk(manifest_path: &Path, plugin: &Plugin) -> Result<Spli
         set.on_disk.get_or_insert_with(OnDisk::default);
     }
     splits.about = m.description.clone();
+    splits.normalization = m.normalization.clone();
     Ok(splits)
 }
 
@@ -658,6 +736,7 @@ fn ensure_cases(manifest_path: &Path, plugin: &Plugin) -> Result<(Manifest, Vec<
             cache: PathBuf::new(),
             key: String::new(),
             examples: 0,
+            norm: None,
         });
         for s in &mut m.samples {
             s.case = cases::safe_id(&m.name);
@@ -729,7 +808,7 @@ fn ensure_cases(manifest_path: &Path, plugin: &Plugin) -> Result<(Manifest, Vec<
                     options: options.to_string(),
                 })?;
                 for e in &examples {
-                    check_example(e, plugin.info())
+                    check_example(e, plugin.info(), m.normalization.is_some())
                         .map_err(anyhow::Error::msg)
                         .with_context(|| format!("plugin {}, decode", plugin.path().display()))?;
                 }
@@ -746,6 +825,13 @@ fn ensure_cases(manifest_path: &Path, plugin: &Plugin) -> Result<(Manifest, Vec<
         case.examples = examples;
         paths.push(path);
     }
+    if changed && let Some(record) = &m.normalization {
+        // A case decoded again may hold other intensities: its statistics, and
+        // the dataset's, are taken again.
+        let modalities: Vec<String> = record.channels.iter().map(|c| c.modality.clone()).collect();
+        let channels = record.channels.len();
+        normalise(&mut m, &dir, &modalities, channels).with_context(at)?;
+    }
     let key = manifest_key(&m);
     if changed || key != m.cache_key {
         m.cache_key = key;
@@ -760,30 +846,25 @@ fn ensure_cases(manifest_path: &Path, plugin: &Plugin) -> Result<(Manifest, Vec<
 }
 
 /// Samples (in manifest order) into their splits. Every sample must have
-/// the first one's image and target shapes: batches stack them.
+/// the first one's image and target shapes (batches stack them), but for
+/// the spatial shape of volumes.
 fn splits_from(m: &Manifest, samples: Vec<Sample>) -> Result<Splits> {
     if let Some(first) = samples.first() {
-        if first.image.dim() != 3 {
+        if !matches!(first.image.dim(), 3 | 4) {
             bail!(
-                "data {}: sample `{}` has image shape {:?}, not [C, H, W]",
+                "data {}: sample `{}` has image shape {:?}, not [C, H, W] or [C, D, H, W]",
                 m.name,
                 first.id,
                 first.image.size()
             );
         }
-        let shapes = |s: &Sample| (s.image.size(), s.target.size());
-        if let Some(odd) = samples.iter().find(|s| shapes(s) != shapes(first)) {
-            bail!(
-                "data {}: sample `{}` has image {:?} and target {:?}, sample `{}` image {:?} and target {:?}; \
-                 every sample needs the same shapes",
-                m.name,
-                odd.id,
-                odd.image.size(),
-                odd.target.size(),
-                first.id,
-                first.image.size(),
-                first.target.size()
-            );
+        let (image, target) = (first.image.size(), first.target.size());
+        for s in &samples[1..] {
+            check_same_shapes(
+                (&first.id, &image, &target),
+                (&s.id, &s.image.size(), &s.target.size()),
+            )
+            .map_err(|e| anyhow::anyhow!("data {}: {e}", m.name))?;
         }
     }
     let mut splits = Splits {

@@ -138,6 +138,7 @@ pub fn splits(cfg: &SyntheticConfig) -> Splits {
         val: dataset(cfg, "val", cfg.val, &mut rng),
         test: dataset(cfg, "test", cfg.test, &mut rng),
         about: None,
+        normalization: None,
     }
 }
 

@@ -68,6 +68,10 @@ pub struct Curve {
     /// Wall time of the evaluation (0 in older files).
     #[serde(default)]
     pub seconds: f64,
+    /// What the intensities, and so eps, are in (see [`report::intensity_note`]);
+    /// empty in older files.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub intensity: String,
 }
 
 impl Curve {
@@ -163,22 +167,29 @@ pub fn robustness(
     bar: &ProgressBar,
 ) -> Result<Curve> {
     let start = std::time::Instant::now();
-    // Set-level metrics take all predictions as one tensor: one shape.
-    let shape = |i| data.image_shape(i).unwrap_or_default();
-    if let Some(other) = (1..data.len()).find(|&i| shape(i) != shape(0)) {
+    let shapes: Vec<Vec<i64>> = (0..data.len())
+        .map(|i| data.image_shape(i).unwrap_or_default())
+        .collect();
+    let mixed = shapes.iter().any(|s| s != &shapes[0]);
+    // Set-level metrics take all predictions as one tensor: a split of
+    // volumes of several shapes is padded to the largest with background,
+    // which only a class map can take (class 0 adds to no foreground count).
+    if mixed && ctx.plugin.info().target_kind != amat_plugin_sdk::TargetKind::ClassMap {
+        let other = shapes.iter().position(|s| s != &shapes[0]).unwrap_or(0);
         bail!(
             "eval: split `{}` holds samples of different shapes (`{}` {:?}, `{}` {:?}); \
-             the robustness curve needs one shape (crop or resample the cases to one)",
+             the robustness curve of a `{}` task needs one shape (crop or resample the cases to one)",
             cfg.split,
             data.id(0).unwrap_or_default(),
-            shape(0),
+            shapes[0],
             data.id(other).unwrap_or_default(),
-            shape(other)
+            shapes[other],
+            ctx.plugin.info().name
         );
     }
     tch::manual_seed(seed);
     let indices: Vec<usize> = (0..data.len()).collect();
-    let batches: Vec<&[usize]> = indices.chunks(cfg.batch_size).collect();
+    let batches = data.batches_of_one_shape(&indices, cfg.batch_size);
     bar.set_length((batches.len() * cfg.eps.len()) as u64);
     bar.set_position(0);
     let mut losses = Vec::new();
@@ -186,12 +197,15 @@ pub fn robustness(
     for &eps in &cfg.eps {
         let (mut preds, mut targets, mut loss_sum) = (Vec::new(), Vec::new(), 0.0);
         for idx in &batches {
-            let (x, y) = data.batch(idx, device);
+            let (x, y) = data.batch(idx, device)?;
             let (_, pred, loss) = worst_case(ctx, &x, &y, eps, cfg)?;
             loss_sum += loss.sum(Kind::Double).double_value(&[]);
             preds.push(pred.to_device(Device::Cpu));
             targets.push(y.to_device(Device::Cpu));
             bar.inc(1);
+        }
+        if mixed {
+            pad_to_largest(&mut preds, &mut targets);
         }
         let metrics = ctx
             .plugin
@@ -233,16 +247,53 @@ pub fn robustness(
         steps: cfg.attack.steps,
         restarts: cfg.restarts,
         eps: cfg.eps.clone(),
+        // Samples of several sizes: the mean size.
         rms: per_pixel(
             cfg.attack.norm,
             &cfg.eps,
-            data.image_shape(0)
-                .map_or(1, |s| s.iter().product::<i64>() as usize),
+            shapes
+                .iter()
+                .map(|s| s.iter().product::<i64>() as usize)
+                .sum::<usize>()
+                / shapes.len().max(1),
         ),
         loss: losses,
         metrics,
         seconds: start.elapsed().as_secs_f64(),
+        intensity: String::new(),
     })
+}
+
+/// Pads class-map predictions [B, K, *spatial] and targets [B, *spatial]
+/// (or [B, 1, *spatial]) to the largest spatial shape among them: targets
+/// with class 0, predictions with logits whose argmax is class 0, so every
+/// per-class foreground count stays what it was.
+fn pad_to_largest(preds: &mut [Tensor], targets: &mut [Tensor]) {
+    let spatial = |p: &Tensor| p.size()[2..].to_vec();
+    let largest: Vec<i64> = preds.iter().map(spatial).fold(Vec::new(), |m, s| {
+        if m.is_empty() {
+            s
+        } else {
+            m.iter().zip(&s).map(|(a, b)| *a.max(b)).collect()
+        }
+    });
+    for (p, t) in preds.iter_mut().zip(targets.iter_mut()) {
+        let pad: Vec<i64> = largest
+            .iter()
+            .zip(spatial(p))
+            .rev()
+            .flat_map(|(l, s)| [0, l - s])
+            .collect();
+        if pad.iter().all(|&v| v == 0) {
+            continue;
+        }
+        let inside = p.select(1, 0).ones_like().constant_pad_nd(&pad);
+        let padded = p.constant_pad_nd(&pad);
+        let mut background = padded.narrow(1, 0, 1);
+        background += (inside.ones_like() - &inside).unsqueeze(1) * 1e4;
+        *p = padded;
+        *t = t.constant_pad_nd(&pad);
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,36 @@ pub fn level_heading(curve: &Curve, i: usize) -> String {
 
 /// One sentence on what the noise levels mean.
 pub fn noise_note(curve: &Curve) -> String {
+    let mut note = norm_note(curve);
+    if !curve.intensity.is_empty() {
+        note.push(' ');
+        note.push_str(&curve.intensity);
+    }
+    note
+}
+
+/// What the images' intensities are, and so what eps is measured in: the
+/// host's normalisation when the manifest records one, else the plugin's
+/// declared range.
+pub fn intensity_note(
+    normalization: Option<&crate::data::normalize::NormRecord>,
+    range: crate::attack::Range,
+) -> String {
+    match normalization {
+        Some(n) => format!(
+            "Intensities: {}; eps is in those units. Attacked images are clamped to [{:.3}, {:.3}], \
+             the smallest and largest normalised value of the dataset.",
+            n.unit, range.min, range.max
+        ),
+        None => format!(
+            "Intensities: as the plugin scaled them, into its declared range [{}, {}]; eps is in those units, \
+             and attacked images are clamped to that range.",
+            range.min, range.max
+        ),
+    }
+}
+
+fn norm_note(curve: &Curve) -> String {
     match curve.norm {
         super::Norm::L2 => format!(
             "eps is the L2 norm of the noise over one whole input sample; rms = eps / sqrt(elements per sample) is its per-pixel size{}.",
@@ -492,6 +522,7 @@ mod tests {
                 })
                 .collect(),
             seconds: 0.0,
+            intensity: String::new(),
         }
     }
 

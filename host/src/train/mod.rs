@@ -221,6 +221,19 @@ impl Trainer {
         self.dist.as_ref().map_or((0, 1), |d| (d.rank(), d.world()))
     }
 
+    /// Images normalised by the host (see `data::normalize`): attacks clamp
+    /// to the dataset's normalised range, and patches are padded with 0,
+    /// the normalised background, as nnU-Net pads.
+    pub fn normalised(&mut self, n: &crate::data::normalize::NormRecord) {
+        self.range = Range {
+            min: n.range[0],
+            max: n.range[1],
+        };
+        if let Some(p) = &mut self.patches {
+            p.pad_value = 0.0;
+        }
+    }
+
     fn adversarial(&self, epoch: usize) -> bool {
         self.method != Method::Std && epoch >= self.cfg.train.warmup_epochs
     }
@@ -301,7 +314,9 @@ impl Trainer {
             };
             let xy = match &mut self.patches {
                 Some(p) => p.part_of_batch(data, chunk, part, &mut self.rng, self.device)?,
-                None => (!batch.idx.is_empty()).then(|| data.batch(batch.idx, self.device)),
+                None => (!batch.idx.is_empty())
+                    .then(|| data.batch(batch.idx, self.device))
+                    .transpose()?,
             };
             let (clean, adv) = match xy {
                 None => self.idle_step(adversarial, lr)?,

@@ -220,5 +220,4 @@ impl Patches {
 /// Sample `i`, in memory or read from the prepared cache.
 fn read(data: &Dataset, i: usize) -> Result<Sample> {
     data.sample(i)
-        .with_context(|| format!("sample {i} of a split of {}", data.len()))
 }

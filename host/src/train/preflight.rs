@@ -72,7 +72,12 @@ pub fn before_training(
     }
     let start = Instant::now();
     let n = data.len().min(batch_size.clamp(2, MAX_BATCH));
-    let (x, y) = data.batch(&(0..n).collect::<Vec<_>>(), device);
+    // Volumes of several shapes: the first batch of one shape.
+    let first = data
+        .batches_of_one_shape(&(0..n).collect::<Vec<_>>(), n)
+        .remove(0);
+    let n = first.len();
+    let (x, y) = data.batch(&first, device)?;
     let x = x.set_requires_grad(true);
     let pred = model.forward_t(&x, false);
     let path = plugin.path().to_path_buf();
@@ -158,8 +163,8 @@ pub fn after_warmup(
     let n = data.len().min(MAX_JUDGED);
     let (mut losses, mut correct) = (Vec::with_capacity(n), 0);
     let indices: Vec<usize> = (0..n).collect();
-    for idx in indices.chunks(batch_size.max(1)) {
-        let (x, y) = data.batch(idx, device);
+    for idx in data.batches_of_one_shape(&indices, batch_size) {
+        let (x, y) = data.batch(&idx, device)?;
         let pred = model.forward_t(&x, false);
         let loss = plugin.loss(&pred, &y)?;
         correct += judge

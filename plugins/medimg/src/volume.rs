@@ -1,7 +1,7 @@
 //! A 3D float volume on a voxel grid with its voxel-to-RAS affine, and the
 //! 2D slices taken from it.
 
-use crate::image2d::Image2D;
+use crate::image2d::{Image2D, Interp};
 
 /// Which voxel axis a slice is taken across.
 ///
@@ -167,11 +167,135 @@ impl Volume {
         Ok(())
     }
 
+    /// The sub-volume `[lo, hi)` along x, y, z; the affine follows, so
+    /// each voxel keeps its place in RAS space.
+    pub fn crop(&self, bbox: [[usize; 2]; 3]) -> Volume {
+        let [[x0, x1], [y0, y1], [z0, z1]] = bbox;
+        let mut data = Vec::with_capacity((x1 - x0) * (y1 - y0) * (z1 - z0));
+        for z in z0..z1 {
+            for y in y0..y1 {
+                let row = self.dims[0] * (y + self.dims[1] * z);
+                data.extend_from_slice(&self.data[row + x0..row + x1]);
+            }
+        }
+        let origin = self.voxel_to_ras([x0 as f64, y0 as f64, z0 as f64]);
+        let mut affine = self.affine;
+        for (row, o) in affine.iter_mut().zip(origin) {
+            row[3] = o;
+        }
+        Volume {
+            dims: [x1 - x0, y1 - y0, z1 - z0],
+            pixdim: self.pixdim,
+            affine,
+            data,
+        }
+    }
+
+    /// The volume on a grid of voxel size `spacing` (mm along x, y, z)
+    /// covering the same extent: `round(dims * pixdim / spacing)` voxels per
+    /// axis, voxel centres aligned as nnU-Net resamples (edge voxels hold
+    /// the edge value); trilinear (`Interp::Bilinear`) or nearest neighbour.
+    pub fn resample(&self, spacing: [f32; 3], interp: Interp) -> Volume {
+        let dims: [usize; 3] = std::array::from_fn(|a| {
+            ((self.dims[a] as f64 * self.pixdim[a] as f64 / spacing[a] as f64).round() as usize)
+                .max(1)
+        });
+        // Source position of each target index along each axis.
+        let axis = |a: usize| -> Vec<f64> {
+            let scale = self.dims[a] as f64 / dims[a] as f64;
+            let last = (self.dims[a] - 1) as f64;
+            (0..dims[a])
+                .map(|i| ((i as f64 + 0.5) * scale - 0.5).clamp(0.0, last))
+                .collect()
+        };
+        let (px, py, pz) = (axis(0), axis(1), axis(2));
+        let mut data = Vec::with_capacity(dims.iter().product());
+        for &z in &pz {
+            for &y in &py {
+                for &x in &px {
+                    data.push(match interp {
+                        Interp::Nearest => {
+                            self.get(x.round() as usize, y.round() as usize, z.round() as usize)
+                        }
+                        Interp::Bilinear => self.trilinear(x, y, z),
+                    });
+                }
+            }
+        }
+        let mut affine = self.affine;
+        for row in affine.iter_mut() {
+            for (a, v) in row.iter_mut().take(3).enumerate() {
+                *v *= self.dims[a] as f64 / dims[a] as f64;
+            }
+        }
+        // Voxel 0's centre lies half a new voxel in from the old grid's edge.
+        let origin = self.voxel_to_ras(std::array::from_fn(|a| {
+            0.5 * self.dims[a] as f64 / dims[a] as f64 - 0.5
+        }));
+        for (row, o) in affine.iter_mut().zip(origin) {
+            row[3] = o;
+        }
+        Volume {
+            dims,
+            pixdim: std::array::from_fn(|a| self.pixdim[a] * self.dims[a] as f32 / dims[a] as f32),
+            affine,
+            data,
+        }
+    }
+
+    fn trilinear(&self, x: f64, y: f64, z: f64) -> f32 {
+        let corner = |v: f64, n: usize| {
+            let i = (v.floor() as usize).min(n - 1);
+            (i, (i + 1).min(n - 1), (v - i as f64) as f32)
+        };
+        let (x0, x1, fx) = corner(x, self.dims[0]);
+        let (y0, y1, fy) = corner(y, self.dims[1]);
+        let (z0, z1, fz) = corner(z, self.dims[2]);
+        let lerp = |a: f32, b: f32, t: f32| a + (b - a) * t;
+        let plane = |z| {
+            lerp(
+                lerp(self.get(x0, y0, z), self.get(x1, y0, z), fx),
+                lerp(self.get(x0, y1, z), self.get(x1, y1, z), fx),
+                fy,
+            )
+        };
+        lerp(plane(z0), plane(z1), fz)
+    }
+
     /// The values at the `lo` and `hi` quantiles (0..1) of the whole volume,
     /// so every slice of it is normalised alike.
     pub fn quantiles(&self, lo: f64, hi: f64) -> (f32, f32) {
         crate::image2d::quantiles(&self.data, lo, hi)
     }
+}
+
+/// The bounding box `[lo, hi)` along x, y, z of the voxels of a grid of
+/// `dims` where `keep` holds (index in NIfTI order), grown by `margin`
+/// voxels and kept inside the grid; `None` when no voxel does.
+pub fn bounding_box(
+    dims: [usize; 3],
+    margin: usize,
+    keep: impl Fn(usize) -> bool,
+) -> Option<[[usize; 2]; 3]> {
+    let mut lo = [usize::MAX; 3];
+    let mut hi = [0usize; 3];
+    let mut i = 0;
+    for z in 0..dims[2] {
+        for y in 0..dims[1] {
+            for x in 0..dims[0] {
+                if keep(i) {
+                    for (a, v) in [x, y, z].into_iter().enumerate() {
+                        lo[a] = lo[a].min(v);
+                        hi[a] = hi[a].max(v + 1);
+                    }
+                }
+                i += 1;
+            }
+        }
+    }
+    (lo[0] != usize::MAX).then(|| {
+        std::array::from_fn(|a| [lo[a].saturating_sub(margin), (hi[a] + margin).min(dims[a])])
+    })
 }
 
 #[cfg(test)]
@@ -219,6 +343,48 @@ mod tests {
         for k in 0..3 {
             assert!((back[k] - p[k]).abs() < 1e-9, "{back:?}");
         }
+    }
+
+    #[test]
+    fn crop_keeps_voxels_in_place_and_the_box_has_its_margin() {
+        let v = ramp();
+        let b = bounding_box(v.dims, 1, |i| v.data[i] == 15.0).unwrap();
+        // Value 15 is voxel (1, 1, 2): grown by 1, clamped to the 2 x 3 x 4 grid.
+        assert_eq!(b, [[0, 2], [0, 3], [1, 4]]);
+        let c = v.crop([[1, 2], [1, 3], [2, 4]]);
+        assert_eq!(c.dims, [1, 2, 2]);
+        assert_eq!(c.get(0, 0, 0), v.get(1, 1, 2));
+        assert_eq!(c.get(0, 1, 1), v.get(1, 2, 3));
+        assert_eq!(
+            c.voxel_to_ras([0.0, 1.0, 1.0]),
+            v.voxel_to_ras([1.0, 2.0, 3.0])
+        );
+        assert!(bounding_box(v.dims, 0, |_| false).is_none());
+    }
+
+    #[test]
+    fn resampling_halves_and_doubles_the_grid() {
+        // 4 x 2 x 2 voxels of 1 mm along x, values = x: at 2 mm, two voxels
+        // whose centres lie between old voxels 0/1 and 2/3.
+        let v = Volume {
+            dims: [4, 2, 2],
+            pixdim: [1.0; 3],
+            affine: [
+                [1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.0],
+            ],
+            data: (0..16).map(|i| (i % 4) as f32).collect(),
+        };
+        let coarse = v.resample([2.0, 1.0, 1.0], Interp::Bilinear);
+        assert_eq!((coarse.dims, coarse.pixdim), ([2, 2, 2], [2.0, 1.0, 1.0]));
+        assert_eq!(&coarse.data[..2], &[0.5, 2.5]);
+        assert_eq!(coarse.voxel_to_ras([0.0; 3]), [0.5, 0.0, 0.0]);
+        let fine = v.resample([0.5, 1.0, 1.0], Interp::Nearest);
+        assert_eq!(fine.dims, [8, 2, 2]);
+        // Nearest: every value is one the volume holds.
+        assert!(fine.data.iter().all(|x| [0.0, 1.0, 2.0, 3.0].contains(x)));
+        assert_eq!(&fine.data[..8], &[0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]);
     }
 
     #[test]

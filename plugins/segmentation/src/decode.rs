@@ -19,15 +19,31 @@
 //!   {"<value>": "<class name>"}}`. The image channels and the label map are
 //!   decoded instead of the Colin27 files; label values are the classes and
 //!   must be named in `labels` and below the model's 8 output channels.
-//! - `intensity`: "percentile" (default) | "raw" (values as stored: only for
-//!   data already in [0, 1]; the host refuses anything outside).
+//! - `intensity`: "percentile" (default) | "raw" (values as stored: for data
+//!   already in [0, 1], or when the host normalises, which it says with
+//!   `case.intensity = "raw"`, the field's scheme for datasets of cases).
+//! - `volume`: `true` decodes each case (or the Colin27 volume) into one
+//!   example: the whole volume [C, D, H, W] (D = z, H = y, W = x of the
+//!   NIfTI grid) with its class map [D, H, W], id `<source>:volume:0`,
+//!   instead of its labelled 2D slices (`size`, `axis`, `slices` and
+//!   `augment` concern slices and are refused). Then:
+//!   - `crop`: "nonzero" (default, as nnU-Net: the bounding box of the
+//!     voxels where any image channel is non-zero) | "foreground" (of the
+//!     label map's non-background voxels: it uses the label, so it suits
+//!     region-of-interest experiments only) | "none"; grown by `margin`
+//!     voxels (default 2) on each side, within the grid;
+//!   - `spacing`: `[x, y, z]` mm, resample to this voxel size after the
+//!     crop (trilinear image, nearest-neighbour labels; the voxel size read
+//!     from the NIfTI header's pixdim); default: keep the grid.
 //!
 //! Images are scaled to [0, 1] by the whole volume's 0.5 and 99.5
 //! percentiles (per channel, so slices stay comparable), then fitted into
 //! the square (aspect kept, zero padding); labels are resampled by nearest
 //! neighbour. Slices whose label map is all background are left out.
+//! Volumes are scaled alike (after the crop and resampling) unless raw.
 
 use amat_plugin_sdk::{DecodeRequest, Dense, Example};
+use medimg::volume::bounding_box;
 use medimg::{Affine2, Axis, Image2D, Interp, Volume, nifti};
 use serde::Deserialize;
 
@@ -56,6 +72,17 @@ pub struct Case {
     pub label: Option<String>,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// "raw" when the host normalises the intensities itself.
+    #[serde(default)]
+    pub intensity: Option<Intensity>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Crop {
+    Nonzero,
+    Foreground,
+    None,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +100,10 @@ pub struct Options {
     pub brain: String,
     pub atlas: String,
     pub atlas_names: String,
+    pub volume: bool,
+    pub crop: Crop,
+    pub margin: usize,
+    pub spacing: Option<[f32; 3]>,
 }
 
 impl Default for Options {
@@ -90,6 +121,10 @@ impl Default for Options {
             brain: "ch2bet.nii.gz".into(),
             atlas: "aal.nii.gz".into(),
             atlas_names: "aal.nii.txt".into(),
+            volume: false,
+            crop: Crop::Nonzero,
+            margin: 2,
+            spacing: None,
         }
     }
 }
@@ -106,8 +141,40 @@ impl Options {
             ));
         }
         Axis::parse(&o.axis).map_err(|e| format!("segmentation decode options: {e}"))?;
+        if let Some(s) = o.spacing
+            && !s.iter().all(|v| v.is_finite() && *v > 0.0)
+        {
+            return Err(format!(
+                "segmentation decode options: spacing {s:?} must be three positive sizes in mm"
+            ));
+        }
+        if o.volume {
+            let slice_only = [
+                ("size", json_has(json, "size")),
+                ("axis", json_has(json, "axis")),
+                ("slices", o.slices.is_some()),
+                ("augment", o.augment > 0),
+            ];
+            if let Some((k, _)) = slice_only.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "segmentation decode options: `{k}` concerns slices; `volume` decodes whole volumes"
+                ));
+            }
+        } else if o.spacing.is_some() {
+            return Err(
+                "segmentation decode options: `spacing` resamples volumes: set `volume = true`"
+                    .into(),
+            );
+        }
         Ok(o)
     }
+}
+
+fn json_has(json: &str, key: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v.get(key).cloned())
+        .is_some()
 }
 
 fn load(request: &DecodeRequest, file: &str) -> Result<Volume, String> {
@@ -143,12 +210,11 @@ pub fn decode(request: &DecodeRequest) -> Result<Vec<Example>, String> {
             classes_from_atlas(&atlas, &table, &o.atlas, &o.atlas_names)?
         }
     };
-    slices(
-        &o,
-        source_name(&o.image),
-        &[(o.image.as_str(), image)],
-        &labels,
-    )
+    let images = [(o.image.as_str(), image)];
+    if o.volume {
+        return volume(&o, o.intensity, source_name(&o.image), &images, &labels);
+    }
+    slices(&o, o.intensity, source_name(&o.image), &images, &labels)
 }
 
 /// A case of a many-case dataset: its image channels and its label map,
@@ -204,13 +270,73 @@ fn decode_case(request: &DecodeRequest, o: &Options, case: &Case) -> Result<Vec<
             case.labels
         ));
     }
-    slices(o, &case.id, &images, &labels)
+    let intensity = case.intensity.unwrap_or(o.intensity);
+    if o.volume {
+        return volume(o, intensity, &case.id, &images, &labels);
+    }
+    slices(o, intensity, &case.id, &images, &labels)
+}
+
+/// One example of the whole volume: cropped, resampled, scaled.
+fn volume(
+    o: &Options,
+    intensity: Intensity,
+    source: &str,
+    images: &[(&str, Volume)],
+    labels: &Volume,
+) -> Result<Vec<Example>, String> {
+    let dims = labels.dims;
+    let bbox = match o.crop {
+        Crop::None => Some([[0, dims[0]], [0, dims[1]], [0, dims[2]]]),
+        Crop::Nonzero => bounding_box(dims, o.margin, |i| {
+            images.iter().any(|(_, v)| v.data[i] != 0.0)
+        }),
+        Crop::Foreground => bounding_box(dims, o.margin, |i| labels.data[i] != 0.0),
+    };
+    let Some(bbox) = bbox else {
+        return Err(format!(
+            "{}: nothing to crop to: no {} voxel",
+            images[0].0,
+            if o.crop == Crop::Foreground {
+                "foreground"
+            } else {
+                "non-zero"
+            }
+        ));
+    };
+    let grid = |v: &Volume, interp| {
+        let v = v.crop(bbox);
+        match o.spacing {
+            Some(s) => v.resample(s, interp),
+            None => v,
+        }
+    };
+    let labels = grid(labels, Interp::Nearest);
+    let mut data = Vec::with_capacity(labels.data.len() * images.len());
+    for (_, v) in images {
+        let v = grid(v, Interp::Bilinear);
+        match intensity {
+            Intensity::Percentile => {
+                let (lo, hi) = v.quantiles(0.005, 0.995);
+                let span = if hi > lo { hi - lo } else { 1.0 };
+                data.extend(v.data.iter().map(|&x| ((x - lo) / span).clamp(0.0, 1.0)));
+            }
+            Intensity::Raw => data.extend_from_slice(&v.data),
+        }
+    }
+    let [x, y, z] = labels.dims.map(|d| d as i64);
+    Ok(vec![Example {
+        id: format!("{source}:volume:0"),
+        image: Dense::new(vec![images.len() as i64, z, y, x], data)?,
+        target: Dense::new(vec![z, y, x], labels.data)?,
+    }])
 }
 
 /// Examples of the labelled slices of `images` (one volume per channel),
 /// with their class map from `labels`; ids `<source>:<axis>:<index>`.
 fn slices(
     o: &Options,
+    intensity: Intensity,
     source: &str,
     images: &[(&str, Volume)],
     labels: &Volume,
@@ -241,7 +367,7 @@ fn slices(
             .zip(&ranges)
             .map(|((_, v), &(lo, hi))| {
                 let img = v.slice(axis, index)?;
-                let img = match o.intensity {
+                let img = match intensity {
                     Intensity::Percentile => img.rescale(lo, hi),
                     Intensity::Raw => img,
                 };
@@ -397,6 +523,53 @@ mod tests {
             e.starts_with("p1.nii:") && e.contains("label value 3"),
             "{e}"
         );
+    }
+
+    /// The case of [`case_request`] with volume options.
+    fn volume_request(options: &str) -> DecodeRequest {
+        let mut r = case_request(2, "");
+        r.options = format!(
+            r#"{{{options}, "case": {{"id": "p1", "images": ["p1_0000.nii", "p1_0001.nii"],
+               "label": "p1.nii", "labels": {{"0": "background", "1": "a", "2": "b"}}, "intensity": "raw"}}}}"#
+        );
+        r
+    }
+
+    #[test]
+    fn a_case_decodes_as_one_volume_cropped_and_resampled() {
+        // Channel 0 is 0 only at voxel 0: the non-zero box is the whole grid.
+        let out = decode(&volume_request(r#""volume": true"#)).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].id, "p1:volume:0");
+        assert_eq!(out[0].image.shape, vec![2, 3, 4, 4]);
+        assert_eq!(out[0].target.shape, vec![3, 4, 4]);
+        // D, H, W = z, y, x: voxel (x=1, y=1, z=1) is flat index 16 + 5.
+        assert_eq!(out[0].target.data[16 + 5], 1.0);
+        assert_eq!(out[0].image.data[16 + 5], 105.0, "raw: the host normalises");
+        // The foreground box (voxels 5 and 6 of z = 1) with no margin.
+        let fg = decode(&volume_request(
+            r#""volume": true, "crop": "foreground", "margin": 0"#,
+        ))
+        .unwrap();
+        assert_eq!(fg[0].image.shape, vec![2, 1, 1, 2]);
+        assert_eq!(fg[0].target.data, vec![1.0, 2.0]);
+        // 1 mm voxels resampled to 2 mm in-plane: 2 x 2 per slice, labels stay classes.
+        let coarse = decode(&volume_request(
+            r#""volume": true, "crop": "none", "spacing": [2.0, 2.0, 1.0]"#,
+        ))
+        .unwrap();
+        assert_eq!(coarse[0].target.shape, vec![3, 2, 2]);
+        assert!(
+            coarse[0]
+                .target
+                .data
+                .iter()
+                .all(|v| [0.0, 1.0, 2.0].contains(v))
+        );
+        let e = decode(&volume_request(r#""volume": true, "size": 8"#)).unwrap_err();
+        assert!(e.contains("`size`"), "{e}");
+        let e = decode(&volume_request(r#""spacing": [1.0, 1.0, 0.0]"#)).unwrap_err();
+        assert!(e.contains("spacing"), "{e}");
     }
 
     #[test]

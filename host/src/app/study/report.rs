@@ -293,6 +293,7 @@ fn heading_curve(r: &StudyReport) -> Curve {
         loss: Vec::new(),
         metrics: Vec::new(),
         seconds: 0.0,
+        intensity: String::new(),
     }
 }
 
