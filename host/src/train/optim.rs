@@ -60,6 +60,28 @@ impl Optimizer {
         self.step(&grads, lr);
     }
 
+    /// [`Optimizer::minimize`] for a loss computed through `copies` of the
+    /// parameters (a reduced-precision network, in the parameters' order of
+    /// [`Optimizer::names`]): their gradients, cast to the parameters' kind,
+    /// update the parameters, which are then copied back into `copies`.
+    pub fn minimize_via(&mut self, loss: &Tensor, copies: &[Tensor], lr: f64) {
+        let grads: Vec<Tensor> = Tensor::run_backward(&[loss], copies, false, false)
+            .iter()
+            .zip(&self.params)
+            .map(|(g, (_, p))| g.to_kind(p.kind()))
+            .collect();
+        self.step(&grads, lr);
+        let _guard = tch::no_grad_guard();
+        for (c, (_, p)) in copies.iter().zip(&self.params) {
+            c.shallow_clone().copy_(p);
+        }
+    }
+
+    /// The parameters' names, in the order of [`Optimizer::minimize_via`].
+    pub fn names(&self) -> Vec<&str> {
+        self.params.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
     fn step(&mut self, grads: &[Tensor], lr: f64) {
         let _guard = tch::no_grad_guard();
         self.steps += 1;
