@@ -898,10 +898,10 @@ impl Measured {
                         + 1
                 )
             );
-            for i in 0..n {
+            for (i, times) in clock.iter().enumerate() {
                 let ratios: Vec<String> = (0..self.methods.len())
                     .filter(|&k| self.methods[k].starts_with("amat"))
-                    .map(|k| format!("{:.3}", paired(&clock[i][k], &clock[i][sat])))
+                    .map(|k| format!("{:.3}", paired(&times[k], &times[sat])))
                     .collect();
                 let losses: Vec<String> = self.clean[i]
                     .iter()

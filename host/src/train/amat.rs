@@ -423,7 +423,8 @@ mod tests {
     fn regula_falsi_brackets_the_boundary_in_fewer_probes_than_bisection() {
         // Losses along a noise: smooth and increasing, crossing tau at 0.37
         // (an exact line, a convex curve, a steep sigmoid).
-        let cases: [(&str, Box<dyn Fn(f64) -> f64>); 3] = [
+        type Curve = Box<dyn Fn(f64) -> f64>;
+        let cases: [(&str, Curve); 3] = [
             ("line", Box::new(|s| s - 0.37)),
             (
                 "convex",
