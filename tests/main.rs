@@ -19,6 +19,7 @@ mod sandbox;
 mod sandbox_holes;
 mod segmentation_data;
 mod silent_failures;
+mod speed_options;
 mod study;
 mod training;
 mod volumes;

@@ -141,6 +141,9 @@ pub struct TrainConfig {
     pub patches_per_case: usize,
     /// The attack used in training (SAT and AMAT).
     pub attack: PgdConfig,
+    /// f32 | bf16 (left out of saved configs when f32).
+    #[serde(skip_serializing_if = "is_default")]
+    pub precision: Precision,
 }
 
 fn is_default_foreground(v: &f64) -> bool {
@@ -187,6 +190,7 @@ impl Default for TrainConfig {
                 step_factor: 4.0,
                 ..PgdConfig::default()
             },
+            precision: Precision::F32,
         }
     }
 }
@@ -215,6 +219,35 @@ pub enum AmatRule {
     /// The authors' earlier, IMA-like rule: per-batch update; crossed samples
     /// move to the boundary found by a binary search along their noise.
     Boundary,
+}
+
+/// How the boundary rule searches along a crossed sample's noise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SearchKind {
+    /// Halve the bracket at each probe.
+    #[default]
+    Bisection,
+    /// Interpolate between the losses at the bracket's ends (ITP, a
+    /// safeguarded regula falsi): never more probes than bisection plus one,
+    /// usually fewer; the same stopping rule and answer within tolerance.
+    RegulaFalsi,
+}
+
+/// The arithmetic of the network's forward and backward passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// bfloat16 compute with float32 master weights, optimizer state and
+    /// losses (autocast-like). Fast only where the hardware has bf16 units
+    /// (AMX or AVX512-BF16 on the CPU, tensor cores on a GPU).
+    Bf16,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl std::fmt::Display for AmatRule {
@@ -247,8 +280,12 @@ pub struct AmatConfig {
     /// A sample that fails the clean gate goes back to delta_eps (IMA);
     /// otherwise its margin stays.
     pub reset_wrong: bool,
-    /// Boundary rule: N_bs, at most this many halvings in the search.
+    /// Boundary rule: N_bs, at most this many probes in the search.
     pub search_steps: usize,
+    /// Boundary rule: bisection | regula-falsi (left out of saved configs
+    /// when bisection, so existing configs hash as before).
+    #[serde(skip_serializing_if = "is_default")]
+    pub search: SearchKind,
     /// Boundary rule: the search stops once the boundary is bracketed to
     /// within `search_tolerance * delta_eps`; 0 always runs all `search_steps`.
     pub search_tolerance: f64,
@@ -273,6 +310,7 @@ impl Default for AmatConfig {
             tau_clean: None,
             reset_wrong: false,
             search_steps: 10,
+            search: SearchKind::Bisection,
             search_tolerance: 0.25,
             tau: None,
             judge: BTreeMap::new(),

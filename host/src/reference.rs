@@ -2,7 +2,7 @@
 //! (`host/benches/reference/amat_reference.py`): a state directory holding
 //! `config.json` (the run's settings, AMAT margins, batch order, torch seed),
 //! `weights.npz` (the U-Net's variables under amat's names) and `data.npz`
-//! (`images` [N, C, H, W], `targets` [N, H, W]). From one state both sides
+//! (`images` [N, C, *spatial], `targets` [N, *spatial], 2D or 3D). From one state both sides
 //! compute the same numbers; `host/benches/vs_pytorch/main.rs` times them and
 //! `tests/vs_pytorch_parity.rs` compares them.
 
@@ -46,7 +46,10 @@ pub fn write_state(dir: &Path, cfg: &RunConfig, s: &StateInputs) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("reference state {}", dir.display()))?;
     let a = &cfg.amat;
     let config = json!({
-        "model": { "depth": cfg.model.depth, "width": cfg.model.width, "norm": cfg.model.norm },
+        "model": {
+            "depth": cfg.model.depth, "width": cfg.model.width, "norm": cfg.model.norm,
+            "dims": cfg.model.dims, "pool": cfg.model.pool, "kernel": cfg.model.kernel,
+        },
         "in_channels": s.info.input_channels,
         "out_channels": s.info.output_channels,
         "train": {

@@ -19,6 +19,17 @@ same weights, data, order and torch seed both compute the same numbers:
     included; per-epoch update; F_i averaging; no reset) and "boundary"
     (per-batch update, bisection along the noise, optional reset_wrong).
 
+Variants (worker mode, --variant):
+  plain      as a PyTorch user first writes it: clean and attacked forwards
+             apart, torch.optim.Adam's default (per-parameter loop on the CPU),
+             a loss read back with .item() after every step;
+  fair       what amat does too: one forward over the clean and attacked
+             halves together (without batch norm), Adam(fused=True) (foreach
+             where fused is unavailable), losses summed on the device and read
+             once per epoch; the driver also gives it amat's allocator settings;
+  compiled   fair, with the model and loss under torch.compile (Inductor);
+  compiled-ro  the same with mode="reduce-overhead" (CUDA graphs; for GPUs).
+
 Modes:
   worker --state DIR   reads one JSON command per line on stdin, answers one
                        JSON line per command on stdout ({"cmd": "epoch",
@@ -48,58 +59,82 @@ import torch.nn.functional as F
 
 # ----------------------------------------------------------------- the model
 class ConvBlock(nn.Module):
-    """conv3x3 -> norm -> ReLU, twice (amat: model::ConvBlock)."""
+    """conv3x3 -> norm -> ReLU, twice (amat: model::ConvBlock); in 3D
+    (model/unet3d.rs) conv with a per-axis kernel -> norm -> leaky ReLU."""
 
-    def __init__(self, norm, c_in, c_out):
+    def __init__(self, norm, c_in, c_out, kernel=None):
         super().__init__()
         bias = norm == "none"  # a bias before a normalisation is cancelled by it
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias)
-        self.norm1 = make_norm(norm, c_out)
-        self.norm2 = make_norm(norm, c_out)
+        if kernel is None:
+            self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias)
+            self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias)
+            self.act = F.relu
+        else:
+            pad = [k // 2 for k in kernel]
+            self.conv1 = nn.Conv3d(c_in, c_out, kernel, padding=pad, bias=bias)
+            self.conv2 = nn.Conv3d(c_out, c_out, kernel, padding=pad, bias=bias)
+            self.act = F.leaky_relu
+        self.norm1 = make_norm(norm, c_out, kernel is not None)
+        self.norm2 = make_norm(norm, c_out, kernel is not None)
 
     def forward(self, x):
-        x = F.relu(self.norm1(self.conv1(x)))
-        return F.relu(self.norm2(self.conv2(x)))
+        x = self.act(self.norm1(self.conv1(x)))
+        return self.act(self.norm2(self.conv2(x)))
 
 
-def make_norm(kind, channels):
+def make_norm(kind, channels, volumetric=False):
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return nn.BatchNorm3d(channels) if volumetric else nn.BatchNorm2d(channels)
     if kind == "instance":  # group norm, one group per channel (amat's choice)
         return nn.GroupNorm(channels, channels)
     return nn.Identity()
 
 
 class UNet(nn.Module):
-    def __init__(self, depth, width, norm, c_in, c_out):
+    """amat's 2D U-Net, or with `dims` 3 its 3D U-Net (model/unet3d.rs:
+    per-level kernels and pooling factors, leaky ReLU)."""
+
+    def __init__(self, depth, width, norm, c_in, c_out, dims=2, pool=None, kernel=None):
         super().__init__()
-        self.depth = depth
+        self.depth, self.dims = depth, dims
         w = lambda level: width << level  # noqa: E731
+        if dims == 3:
+            self.pools = [tuple(p) for p in (pool or [[2, 2, 2]] * depth)]
+            kernels = [tuple(k) for k in (kernel or [[3, 3, 3]] * (depth + 1))]
+        else:
+            self.pools, kernels = [2] * depth, [None] * (depth + 1)
         c = c_in
         for level in range(depth):
-            self.add_module(f"down{level}", ConvBlock(norm, c, w(level)))
+            self.add_module(f"down{level}", ConvBlock(norm, c, w(level), kernels[level]))
             c = w(level)
-        self.bottom = ConvBlock(norm, c, w(depth))
+        self.bottom = ConvBlock(norm, c, w(depth), kernels[depth])
         for level in reversed(range(depth)):
-            self.add_module(f"upconv{level}", nn.ConvTranspose2d(w(level + 1), w(level), 2, stride=2))
-            self.add_module(f"up{level}", ConvBlock(norm, 2 * w(level), w(level)))
-        self.head = nn.Conv2d(w(0), c_out, 1)
+            if dims == 3:
+                up = nn.ConvTranspose3d(w(level + 1), w(level), self.pools[level], stride=self.pools[level])
+            else:
+                up = nn.ConvTranspose2d(w(level + 1), w(level), 2, stride=2)
+            self.add_module(f"upconv{level}", up)
+            self.add_module(f"up{level}", ConvBlock(norm, 2 * w(level), w(level), kernels[level]))
+        self.head = (nn.Conv3d if dims == 3 else nn.Conv2d)(w(0), c_out, 1)
 
     def forward(self, x):
         skips = []
         h = x
+        pool = F.max_pool3d if self.dims == 3 else F.max_pool2d
         for level in range(self.depth):
             s = getattr(self, f"down{level}")(h)
-            h = F.max_pool2d(s, 2)
+            h = pool(s, self.pools[level])
             skips.append(s)
         h = self.bottom(h)
         for level in reversed(range(self.depth)):
             skip = skips[level]
             u = getattr(self, f"upconv{level}")(h)
-            dh, dw = skip.shape[2] - u.shape[2], skip.shape[3] - u.shape[3]
-            if dh or dw:
-                u = F.pad(u, (0, dw, 0, dh))
+            missing = [a - b for a, b in zip(skip.shape[2:], u.shape[2:])]
+            if any(missing):
+                pad = []
+                for m in reversed(missing):
+                    pad += [0, m]
+                u = F.pad(u, pad)
             h = getattr(self, f"up{level}")(torch.cat([skip, u], 1))
         return self.head(h)
 
@@ -108,12 +143,13 @@ class UNet(nn.Module):
 def dice_ce_loss(pred, target):
     """Per-sample CE (mean over pixels) + 1 - soft Dice (mean over classes)."""
     classes = pred.shape[1]
-    y = F.one_hot(target.long(), classes).permute(0, 3, 1, 2).float()
+    y = F.one_hot(target.long(), classes).movedim(-1, 1).float()
+    spatial = tuple(range(2, pred.dim()))
     log_p = pred.log_softmax(1)
-    ce = -(log_p * y).sum(1).mean((1, 2))
+    ce = -(log_p * y).sum(1).mean(tuple(d - 1 for d in spatial))
     p = log_p.exp()
-    inter = (p * y).sum((2, 3))
-    total = p.sum((2, 3)) + y.sum((2, 3))
+    inter = (p * y).sum(spatial)
+    total = p.sum(spatial) + y.sum(spatial)
     dice = (inter * 2.0 + 1.0) / (total + 1.0)
     return ce + (1.0 - dice.mean(1))
 
@@ -152,20 +188,24 @@ def clip(x, delta, lo, hi):
     return (x + delta).clamp(lo, hi) - x
 
 
-def pgd(model, x, y, eps, attack, lo, hi, watch=None):
+def pgd(model, x, y, eps, attack, lo, hi, watch=None, loss_of=None, top=None):
     """Noise delta with ||delta_i|| <= eps_i and x + delta in [lo, hi].
 
     `watch(loss)` sees the per-sample loss of every iterate, the start and the
-    last included (evaluation mode)."""
+    last included (evaluation mode). `loss_of(x, y)` is the per-sample loss of
+    the model at x (a compiled one, say); `top` the largest level, if the
+    caller knows it without asking the device."""
+    if loss_of is None:
+        loss_of = lambda inputs, targets: dice_ce_loss(model(inputs), targets)  # noqa: E731
     x = x.detach()
     eps = eps.detach().float().to(x.device)
     was_training = model.training
     model.eval()
-    if eps.max().item() <= 0.0:
+    if (eps.max().item() if top is None else top) <= 0.0:
         delta = torch.zeros_like(x)
         if watch:
             with torch.no_grad():
-                watch(dice_ce_loss(model(x + delta), y))
+                watch(loss_of(x + delta, y))
         model.train(was_training)
         return delta
     norm, steps = attack["norm"], attack["steps"]
@@ -177,7 +217,7 @@ def pgd(model, x, y, eps, attack, lo, hi, watch=None):
             delta = torch.zeros_like(x)
     for _ in range(steps):
         d = delta.detach().requires_grad_(True)
-        per = dice_ce_loss(model(x + d), y)
+        per = loss_of(x + d, y)
         if watch:
             watch(per.detach())
         (g,) = torch.autograd.grad(per.sum(), [d])  # input gradient only
@@ -187,7 +227,7 @@ def pgd(model, x, y, eps, attack, lo, hi, watch=None):
             delta = clip(x, delta, lo, hi)
     if watch:
         with torch.no_grad():
-            watch(dice_ce_loss(model(x + delta), y))
+            watch(loss_of(x + delta, y))
     model.train(was_training)
     return delta.detach()
 
@@ -196,18 +236,22 @@ def pgd(model, x, y, eps, attack, lo, hi, watch=None):
 class Trainer:
     """One run's model, optimizer and AMAT margins (amat: train::Trainer)."""
 
-    def __init__(self, cfg, weights, device):
-        self.cfg, self.device = cfg, device
-        m = cfg["model"]
-        self.model = UNet(m["depth"], m["width"], m["norm"], cfg["in_channels"], cfg["out_channels"]).to(device)
+    def __init__(self, cfg, weights, device, variant="plain", net=None):
+        self.cfg, self.device, self.variant = cfg, device, variant
+        # A worker keeps one network (`Net`) for all its epochs, so that a
+        # compiled one is compiled once; each epoch loads the state's weights.
+        self.net = net or Net(cfg, device, variant)
+        self.model, self.loss_of = self.net.model, self.net.loss_of
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         if missing or unexpected:
             raise SystemExit(f"weights do not fit the U-Net: missing {missing}, unexpected {unexpected}")
         t = cfg["train"]
-        self.opt = torch.optim.Adam(
-            self.model.parameters(), lr=t["lr"], betas=tuple(t["adam_betas"]), eps=t["adam_eps"]
-        )
+        adam = dict(lr=t["lr"], betas=tuple(t["adam_betas"]), eps=t["adam_eps"])
+        if variant == "plain":
+            self.opt = torch.optim.Adam(self.model.parameters(), **adam)
+        else:
+            self.opt = fused_adam(self.model.parameters(), adam)
         a = cfg["amat"]
         self.margins = list(a["margins"])
         # JSON has no infinity: a missing eps_max is none.
@@ -222,7 +266,9 @@ class Trainer:
         """One epoch over `order` (sample indices); returns (clean sum, adv sum)."""
         self.model.train()
         bs = self.cfg["train"]["batch_size"]
-        clean_sum = adv_sum = 0.0
+        # plain: Python floats after every step; the others: on the device, read once.
+        zero = lambda: 0.0 if self.variant == "plain" else torch.zeros((), dtype=torch.float64, device=self.device)  # noqa: E731
+        clean_sum, adv_sum = zero(), zero()
         if self.reference_rule(method):
             # F_i starts each epoch at E_i (AMAT.md).
             self.visits = [dict(seen=False, gated=False, held=False, f=e) for e in self.margins]
@@ -238,7 +284,7 @@ class Trainer:
             adv_sum += a
         if self.reference_rule(method):
             self.end_epoch()
-        return clean_sum, adv_sum
+        return float(clean_sum), float(adv_sum)
 
     def end_epoch(self):
         """Reference rule: gated and held in some visit grows; gated and
@@ -261,10 +307,14 @@ class Trainer:
         objective.backward()
         self.opt.step()
 
+    def total(self, loss):
+        t = loss.detach().double().sum()
+        return t.item() if self.variant == "plain" else t
+
     def clean_step(self, x, y):
-        loss = dice_ce_loss(self.model(x), y)
+        loss = self.loss_of(x, y)
         self.minimize(loss.mean())
-        return loss.detach().double().sum().item(), 0.0
+        return self.total(loss), 0.0
 
     def adversarial_step(self, method, x, y, idx):
         cfg = self.cfg
@@ -282,11 +332,21 @@ class Trainer:
                 crossed[r] = crossed[r] or not ok
 
         watch = judge_iterate if self.reference_rule(method) else None
-        delta = pgd(self.model, x, y, eps, cfg["train"]["attack"], lo, hi, watch)
-        pred_clean = self.model(x)
-        clean = dice_ce_loss(pred_clean, y)
+        fair = self.variant != "plain"
+        delta = pgd(
+            self.model, x, y, eps, cfg["train"]["attack"], lo, hi, watch, self.loss_of, max(levels) if fair else None
+        )
         beta = cfg["train"]["beta"]
-        adv = clean if all(e == 0.0 for e in levels) else dice_ce_loss(self.model(x + delta), y)
+        if all(e == 0.0 for e in levels):
+            clean = adv = self.loss_of(x, y)
+        elif fair and cfg["model"]["norm"] != "batch":
+            # As amat: each sample is normalised alone, so one forward over
+            # both halves gives what two would.
+            both = self.loss_of(torch.cat([x, x + delta]), torch.cat([y, y]))
+            clean, adv = both[: len(idx)], both[len(idx) :]
+        else:
+            clean = self.loss_of(x, y)
+            adv = self.loss_of(x + delta, y)
         tau_clean = a.get("tau_clean")
         if method == "amat" and tau_clean is not None:
             gate = (clean.detach() <= tau_clean).tolist()
@@ -311,7 +371,7 @@ class Trainer:
         elif method == "amat":
             self.update_margins(x, y, delta, idx, gate, adv)
         self.minimize(objective)
-        return clean.detach().double().sum().item(), adv.detach().double().sum().item()
+        return self.total(clean), self.total(adv)
 
     def update_margins(self, x, y, delta, idx, gate, adv):
         """Boundary rule, after each batch."""
@@ -354,7 +414,7 @@ class Trainer:
             s = torch.tensor(mid, dtype=torch.float32, device=self.device)
             xa, ya, da = x.index_select(0, rows), y.index_select(0, rows), delta.index_select(0, rows)
             with torch.no_grad():
-                ok = (dice_ce_loss(self.model(xa + da * per_sample(s, da)), ya) <= a["tau"]).tolist()
+                ok = (self.loss_of(xa + da * per_sample(s, da), ya) <= a["tau"]).tolist()
             for k, i in enumerate(active):
                 if ok[k]:
                     lo[i] = mid[k]
@@ -362,6 +422,62 @@ class Trainer:
                     hi[i] = mid[k]
         self.model.train()
         return [h * nm for h, nm in zip(hi, norms)]
+
+
+class Net:
+    """The U-Net of the state's config and its per-sample loss `loss_of(x,
+    y)`, compiled with torch.compile in the compiled variants."""
+
+    def __init__(self, cfg, device, variant):
+        m = cfg["model"]
+        self.model = UNet(
+            m["depth"], m["width"], m["norm"], cfg["in_channels"], cfg["out_channels"],
+            m.get("dims", 2), m.get("pool"), m.get("kernel"),
+        ).to(device)
+        model = self.model
+
+        def loss_of(x, y):
+            return dice_ce_loss(model(x), y)
+
+        if variant.startswith("compiled"):
+            # Training and evaluation mode, with and without gradients, the
+            # batch, the joint batch and the search's subsets: more graphs
+            # than Dynamo's default cache keeps before falling back to eager.
+            dynamo = torch._dynamo.config
+            for key in ("cache_size_limit", "recompile_limit"):
+                if hasattr(dynamo, key):
+                    setattr(dynamo, key, 64)
+            mode = "reduce-overhead" if variant == "compiled-ro" else None
+            self.loss_of = torch.compile(loss_of, mode=mode)
+        else:
+            self.loss_of = loss_of
+
+
+def fused_adam(params, adam):
+    """torch.optim.Adam with its fused kernel, else its foreach one."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, fused=True, **adam)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, foreach=True, **adam)
+
+
+def machine(device):
+    """What the timings ran on: CPU or GPU model, cores, torch and oneDNN."""
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    onednn = next(
+        (ln.split(" v", 1)[1].split()[0] for ln in torch.__config__.show().splitlines() if "DNN v" in ln), "unknown"
+    )
+    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else None
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__, "onednn": onednn,
+        "python": sys.version.split()[0],
+    }
 
 
 # --------------------------------------------------------------------- state
@@ -385,9 +501,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_epoch(cfg, weights, device, method, images, targets, order, seed):
+def run_epoch(cfg, weights, device, method, images, targets, order, seed, variant="plain", net=None):
     """A fresh trainer from the state's weights and margins; one timed epoch."""
-    trainer = Trainer(cfg, weights, device)
+    trainer = Trainer(cfg, weights, device, variant, net)
     torch.manual_seed(seed)
     sync(device)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -400,20 +516,30 @@ def run_epoch(cfg, weights, device, method, images, targets, order, seed):
     return trainer, seconds, clean, adv
 
 
+def with_rule(cfg, method):
+    """The bench's method names: "amat-b" is AMAT with the boundary rule."""
+    if method == "amat-b":
+        return dict(cfg, amat=dict(cfg["amat"], rule="boundary")), "amat"
+    return dict(cfg), method
+
+
 def worker(args):
     device = torch.device(args.device)
     cfg, weights, images, targets = load_state(args.state, device)
     torch.set_num_threads(cfg["threads"])
+    variant = args.variant
+    net = Net(cfg, device, variant)
     reply = lambda obj: print(json.dumps(obj), flush=True)  # noqa: E731
-    reply({"ready": True, "threads": torch.get_num_threads(), "torch": torch.__version__})
+    reply({"ready": True, "threads": torch.get_num_threads(), "variant": variant, **machine(device)})
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "quit":
             reply({"peak_rss_mib": peak_rss_mib()})
             return
         if cmd["cmd"] == "epoch":
+            c, method = with_rule(cfg, cmd["method"])
             t, seconds, clean, adv = run_epoch(
-                cfg, weights, device, cmd["method"], images, targets, cfg["order"], cfg["torch_seed"]
+                c, weights, device, method, images, targets, cfg["order"], cfg["torch_seed"], variant, net
             )
             reply(
                 {
@@ -431,15 +557,16 @@ def worker(args):
             # One step of `method` on `batch` random images of side `size`.
             g = torch.Generator().manual_seed(cmd["seed"])
             size, batch = cmd["size"], cmd["batch"]
-            imgs = torch.rand([batch, cfg["in_channels"], size, size], generator=g)
-            tgts = torch.randint(0, 2, [batch, size, size], generator=g).float()
-            local = dict(cfg)
+            side = [size] * cfg["model"].get("dims", 2)
+            imgs = torch.rand([batch, cfg["in_channels"], *side], generator=g)
+            tgts = torch.randint(0, 2, [batch, *side], generator=g).float()
+            local, method = with_rule(cfg, cmd["method"])
             local["train"] = dict(cfg["train"], batch_size=batch)
-            local["amat"] = dict(cfg["amat"], margins=[cfg["sat"]["eps"]] * batch)
+            local["amat"] = dict(local["amat"], margins=[cfg["sat"]["eps"]] * batch)
             times, cpu = [], []
             for _ in range(cmd["reps"]):
                 t, seconds, _, _ = run_epoch(
-                    local, weights, device, cmd["method"], imgs, tgts, list(range(batch)), cfg["torch_seed"]
+                    local, weights, device, method, imgs, tgts, list(range(batch)), cfg["torch_seed"], variant, net
                 )
                 times.append(seconds)
                 cpu.append(t.cpu_seconds)
@@ -494,6 +621,7 @@ def main():
     p.add_argument("mode", choices=["worker", "check", "amat-epochs"])
     p.add_argument("--state", required=True, help="directory with config.json, weights.npz, data.npz")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--variant", default="plain", choices=["plain", "fair", "compiled", "compiled-ro"])
     args = p.parse_args()
     {"worker": worker, "check": check, "amat-epochs": amat_epochs}[args.mode](args)
 

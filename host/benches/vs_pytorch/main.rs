@@ -1,16 +1,22 @@
 //! amat against the same training written in PyTorch-Python, side by side.
 //!
-//! Prepares one state (a U-Net trained clean on synthetic disks until most
-//! samples are learned, AMAT margins settled by a few AMAT epochs, one batch
-//! order, one torch seed), then runs four worker processes from it: amat with
-//! the built-in loss, with the segmentation plugin as a native library, with
-//! the same plugin as a wasm component, and the Python reference
-//! (`reference/amat_reference.py`). Rounds are interleaved: in each round
-//! every worker times one epoch of STD, SAT and AMAT from the same weights,
-//! margins and order; round 0 is a warm-up. The best round of each is
-//! reported as seconds per step (medians go to results.json), with the ratios of BENCHMARKS.md and each process's
-//! peak memory. A scaling sweep (image size, batch size) follows, plotted to
-//! `scaling.png`.
+//! Prepares one state (a U-Net trained clean on synthetic disks, or with
+//! `--dims 3` spheres in volumes, until most samples are learned, AMAT
+//! margins settled by a few AMAT epochs, one batch order, one torch seed),
+//! then runs one worker process per implementation from it (`--impls`):
+//! amat with the built-in loss, with the segmentation plugin as a native
+//! library or as a wasm component, amat with an option (`builtin-rf`: the
+//! boundary search by regula falsi, `builtin-bf16`: bf16 compute), and the
+//! Python reference (`reference/amat_reference.py`) in its variants
+//! (`pytorch`: as first written; `pytorch-fair`: joint forward, fused Adam,
+//! amat's allocator settings; `pytorch-compiled`: that under torch.compile;
+//! `pytorch-compiled-ro`: mode="reduce-overhead", for GPUs). Rounds are
+//! interleaved: in each round every worker times one epoch of each method
+//! from the same weights, margins and order; round 0 is a warm-up (it also
+//! primes every shape, the joint clean+attacked batch included, and
+//! compiles). Medians over rounds are reported as seconds per step, with
+//! ratios paired by round, their spread, and each process's peak memory. A
+//! scaling sweep (image size, batch size) follows, plotted to `scaling.png`.
 //!
 //! Run: `bash host/scripts/bench-vs-pytorch.sh` (builds the plugins, then
 //! `cargo bench -p amat-host --bench vs_pytorch -- [options]`); `--help` lists
@@ -20,6 +26,7 @@ mod plot;
 mod worker;
 
 use amat_host::config::{Method, RunConfig};
+use amat_host::data::{Dataset, Sample};
 use amat_host::model::{DeviceChoice, ModelConfig, NormKind};
 use amat_host::plugin::{Plugin, SandboxLimits};
 use amat_host::reference::{self, StateInputs};
@@ -27,13 +34,14 @@ use amat_host::train::{Trainer, epoch_seed};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::ProgressBar;
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use tch::{Device, Kind, Tensor};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -51,14 +59,30 @@ struct Args {
     /// Timed rounds (after one warm-up round).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Image side in pixels.
-    #[arg(long, default_value_t = 64)]
-    size: i64,
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    /// Training samples (one epoch = samples / batch steps).
-    #[arg(long, default_value_t = 32)]
-    samples: usize,
+    /// 2: images and amat's 2D U-Net; 3: volumes and its 3D U-Net.
+    #[arg(long, default_value_t = 2)]
+    dims: usize,
+    /// Image side in pixels (volume side in voxels); 64 in 2D, 24 in 3D.
+    #[arg(long)]
+    size: Option<i64>,
+    /// 8 in 2D, 2 in 3D.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Training samples (one epoch = samples / batch steps); 32 in 2D, 8 in 3D.
+    #[arg(long)]
+    samples: Option<usize>,
+    /// The worker processes, in table order: builtin, native, wasm, amat
+    /// options as `builtin-rf` / `builtin-bf16`, and pytorch,
+    /// pytorch-fair, pytorch-compiled, pytorch-compiled-ro. Default in 2D:
+    /// all but compiled-ro (on a GPU: compiled-ro instead of compiled), and
+    /// builtin-bf16 only where the CPU has bf16 units or on a GPU; in 3D:
+    /// builtin, pytorch, pytorch-fair.
+    #[arg(long, value_delimiter = ',')]
+    impls: Vec<String>,
+    /// Methods of each round: std, sat, amat (the config's rule, the
+    /// authors' `reference`), amat-b (the `boundary` rule and its search).
+    #[arg(long, value_delimiter = ',', default_value = "std,sat,amat,amat-b")]
+    methods: Vec<String>,
     /// U-Net levels below the input.
     #[arg(long, default_value_t = 2)]
     depth: usize,
@@ -89,7 +113,8 @@ struct Args {
     /// worker runs as a fifth implementation, interleaved with the others.
     #[arg(long)]
     baseline: Option<PathBuf>,
-    /// Internal: serve as a worker of this kind (builtin | native | wasm).
+    /// Internal: serve as a worker of this kind (builtin | native | wasm,
+    /// with options: builtin-rf, builtin-bf16).
     #[arg(long, hide = true)]
     worker: Option<String>,
     #[arg(long, hide = true)]
@@ -138,22 +163,82 @@ fn load_plugin(kind: &str) -> Result<Plugin> {
 /// Output channels of the segmentation task (plugins/segmentation `CLASSES`).
 const CLASSES: u32 = 8;
 
-/// The implementations, in the order of the tables (then `baseline` if given).
-const IMPLS: [&str; 5] = ["builtin", "native", "wasm", "pytorch", "baseline"];
-const METHODS: [&str; 3] = ["std", "sat", "amat"];
-
-fn label(kind: &str) -> &'static str {
-    match kind {
+fn label(kind: &str) -> String {
+    let (base, options) = kind.split_once('-').unwrap_or((kind, ""));
+    let base = match base {
         "builtin" => "amat, built-in loss",
         "native" => "amat, native plugin",
         "wasm" => "amat, wasm plugin",
-        "pytorch" => "PyTorch-Python",
+        "pytorch" => "PyTorch",
         _ => "amat, built-in loss, baseline build",
+    };
+    let extra = match options {
+        "" if kind == "pytorch" => ", plain",
+        "" => "",
+        "rf" => ", regula falsi search",
+        "bf16" => ", bf16",
+        "fair" => ", fair (joint forward, fused Adam, amat's malloc)",
+        "compiled" => ", fair + torch.compile",
+        "compiled-ro" => ", fair + torch.compile reduce-overhead",
+        o => o,
+    };
+    format!("{base}{extra}")
+}
+
+/// Whether the CPU computes in bf16 (AMX or AVX512-BF16, `/proc/cpuinfo`).
+fn bf16_hardware() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|flag| flag == "avx512_bf16" || flag == "amx_bf16")
+}
+
+fn is_pytorch(kind: &str) -> bool {
+    kind.starts_with("pytorch")
+}
+
+/// The implementations `--impls` names, or the default set.
+fn implementations(a: &Args, cuda: bool) -> Vec<String> {
+    let mut v: Vec<String> = if !a.impls.is_empty() {
+        a.impls.clone()
+    } else if a.dims == 3 {
+        ["builtin", "pytorch", "pytorch-fair"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        let compiled = if cuda {
+            "pytorch-compiled-ro"
+        } else {
+            "pytorch-compiled"
+        };
+        let mut v: Vec<String> = [
+            "builtin",
+            "native",
+            "wasm",
+            "builtin-rf",
+            "pytorch",
+            "pytorch-fair",
+            compiled,
+        ]
+        .map(String::from)
+        .to_vec();
+        // Without bf16 units bf16 is emulated, over ten times slower: named
+        // with --impls only.
+        if cuda || bf16_hardware() {
+            v.insert(4, "builtin-bf16".into());
+        }
+        v
+    };
+    if a.baseline.is_some() {
+        v.push("baseline".into());
     }
+    v
 }
 
 struct Process {
     kind: String,
+    /// The worker's first line: threads, and (Python) the machine and versions.
+    ready: Value,
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
@@ -171,11 +256,12 @@ impl Process {
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
         let mut p = Self {
             kind: kind.into(),
+            ready: Value::Null,
             child,
             stdin,
             stdout,
         };
-        p.read()?;
+        p.ready = p.read()?;
         Ok(p)
     }
 
@@ -203,6 +289,18 @@ impl Process {
         self.stdin.flush()?;
         self.read()
     }
+
+    /// One epoch of `method`; a worker that does not know the method (an
+    /// older baseline build) gives an empty record instead of failing the run.
+    fn ask_epoch(&mut self, method: &str) -> Result<Value> {
+        match self.ask(json!({ "cmd": "epoch", "method": method })) {
+            Err(e) if e.to_string().contains("unknown method") => {
+                eprintln!("  {}: {e}", self.kind);
+                Ok(Value::Null)
+            }
+            other => other,
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -215,17 +313,29 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The run config every implementation trains with.
+/// Sizes with the defaults of the dimensionality: (samples, side, batch).
+fn sizes(a: &Args) -> (usize, i64, usize) {
+    let (n, side, batch) = if a.dims == 3 { (8, 24, 2) } else { (32, 64, 8) };
+    (
+        a.samples.unwrap_or(n),
+        a.size.unwrap_or(side),
+        a.batch.unwrap_or(batch),
+    )
+}
+
 fn base_config(a: &Args, threads: usize) -> Result<RunConfig> {
+    let (samples, size, batch) = sizes(a);
     let text = format!(
         "[run]\nmethod = \"std\"\nthreads = {threads}\n\
-         [data.synthetic]\ntrain = {}\ntest = 1\nsize = {}\n\
-         [train]\nbatch_size = {}\nwarmup_epochs = 0\nepochs = 1000\n\
+         [data.synthetic]\ntrain = {samples}\ntest = 1\nsize = {size}\n\
+         [train]\nbatch_size = {batch}\nwarmup_epochs = 0\nepochs = 1000\n\
          [train.attack]\nsteps = {}\n\
          [amat]\neps_max = 2.0\ngrow_epochs = 5\n",
-        a.samples, a.size, a.batch, a.pgd_steps
+        a.pgd_steps
     );
     let mut cfg = RunConfig::parse(&text, Path::new("vs_pytorch")).map_err(anyhow::Error::msg)?;
     cfg.model = ModelConfig {
+        dims: a.dims,
         depth: a.depth,
         width: a.width,
         norm: NormKind::Instance,
@@ -234,12 +344,57 @@ fn base_config(a: &Args, threads: usize) -> Result<RunConfig> {
     Ok(cfg)
 }
 
+/// `n` volumes of side `size`: a bright ball (class 1) of random centre
+/// and radius on a noisy background, the 3D counterpart of the disks.
+fn spheres(n: usize, size: i64, seed: u64) -> Dataset {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let axis = Tensor::arange(size, (Kind::Float, Device::Cpu));
+    let samples = (0..n)
+        .map(|i| {
+            let s = size as f64;
+            let c: Vec<f64> = (0..3).map(|_| rng.gen_range(0.35 * s..0.65 * s)).collect();
+            let r = rng.gen_range(0.15 * s..0.3 * s);
+            let d2 = (&axis - c[0]).square().view([-1, 1, 1])
+                + (&axis - c[1]).square().view([1, -1, 1])
+                + (&axis - c[2]).square().view([1, 1, -1]);
+            let target = d2.le(r * r).to_kind(Kind::Float);
+            let contrast = rng.gen_range(0.4..1.0);
+            let noise = Tensor::randn([size, size, size], (Kind::Float, Device::Cpu)) * 0.1;
+            let image = (&target * contrast + 0.2 + noise)
+                .clamp(0.0, 1.0)
+                .unsqueeze(0);
+            Sample {
+                id: format!("sphere-{i:03}"),
+                image,
+                target,
+            }
+        })
+        .collect();
+    Dataset::new("spheres", samples)
+}
+
 /// Pretrains, settles the margins and writes the shared state to `dir`.
 /// Returns the time amat takes to assemble one batch (`Dataset::batch`), in seconds.
-fn prepare(cfg: &RunConfig, device: tch::Device, dir: &Path, threads: usize) -> Result<f64> {
+/// `volumes`: (samples, side) of the 3D bench's spheres; 2D trains on the
+/// config's synthetic disks.
+fn prepare(
+    cfg: &RunConfig,
+    device: tch::Device,
+    dir: &Path,
+    threads: usize,
+    volumes: Option<(usize, i64)>,
+) -> Result<f64> {
     let mut plugin = Plugin::builtin_segmentation(CLASSES);
-    let splits = cfg.data.load(&mut plugin)?;
-    let train = &splits.train;
+    let data3d;
+    let splits;
+    let train = if let Some((n, side)) = volumes {
+        tch::manual_seed(cfg.run.seed as i64);
+        data3d = spheres(n, side, cfg.run.seed);
+        &data3d
+    } else {
+        splits = cfg.data.load(&mut plugin)?;
+        &splits.train
+    };
     let bar = ProgressBar::hidden();
     let with = |m: Method| {
         let mut c = cfg.clone();
@@ -248,7 +403,8 @@ fn prepare(cfg: &RunConfig, device: tch::Device, dir: &Path, threads: usize) -> 
     };
     let mut pre = Trainer::new(&with(Method::Std), &plugin, device, train.len())?;
     let tau = pre.judge.tau;
-    for _ in 0..60 {
+    let most = if cfg.model.dims == 3 { 20 } else { 60 };
+    for _ in 0..most {
         if pre.train_epoch(&mut plugin, train, &bar)?.clean_loss < 0.7 * tau {
             break;
         }
@@ -289,37 +445,45 @@ fn prepare(cfg: &RunConfig, device: tch::Device, dir: &Path, threads: usize) -> 
     Ok(start.elapsed().as_secs_f64() / batches as f64)
 }
 
-fn spawn_all(a: &Args, device: tch::Device, state: &Path, python: &Path) -> Result<Vec<Process>> {
+/// glibc's allocator settings amat applies to itself (`train::memory`),
+/// given to the fair Python variants through glibc's environment.
+const MALLOC_ENV: [(&str, &str); 2] = [
+    ("MALLOC_MMAP_THRESHOLD_", "33554432"),
+    ("MALLOC_TRIM_THRESHOLD_", "2147483647"),
+];
+
+fn spawn_all(
+    a: &Args,
+    impls: &[String],
+    device: tch::Device,
+    state: &Path,
+    python: &Path,
+) -> Result<Vec<Process>> {
     let device = if device.is_cuda() { "cuda" } else { "cpu" };
-    let impls = if a.baseline.is_some() {
-        &IMPLS[..]
-    } else {
-        &IMPLS[..4]
-    };
     impls
         .iter()
-        .map(|&kind| {
-            let cmd = if kind == "baseline" {
+        .map(|kind| {
+            let mut c = if kind == "baseline" {
                 let mut c = Command::new(a.baseline.as_ref().expect("baseline"));
-                c.args(["--worker", "builtin", "--state"])
-                    .arg(state)
-                    .args(["--device", device]);
+                c.args(["--worker", "builtin"]);
                 c
-            } else if kind == "pytorch" {
+            } else if is_pytorch(kind) {
+                let variant = kind.strip_prefix("pytorch-").unwrap_or("plain");
                 let mut c = Command::new(python);
                 c.arg(reference::script())
-                    .args(["worker", "--state"])
-                    .arg(state)
-                    .args(["--device", device]);
+                    .args(["worker", "--variant", variant]);
+                if variant != "plain" {
+                    c.envs(MALLOC_ENV);
+                }
                 c
             } else {
                 let mut c = Command::new(std::env::current_exe()?);
-                c.args(["--worker", kind, "--state"])
-                    .arg(state)
-                    .args(["--device", device]);
+                c.args(["--worker", kind]);
                 c
             };
-            Process::spawn(kind, cmd)
+            c.arg("--state").arg(state).args(["--device", device]);
+            println!("  starting {kind}");
+            Process::spawn(kind, c)
         })
         .collect()
 }
@@ -327,9 +491,15 @@ fn spawn_all(a: &Args, device: tch::Device, state: &Path, python: &Path) -> Resu
 fn main() -> Result<()> {
     let a = Args::parse();
     let device = a.device.resolve().map_err(anyhow::Error::msg)?;
-    if let Some(kind) = &a.worker {
+    if let Some(spec) = &a.worker {
         let state = a.state.as_ref().context("--worker needs --state")?;
-        return worker::run(load_plugin(kind)?, state, device);
+        let mut parts = spec.split('-');
+        let kind = parts.next().unwrap_or("builtin");
+        let options: Vec<&str> = parts.collect();
+        return worker::run(load_plugin(kind)?, state, device, &options);
+    }
+    if a.dims != 2 && a.dims != 3 {
+        bail!("--dims {} : 2 or 3", a.dims);
     }
     let threads = a.threads.max(1);
     tch::set_num_threads(threads as i32);
@@ -338,20 +508,28 @@ fn main() -> Result<()> {
         None => reference::python()
             .map_err(|why| anyhow::anyhow!("the PyTorch reference cannot run: {why}"))?,
     };
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| target_dir().join("vs-pytorch"));
+    let out = a.out.clone().unwrap_or_else(|| {
+        target_dir().join(if a.dims == 3 {
+            "vs-pytorch-3d"
+        } else {
+            "vs-pytorch"
+        })
+    });
     let state = out.join("state");
     let cfg = base_config(&a, threads)?;
-    let steps = a.samples.div_ceil(a.batch);
+    let (samples, size, batch) = sizes(&a);
+    let steps = samples.div_ceil(batch);
+    let impls = implementations(&a, device.is_cuda());
+    let methods: Vec<&str> = a.methods.iter().map(String::as_str).collect();
+    for m in &methods {
+        worker::parse_method(m)?;
+    }
+    let shape = vec![size.to_string(); a.dims].join("x");
     println!(
-        "amat vs PyTorch-Python on {device:?}, {threads} threads each: {} images {}x{}, batch {} ({steps} steps/epoch), \
-         U-Net depth {} width {} (instance norm), PGD {} {} steps, AMAT search {} steps",
-        a.samples,
-        a.size,
-        a.size,
-        a.batch,
+        "amat vs PyTorch on {device:?}, {threads} threads each: {samples} {} {shape}, batch {batch} ({steps} steps/epoch), \
+         {}D U-Net depth {} width {} (instance norm), PGD {} {} steps, AMAT search {} steps",
+        if a.dims == 3 { "volumes" } else { "images" },
+        a.dims,
         a.depth,
         a.width,
         cfg.train.attack.norm,
@@ -359,22 +537,31 @@ fn main() -> Result<()> {
         cfg.amat.search_steps
     );
     for kind in ["native", "wasm"] {
-        println!("  {kind} plugin: {}", plugin_file(kind)?.display());
+        if impls.iter().any(|i| i.starts_with(kind)) {
+            println!("  {kind} plugin: {}", plugin_file(kind)?.display());
+        }
     }
-    let batch_seconds = prepare(&cfg, device, &state, threads)?;
+    let volumes = (a.dims == 3).then_some((samples, size));
+    let batch_seconds = prepare(&cfg, device, &state, threads, volumes)?;
     println!(
         "  batch assembly (Dataset::batch): {:.1} us per batch",
         1e6 * batch_seconds
     );
-    let mut procs = spawn_all(&a, device, &state, &python)?;
+    let started = std::time::Instant::now();
+    let mut procs = spawn_all(&a, &impls, device, &state, &python)?;
+    let machine = procs
+        .iter()
+        .find(|p| is_pytorch(&p.kind))
+        .map(|p| p.ready.clone())
+        .unwrap_or(Value::Null);
 
     let n = procs.len();
-    let mut m = Measured::new(n);
+    let mut m = Measured::new(&impls, &methods);
     for round in 0..=a.rounds {
-        for (k, method) in METHODS.iter().enumerate() {
+        for (k, method) in methods.iter().enumerate() {
             for j in 0..n {
                 let i = (j + round) % n;
-                let r = procs[i].ask(json!({ "cmd": "epoch", "method": method }))?;
+                let r = procs[i].ask_epoch(method)?;
                 print!(
                     " {}/{method} {:.2}s",
                     procs[i].kind,
@@ -387,34 +574,46 @@ fn main() -> Result<()> {
             }
         }
         println!(
-            "\n  round {round}{} done",
-            if round == 0 { " (warm-up)" } else { "" }
+            "\n  round {round}{} done ({:.0} s)",
+            if round == 0 { " (warm-up)" } else { "" },
+            started.elapsed().as_secs_f64()
         );
     }
 
+    // The scaling sweep: amat (wasm plugin, else the first amat worker)
+    // against the fair eager reference (compiling each shape would time the compiler).
     let mut scaling = Vec::new();
-    if !a.no_scale {
+    let amat_i = impls
+        .iter()
+        .position(|k| k == "wasm")
+        .or_else(|| impls.iter().position(|k| !is_pytorch(k)));
+    let ref_i = impls
+        .iter()
+        .position(|k| k == "pytorch-fair")
+        .or_else(|| impls.iter().position(|k| is_pytorch(k)));
+    if let (false, Some(amat_i), Some(ref_i)) = (a.no_scale || a.dims == 3, amat_i, ref_i) {
         let mut points: Vec<(i64, usize)> =
             a.scale_sizes.iter().map(|&s| (s, a.scale_batch)).collect();
         for &b in &a.scale_batches {
-            if !points.contains(&(a.size, b)) {
-                points.push((a.size, b));
+            if !points.contains(&(size, b)) {
+                points.push((size, b));
             }
         }
         for (size, batch) in points {
             let mut row = json!({ "size": size, "batch": batch });
-            for i in [2usize, 3] {
+            for (i, key) in [(amat_i, "wasm"), (ref_i, "pytorch")] {
                 let p = &mut procs[i];
-                // One untimed STD epoch primes the kernels for the new shapes.
-                p.ask(json!({ "cmd": "scale", "method": "std", "size": size, "batch": batch, "reps": 1, "seed": 1 }))?;
+                // One untimed SAT epoch primes the kernels for the new
+                // shapes: the batch, and the clean and attacked halves together.
+                p.ask(json!({ "cmd": "scale", "method": "sat", "size": size, "batch": batch, "reps": 1, "seed": 1 }))?;
                 for (method, reps) in [("std", 3), ("sat", 1)] {
                     let r = p.ask(json!({ "cmd": "scale", "method": method, "size": size, "batch": batch, "reps": reps, "seed": 1 }))?;
-                    for key in ["seconds", "cpu_seconds"] {
-                        let v: Vec<f64> = r[key]
+                    for clock in ["seconds", "cpu_seconds"] {
+                        let v: Vec<f64> = r[clock]
                             .as_array()
                             .map_or(vec![], |v| v.iter().filter_map(Value::as_f64).collect());
-                        let suffix = if key == "seconds" { "_wall" } else { "" };
-                        row[format!("{}_{method}{suffix}", IMPLS[i])] = json!(median(v));
+                        let suffix = if clock == "seconds" { "_wall" } else { "" };
+                        row[format!("{key}_{method}{suffix}")] = json!(median(v));
                     }
                 }
             }
@@ -432,21 +631,24 @@ fn main() -> Result<()> {
         );
         p.child.wait()?;
     }
+    let seconds = started.elapsed().as_secs_f64();
 
     let results = json!({
-        "device": format!("{device:?}"), "threads": threads, "samples": a.samples, "size": a.size, "batch": a.batch,
+        "device": format!("{device:?}"), "machine": machine, "threads": threads, "dims": a.dims,
+        "samples": samples, "size": size, "batch": batch,
         "steps_per_epoch": steps, "depth": a.depth, "width": a.width, "pgd_steps": a.pgd_steps, "rounds": a.rounds,
-        "implementations": &IMPLS[..n], "methods": METHODS,
+        "implementations": &impls, "methods": &methods,
         "epoch_seconds": m.wall, "epoch_cpu_seconds": m.cpu, "minor_faults_per_epoch": m.faults,
-        "search_forwards": m.forwards, "peak_rss_mib": rss, "batch_assembly_seconds": batch_seconds,
-        "scaling": scaling,
+        "search_forwards": m.forwards, "clean_loss": m.clean, "peak_rss_mib": rss,
+        "batch_assembly_seconds": batch_seconds, "scaling": scaling, "bench_seconds": seconds,
     });
     std::fs::create_dir_all(&out)?;
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let table = m.report(steps, &rss, device.is_cuda());
+    let mut table = describe(&machine, threads, &a, (samples, &shape, batch), seconds);
+    table += &m.report(steps, &rss, device.is_cuda());
     std::fs::write(out.join("results.md"), &table)?;
     println!("\n{table}");
     if !scaling.is_empty() {
@@ -462,7 +664,7 @@ fn main() -> Result<()> {
             &scaling,
             suffix,
             a.scale_batch,
-            a.size,
+            size,
             &caption,
         )?;
         println!("scaling plot: {}", out.join("scaling.png").display());
@@ -471,16 +673,51 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The machine and the run, as the first lines of results.md.
+fn describe(
+    machine: &Value,
+    threads: usize,
+    a: &Args,
+    (samples, shape, batch): (usize, &str, usize),
+    seconds: f64,
+) -> String {
+    let f = |k: &str| machine[k].as_str().unwrap_or("unknown").to_string();
+    let device = match machine["gpu"].as_str() {
+        Some(gpu) => format!("GPU {gpu}"),
+        None => format!("CPU {}", f("cpu")),
+    };
+    format!(
+        "Machine: {device}, {} cores; torch {}, oneDNN {}, Python {}; {threads} intra-op thread(s) per process.\n\
+         Run: {samples} samples {shape}, batch {batch}, {}D U-Net depth {} width {}, PGD {} steps; \
+         {} timed rounds after a warm-up; {:.0} s.\n\n",
+        machine["cores"].as_u64().unwrap_or(0),
+        f("torch"),
+        f("onednn"),
+        f("python"),
+        a.dims,
+        a.depth,
+        a.width,
+        a.pgd_steps,
+        a.rounds,
+        seconds
+    )
+}
+
 /// What the rounds measured, per implementation and method.
 struct Measured {
+    impls: Vec<String>,
+    methods: Vec<String>,
     /// [impl][method] = wall-clock seconds per timed epoch.
     wall: Vec<Vec<Vec<f64>>>,
     /// [impl][method] = CPU seconds of the worker process per timed epoch.
     cpu: Vec<Vec<Vec<f64>>>,
     /// [impl][method] = minor page faults per timed epoch.
     faults: Vec<Vec<Vec<f64>>>,
-    /// [impl] = AMAT boundary-search forwards per timed epoch.
-    forwards: Vec<Vec<u64>>,
+    /// [impl][method] = mean clean loss of each timed epoch (a check that
+    /// every implementation trained the same).
+    clean: Vec<Vec<Vec<f64>>>,
+    /// [impl][method] = boundary-search forwards per timed epoch.
+    forwards: Vec<Vec<Vec<u64>>>,
 }
 
 /// The median over rounds of the paired ratio a[r] / b[r]: epochs of one
@@ -489,14 +726,28 @@ fn paired(a: &[f64], b: &[f64]) -> f64 {
     median(a.iter().zip(b).map(|(x, y)| x / y).collect())
 }
 
+/// The median and the range over rounds of the paired ratio, as `0.93 (0.90–0.95)`.
+fn paired_spread(a: &[f64], b: &[f64]) -> String {
+    let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if r.is_empty() || !lo.is_finite() {
+        return "–".into();
+    }
+    format!("{:.3} ({lo:.3}–{hi:.3})", median(r))
+}
+
 impl Measured {
-    fn new(n: usize) -> Self {
-        let grid = || vec![vec![Vec::new(); METHODS.len()]; n];
+    fn new(impls: &[String], methods: &[&str]) -> Self {
+        let grid = || vec![vec![Vec::new(); methods.len()]; impls.len()];
         Self {
+            impls: impls.to_vec(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
             wall: grid(),
             cpu: grid(),
             faults: grid(),
-            forwards: vec![Vec::new(); n],
+            clean: grid(),
+            forwards: vec![vec![Vec::new(); methods.len()]; impls.len()],
         }
     }
 
@@ -505,71 +756,164 @@ impl Measured {
         self.wall[i][m].push(f("seconds"));
         self.cpu[i][m].push(f("cpu_seconds"));
         self.faults[i][m].push(f("minor_faults"));
-        if METHODS[m] == "amat" {
-            self.forwards[i].push(r["search_forwards"].as_u64().unwrap_or(0));
-        }
+        self.clean[i][m].push(f("clean_loss"));
+        self.forwards[i][m].push(r["search_forwards"].as_u64().unwrap_or(0));
+    }
+
+    fn method(&self, name: &str) -> Option<usize> {
+        self.methods.iter().position(|m| m == name)
     }
 
     /// The tables of BENCHMARKS.md, in Markdown. Ratios use CPU time on the
     /// CPU, wall-clock time on a GPU.
     fn report(&self, steps: usize, rss: &[f64], cuda: bool) -> String {
-        let n = self.wall.len();
+        let n = self.impls.len();
         let per_step = |t: &Vec<f64>| median(t.clone()) / steps as f64;
         let clock = if cuda { &self.wall } else { &self.cpu };
         let unit = if cuda { "wall-clock" } else { "CPU time" };
+        let names: Vec<String> = self.methods.iter().map(|m| m.to_uppercase()).collect();
         let mut s = String::new();
-        s += "| implementation | STD s/step | SAT s/step | AMAT s/step | STD | SAT | AMAT | AMAT/SAT per epoch | search forwards / AMAT epoch | page faults / SAT step | peak RSS MiB |\n";
-        s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-        s += "| (median of rounds) | wall | wall | wall | CPU | CPU | CPU | | | | |\n";
+        // Seconds per step, both clocks.
+        s += &format!(
+            "Seconds per step, median of rounds ({unit} first, then wall-clock):\n\n| implementation | {} | {} | search forwards / epoch ({}) | page faults / SAT step | peak RSS MiB |\n",
+            names.join(" | "),
+            names
+                .iter()
+                .map(|m| format!("{m} wall"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            self.methods
+                .iter()
+                .filter(|m| m.starts_with("amat"))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        s += &format!("|---|{}---:|---:|---:|\n", "---:|".repeat(2 * names.len()));
+        let sat = self.method("sat");
         for i in 0..n {
-            let (w, c) = (&self.wall[i], &self.cpu[i]);
+            let cells = |t: &Vec<Vec<f64>>| {
+                t.iter()
+                    .map(|v| format!("{:.4}", per_step(v)))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            };
+            let forwards = (0..self.methods.len())
+                .filter(|&k| self.methods[k].starts_with("amat"))
+                .map(|k| {
+                    self.forwards[i][k]
+                        .first()
+                        .copied()
+                        .unwrap_or(0)
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
             s += &format!(
-                "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.3} | {} | {:.0} | {:.0} |\n",
-                label(IMPLS[i]),
-                per_step(&w[0]),
-                per_step(&w[1]),
-                per_step(&w[2]),
-                per_step(&c[0]),
-                per_step(&c[1]),
-                per_step(&c[2]),
-                paired(&clock[i][2], &clock[i][1]),
-                self.forwards[i].first().copied().unwrap_or(0),
-                median(self.faults[i][1].clone()) / steps as f64,
+                "| {} | {} | {} | {forwards} | {:.0} | {:.0} |\n",
+                label(&self.impls[i]),
+                cells(&clock[i]),
+                cells(&self.wall[i]),
+                sat.map_or(f64::NAN, |k| median(self.faults[i][k].clone())
+                    / steps as f64),
                 rss[i]
             );
         }
-        s += &format!(
-            "\n| amat / PyTorch per step ({unit}, paired by round) | STD | SAT (target <= 0.90) | AMAT (target <= 0.90) |\n|---|---:|---:|---:|\n"
-        );
-        for i in 0..3 {
-            let r = |m: usize| paired(&clock[i][m], &clock[3][m]);
+        // amat against each PyTorch variant, and against the fastest one per method.
+        let refs: Vec<usize> = (0..n).filter(|&i| is_pytorch(&self.impls[i])).collect();
+        let amats: Vec<usize> = (0..n).filter(|&i| !is_pytorch(&self.impls[i])).collect();
+        if !refs.is_empty() {
+            let fastest: Vec<usize> = (0..self.methods.len())
+                .map(|k| {
+                    *refs
+                        .iter()
+                        .min_by(|&&x, &&y| {
+                            median(clock[x][k].clone()).total_cmp(&median(clock[y][k].clone()))
+                        })
+                        .expect("a reference")
+                })
+                .collect();
             s += &format!(
-                "| {} | {:.3} | {:.3} | {:.3} |\n",
-                label(IMPLS[i]),
-                r(0),
-                r(1),
-                r(2)
+                "\namat / PyTorch per step ({unit}, median of the ratios paired by round, (min–max) over rounds):\n\n| amat | against | {} |\n|---|---|{}\n",
+                names.join(" | "),
+                "---:|".repeat(names.len())
             );
+            for &i in &amats {
+                for &r in &refs {
+                    let cells: Vec<String> = (0..self.methods.len())
+                        .map(|k| paired_spread(&clock[i][k], &clock[r][k]))
+                        .collect();
+                    s += &format!(
+                        "| {} | {} | {} |\n",
+                        label(&self.impls[i]),
+                        label(&self.impls[r]),
+                        cells.join(" | ")
+                    );
+                }
+                let cells: Vec<String> = (0..self.methods.len())
+                    .map(|k| paired_spread(&clock[i][k], &clock[fastest[k]][k]))
+                    .collect();
+                s += &format!(
+                    "| {} | **the fastest PyTorch per method** ({}) | {} |\n",
+                    label(&self.impls[i]),
+                    fastest
+                        .iter()
+                        .map(|&r| self.impls[r].as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    cells.join(" | ")
+                );
+            }
         }
-        s += &format!(
-            "\n| plugin overhead vs built-in loss, % of a step ({unit}, paired) | STD | SAT | AMAT |\n|---|---:|---:|---:|\n"
-        );
-        for i in 1..3 {
-            let pct = |m: usize| 100.0 * (paired(&clock[i][m], &clock[0][m]) - 1.0);
+        // Each amat variant against the built-in loss, default options.
+        if let Some(base) = self.impls.iter().position(|k| k == "builtin") {
             s += &format!(
-                "| {} (target wasm <= 2 %) | {:+.1} % | {:+.1} % | {:+.1} % |\n",
-                label(IMPLS[i]),
-                pct(0),
-                pct(1),
-                pct(2)
+                "\nEach amat variant / amat built-in loss ({unit}, paired):\n\n| variant | {} |\n|---|{}\n",
+                names.join(" | "),
+                "---:|".repeat(names.len())
             );
+            for &i in amats.iter().filter(|&&i| i != base) {
+                let cells: Vec<String> = (0..self.methods.len())
+                    .map(|k| paired_spread(&clock[i][k], &clock[base][k]))
+                    .collect();
+                s += &format!("| {} | {} |\n", label(&self.impls[i]), cells.join(" | "));
+            }
         }
-        if n > 4 {
-            let r = |m: usize| paired(&clock[0][m], &clock[4][m]);
+        // AMAT over SAT per epoch, and the clean loss each trained to.
+        if let Some(sat) = sat {
             s += &format!(
-                "\n| built-in loss: this build / baseline build ({unit}, paired) | STD | SAT | AMAT |\n|---|---:|---:|---:|\n"
+                "\nAMAT / SAT per epoch ({unit}, paired), and the mean clean loss of the timed epochs:\n\n| implementation | {} | clean loss {} |\n|---|{}\n",
+                self.methods
+                    .iter()
+                    .filter(|m| m.starts_with("amat"))
+                    .map(|m| format!("{} / SAT", m.to_uppercase()))
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                names.join(" / "),
+                "---:|".repeat(
+                    self.methods
+                        .iter()
+                        .filter(|m| m.starts_with("amat"))
+                        .count()
+                        + 1
+                )
             );
-            s += &format!("| ratio | {:.3} | {:.3} | {:.3} |\n", r(0), r(1), r(2));
+            for (i, times) in clock.iter().enumerate() {
+                let ratios: Vec<String> = (0..self.methods.len())
+                    .filter(|&k| self.methods[k].starts_with("amat"))
+                    .map(|k| format!("{:.3}", paired(&times[k], &times[sat])))
+                    .collect();
+                let losses: Vec<String> = self.clean[i]
+                    .iter()
+                    .map(|v| format!("{:.4}", median(v.clone())))
+                    .collect();
+                s += &format!(
+                    "| {} | {} | {} |\n",
+                    label(&self.impls[i]),
+                    ratios.join(" | "),
+                    losses.join(" / ")
+                );
+            }
         }
         s
     }

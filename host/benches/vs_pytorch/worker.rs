@@ -3,9 +3,9 @@
 //! shared state directory, answering the driver's JSON commands one per line.
 //! Each implementation runs in its own process so that its peak memory is its own.
 
-use amat_host::config::{Method, RunConfig};
+use amat_host::config::{AmatRule, Method, Precision, RunConfig, SearchKind};
 use amat_host::data::{Dataset, Sample};
-use amat_host::model::UNet;
+use amat_host::model::Net;
 use amat_host::plugin::Plugin;
 use amat_host::reference::{read_dataset, read_weights};
 use amat_host::train::Trainer;
@@ -63,13 +63,39 @@ fn cpu_seconds() -> f64 {
     }
 }
 
-pub fn parse_method(s: &str) -> Result<Method> {
+/// The bench's method names: `amat` trains with the config's rule (the
+/// authors' `reference` by default), `amat-b` with the `boundary` rule.
+pub fn parse_method(s: &str) -> Result<(Method, Option<AmatRule>)> {
     Ok(match s {
-        "std" => Method::Std,
-        "sat" => Method::Sat,
-        "amat" => Method::Amat,
-        _ => bail!("unknown method `{s}`"),
+        "std" => (Method::Std, None),
+        "sat" => (Method::Sat, None),
+        "amat" => (Method::Amat, None),
+        "amat-b" => (Method::Amat, Some(AmatRule::Boundary)),
+        _ => bail!("unknown method `{s}` (std, sat, amat, amat-b)"),
     })
+}
+
+/// An amat worker's options after its loss kind (`builtin-rf`, `wasm-bf16`):
+/// `rf` the boundary search by regula falsi, `bf16` bf16 compute.
+pub fn apply_options(cfg: &mut RunConfig, options: &[&str]) -> Result<()> {
+    for o in options {
+        match *o {
+            "rf" => cfg.amat.search = SearchKind::RegulaFalsi,
+            "bf16" => cfg.train.precision = Precision::Bf16,
+            _ => bail!("unknown worker option `{o}` (rf, bf16)"),
+        }
+    }
+    Ok(())
+}
+
+/// The CPU's model name (`/proc/cpuinfo`).
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown".into(), |(_, m)| m.trim().to_string())
 }
 
 struct Worker {
@@ -87,13 +113,16 @@ impl Worker {
     /// margins, for AMAT) with batch size `batch`.
     fn epoch(
         &mut self,
-        method: Method,
+        (method, rule): (Method, Option<AmatRule>),
         data: &Dataset,
         batch: usize,
         margins: &[f32],
     ) -> Result<Value> {
         let mut cfg = self.cfg.clone();
         cfg.run.method = Some(method);
+        if let Some(rule) = rule {
+            cfg.amat.rule = rule;
+        }
         cfg.train.batch_size = batch;
         let mut t = Trainer::new(&cfg, &self.plugin, self.device, data.len())?;
         t.vs.copy(&self.init)?;
@@ -140,11 +169,13 @@ impl Worker {
                 let (size, batch, reps) = (int("size")? as i64, int("batch")?, int("reps")?);
                 tch::manual_seed(int("seed")? as i64);
                 let c = self.plugin.info().input_channels as i64;
+                let side = vec![size; self.cfg.model.dims];
+                let image: Vec<i64> = [c].into_iter().chain(side.iter().copied()).collect();
                 let samples = (0..batch)
                     .map(|i| Sample {
                         id: format!("scale-{i}"),
-                        image: Tensor::rand([c, size, size], (Kind::Float, Device::Cpu)),
-                        target: Tensor::randint(2, [size, size], (Kind::Float, Device::Cpu)),
+                        image: Tensor::rand(image.as_slice(), (Kind::Float, Device::Cpu)),
+                        target: Tensor::randint(2, side.as_slice(), (Kind::Float, Device::Cpu)),
                     })
                     .collect();
                 let data = Dataset::new("scale", samples);
@@ -164,15 +195,17 @@ impl Worker {
     }
 }
 
-/// Serves commands from stdin until `quit` or end of input.
-pub fn run(plugin: Plugin, state: &Path, device: Device) -> Result<()> {
-    let cfg = RunConfig::read(&state.join("run.toml")).map_err(anyhow::Error::msg)?;
+/// Serves commands from stdin until `quit` or end of input. `options` as
+/// for [`apply_options`].
+pub fn run(plugin: Plugin, state: &Path, device: Device, options: &[&str]) -> Result<()> {
+    let mut cfg = RunConfig::read(&state.join("run.toml")).map_err(anyhow::Error::msg)?;
+    apply_options(&mut cfg, options)?;
     tch::set_num_threads(cfg.run.threads as i32);
     let config: Value = serde_json::from_str(&std::fs::read_to_string(state.join("config.json"))?)?;
     let margins: Vec<f32> = serde_json::from_value(config["amat"]["margins"].clone())?;
     let info = plugin.info().clone();
     let init = VarStore::new(device);
-    let _net = UNet::new(
+    let _net = Net::new(
         &init.root(),
         &cfg.model,
         info.input_channels as i64,
@@ -192,7 +225,10 @@ pub fn run(plugin: Plugin, state: &Path, device: Device) -> Result<()> {
     writeln!(
         out,
         "{}",
-        json!({ "ready": true, "threads": tch::get_num_threads() })
+        json!({
+            "ready": true, "threads": tch::get_num_threads(), "cpu": cpu_model(),
+            "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        })
     )?;
     out.flush()?;
     for line in std::io::stdin().lock().lines() {

@@ -191,8 +191,10 @@ pub fn pgd_watched(
     mut watch: Option<&mut Watch>,
 ) -> Result<Tensor> {
     let x = x.detach();
+    // Read where the caller keeps the levels: a host tensor costs no wait on the device.
+    let top = eps.max().double_value(&[]);
     let eps = eps.detach().to_kind(Kind::Float).to_device(x.device());
-    if eps.max().double_value(&[]) <= 0.0 {
+    if top <= 0.0 {
         let delta = x.zeros_like();
         if let Some(w) = watch {
             see(ctx, &x, y, &delta, w)?;

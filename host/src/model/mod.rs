@@ -372,6 +372,9 @@ impl ModuleT for UNet {
 pub struct Net {
     arch: Arch,
     window: Option<Window>,
+    /// Set on a reduced-precision copy (`train.precision`): inputs are cast
+    /// to this kind on the way in, predictions back to float on the way out.
+    compute: Option<tch::Kind>,
 }
 
 #[derive(Debug)]
@@ -398,7 +401,11 @@ impl Net {
         } else {
             Arch::Planar(UNet::new(p, cfg, in_channels, out_channels))
         };
-        Self { arch, window: None }
+        Self {
+            arch,
+            window: None,
+            compute: None,
+        }
     }
 
     /// Predicts every input whose spatial shape differs from `window.size`
@@ -410,6 +417,13 @@ impl Net {
         self
     }
 
+    /// Runs in `kind` (its variables must be of that kind), taking and
+    /// giving float tensors.
+    pub fn computing_in(mut self, kind: tch::Kind) -> Self {
+        self.compute = Some(kind);
+        self
+    }
+
     pub fn window(&self) -> Option<&Window> {
         self.window.as_ref()
     }
@@ -417,6 +431,17 @@ impl Net {
 
 impl ModuleT for Net {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        if let Some(kind) = self.compute {
+            return self
+                .plain(&x.to_kind(kind), train)
+                .to_kind(tch::Kind::Float);
+        }
+        self.plain(x, train)
+    }
+}
+
+impl Net {
+    fn plain(&self, x: &Tensor, train: bool) -> Tensor {
         match &self.window {
             Some(w) if x.size()[2..] != w.size[..] => sliding::predict(&self.arch, x, w, train),
             _ => self.arch.forward_t(x, train),

@@ -12,7 +12,7 @@ pub mod preflight;
 pub mod report;
 
 use crate::attack::{self, Range, sample_norms};
-use crate::config::AmatRule;
+use crate::config::{AmatRule, Precision, SearchKind};
 use crate::config::{Method, RunConfig};
 use crate::data::Dataset;
 use crate::dist::{Dist, Row};
@@ -99,6 +99,8 @@ pub struct Trainer {
     /// (global position in the epoch's order, sample, gated, held or
     /// crossed, norm or boundary), replayed by every rank at its end.
     events: Vec<Row>,
+    /// With `train.precision = "bf16"`: the network training runs through.
+    compute: Option<Compute>,
 }
 
 /// What rank 0 hands the other ranks when they join, besides tensors.
@@ -109,6 +111,71 @@ struct Shared {
     rng_word_pos: String,
     history: Vec<EpochRecord>,
     margins: Option<Vec<f32>>,
+}
+
+/// A bfloat16 copy of the network (autocast-like mixed precision): forwards
+/// and backwards run in it; the float32 `Trainer::vs` stays the master copy
+/// that the optimizer updates, checkpoints save and evaluation uses.
+pub struct Compute {
+    vs: VarStore,
+    net: Net,
+    /// Its trainable variables, in the optimizer's order.
+    params: Vec<Tensor>,
+    /// (master, copy) of every variable that is not trained (batch-norm
+    /// statistics): they move in the copy and are copied back.
+    buffers: Vec<(Tensor, Tensor)>,
+}
+
+impl Compute {
+    fn new(
+        cfg: &RunConfig,
+        info: &crate::plugin::TaskInfo,
+        master: &VarStore,
+        opt: &Optimizer,
+    ) -> Result<Self> {
+        let mut vs = VarStore::new(master.device());
+        let net = cfg.network(&vs.root(), info).computing_in(Kind::BFloat16);
+        vs.bfloat16();
+        let vars = vs.variables();
+        let params = opt
+            .names()
+            .iter()
+            .map(|n| vars.get(*n).map(Tensor::shallow_clone))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| anyhow::anyhow!("the bf16 copy of the network lacks a parameter"))?;
+        let buffers = master
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| !t.requires_grad())
+            .filter_map(|(n, t)| vars.get(&n).map(|c| (t, c.shallow_clone())))
+            .collect();
+        let c = Self {
+            vs,
+            net,
+            params,
+            buffers,
+        };
+        c.vs_from(master)?;
+        Ok(c)
+    }
+
+    /// Every variable from the master copy (at the start of each epoch: the
+    /// master may have been loaded or replaced since).
+    fn vs_from(&self, master: &VarStore) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let vars = self.vs.variables();
+        for (name, t) in master.variables() {
+            if let Some(c) = vars.get(&name) {
+                c.shallow_clone().f_copy_(&t)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The network a training step runs through: the bf16 copy if there is one.
+fn net<'a>(model: &'a Net, compute: &'a Option<Compute>) -> &'a Net {
+    compute.as_ref().map_or(model, |c| &c.net)
 }
 
 /// The torch seed of an epoch: random starts depend only on (seed, epoch),
@@ -159,6 +226,10 @@ impl Trainer {
         });
         let margins = (method == Method::Amat).then(|| Margins::new(train_len, &cfg.amat));
         let judge = Judge::new(&cfg.amat, info).map_err(anyhow::Error::msg)?;
+        let compute = match cfg.train.precision {
+            Precision::Bf16 => Some(Compute::new(cfg, info, &vs, &opt)?),
+            Precision::F32 => None,
+        };
         Ok(Self {
             cfg: cfg.clone(),
             method,
@@ -180,6 +251,7 @@ impl Trainer {
             margin_seconds: 0.0,
             dist: None,
             events: Vec::new(),
+            compute,
         })
     }
 
@@ -272,6 +344,9 @@ impl Trainer {
             }
             _ => None,
         };
+        if let Some(c) = &self.compute {
+            c.vs_from(&self.vs)?;
+        }
         // Each rank draws its own random starts; rank 0 those of one process.
         let rank = self.rank().0 as u64;
         tch::manual_seed(epoch_seed(
@@ -298,7 +373,10 @@ impl Trainer {
         self.events.clear();
         self.search_forwards = 0;
         self.margin_seconds = 0.0;
-        let (mut clean_sum, mut adv_sum) = (0.0, 0.0);
+        // Summed on the device and read once, after the epoch: no step waits
+        // for the device to hand a loss back.
+        let zero = || Tensor::zeros([], (Kind::Double, self.device));
+        let (mut clean_sum, mut adv_sum) = (zero(), zero());
         bar.set_length(order.len().div_ceil(self.cfg.train.batch_size) as u64);
         bar.set_position(0);
         let global = self.cfg.train.batch_size;
@@ -324,7 +402,9 @@ impl Trainer {
                 Some((x, y)) => self.clean_step(plugin, &x, &y, batch.global, lr)?,
             };
             clean_sum += clean;
-            adv_sum += adv;
+            if let Some(adv) = adv {
+                adv_sum += adv;
+            }
             bar.inc(1);
         }
         if adversarial && self.margins.is_some() {
@@ -333,6 +413,8 @@ impl Trainer {
             self.margins.as_mut().expect("AMAT").end_epoch();
             self.margin_seconds += start.elapsed().as_secs_f64();
         }
+        // The epoch's one read of the losses from the device.
+        let (mut clean_sum, mut adv_sum) = (clean_sum.double_value(&[]), adv_sum.double_value(&[]));
         if let Some(d) = &mut self.dist {
             let sums = d.sum(&[clean_sum, adv_sum, self.search_forwards as f64])?;
             (clean_sum, adv_sum) = (sums[0], sums[1]);
@@ -353,7 +435,7 @@ impl Trainer {
         Ok(record)
     }
 
-    /// STD: returns the batch's summed clean loss.
+    /// STD: returns the batch's summed clean loss (on the device).
     fn clean_step(
         &mut self,
         plugin: &mut Plugin,
@@ -361,11 +443,11 @@ impl Trainer {
         y: &Tensor,
         global: usize,
         lr: f64,
-    ) -> Result<(f64, f64)> {
-        let loss = plugin.loss(&self.model.forward_t(x, true), y)?;
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let loss = plugin.loss(&net(&self.model, &self.compute).forward_t(x, true), y)?;
         let objective = self.batch_mean(&loss, global);
         self.descend(&objective, lr)?;
-        Ok((loss.detach().sum(Kind::Double).double_value(&[]), 0.0))
+        Ok((loss.detach().sum(Kind::Double), None))
     }
 
     /// The mean of per-sample `loss` over the global batch of `global`
@@ -379,8 +461,13 @@ impl Trainer {
     }
 
     /// One update from `objective`'s gradients, summed over the ranks.
+    /// Through the bf16 copy if there is one: its gradients update the
+    /// float32 master, which is then copied back into it.
     fn descend(&mut self, objective: &Tensor, lr: f64) -> Result<()> {
-        let grads = self.opt.gradients(objective);
+        let grads = match &self.compute {
+            None => self.opt.gradients(objective),
+            Some(c) => self.opt.gradients_via(objective, &c.params),
+        };
         self.step_with(grads, lr)
     }
 
@@ -389,18 +476,25 @@ impl Trainer {
             d.all_reduce_sum(&grads.iter().collect::<Vec<_>>())?;
         }
         self.opt.step(&grads, lr);
+        if let Some(c) = &self.compute {
+            self.opt.copy_into(&c.params);
+            let _guard = tch::no_grad_guard();
+            for (master, copy) in &c.buffers {
+                master.shallow_clone().copy_(copy);
+            }
+        }
         Ok(())
     }
 
     /// A rank with no sample in a (short, last) batch joins the step's
     /// collectives with nothing to add.
-    fn idle_step(&mut self, adversarial: bool, lr: f64) -> Result<(f64, f64)> {
+    fn idle_step(&mut self, adversarial: bool, lr: f64) -> Result<(Tensor, Option<Tensor>)> {
         if adversarial && self.gates() {
             self.gated_over_ranks(0)?;
         }
         let grads = self.opt.params().iter().map(|p| p.zeros_like()).collect();
         self.step_with(grads, lr)?;
-        Ok((0.0, 0.0))
+        Ok((Tensor::zeros([], (Kind::Double, self.device)), None))
     }
 
     /// Whether AMAT's clean gate can leave samples out.
@@ -427,7 +521,8 @@ impl Trainer {
 
     /// SAT / AMAT: (1 - beta) * clean + beta * adversarial (AMAT: the
     /// adversarial mean over the samples the clean gate lets through), then
-    /// AMAT's margin bookkeeping, with the weights the attack saw.
+    /// AMAT's margin bookkeeping, with the weights the attack saw. Returns
+    /// the summed clean and adversarial losses (on the device).
     fn adversarial_step(
         &mut self,
         plugin: &mut Plugin,
@@ -435,14 +530,15 @@ impl Trainer {
         y: &Tensor,
         batch: &Batch,
         lr: f64,
-    ) -> Result<(f64, f64)> {
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let idx = batch.idx;
         let levels = self.noise_levels(idx);
-        let eps = Tensor::from_slice(&levels).to_device(self.device);
+        // On the host: PGD moves it to the device after reading its largest level there.
+        let eps = Tensor::from_slice(&levels);
         let reference = self.margins.as_ref().map(|m| m.rule) == Some(AmatRule::Reference);
         let (delta, crossed) = if reference {
             let found = amat::crossings(
-                &mut attack::Context::new(&self.model, plugin, self.range),
+                &mut attack::Context::new(net(&self.model, &self.compute), plugin, self.range),
                 &mut self.judge,
                 (x, y),
                 &eps,
@@ -452,7 +548,7 @@ impl Trainer {
             (found.delta, Some(found.crossed))
         } else {
             let delta = attack::pgd(
-                &mut attack::Context::new(&self.model, plugin, self.range),
+                &mut attack::Context::new(net(&self.model, &self.compute), plugin, self.range),
                 x,
                 y,
                 &eps,
@@ -463,7 +559,7 @@ impl Trainer {
         let beta = self.cfg.train.beta;
         let (_, clean, pred_adv, adv) = if levels.iter().all(|&e| e == 0.0) {
             // No noise: the adversarial term is the clean term.
-            let pred_clean = self.model.forward_t(x, true);
+            let pred_clean = net(&self.model, &self.compute).forward_t(x, true);
             let clean = plugin.loss(&pred_clean, y)?;
             (
                 pred_clean.shallow_clone(),
@@ -494,15 +590,20 @@ impl Trainer {
             let start = Instant::now();
             match crossed {
                 Some(crossed) => self.observe(&delta, batch, &gate, &crossed)?,
-                None => {
-                    self.update_margins(plugin, (x, y), &delta, batch, &gate, (&pred_adv, &adv))?
-                }
+                None => self.update_margins(
+                    plugin,
+                    (x, y),
+                    &delta,
+                    batch,
+                    &gate,
+                    (&clean, &pred_adv, &adv),
+                )?,
             }
             self.margin_seconds += start.elapsed().as_secs_f64();
         }
         self.descend(&objective, lr)?;
-        let sum = |t: &Tensor| t.detach().sum(Kind::Double).double_value(&[]);
-        Ok((sum(&clean), sum(&adv)))
+        let sum = |t: &Tensor| t.detach().sum(Kind::Double);
+        Ok((sum(&clean), Some(sum(&adv))))
     }
 
     /// AMAT's clean gate: which samples are learned on clean input (every
@@ -585,14 +686,14 @@ impl Trainer {
     ) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
         if self.cfg.model.norm == NormKind::Batch {
             // Batch statistics would mix the halves: keep two forwards.
-            let pred_clean = self.model.forward_t(x, true);
+            let pred_clean = net(&self.model, &self.compute).forward_t(x, true);
             let clean = plugin.loss(&pred_clean, y)?;
-            let pred_adv = self.model.forward_t(x_adv, true);
+            let pred_adv = net(&self.model, &self.compute).forward_t(x_adv, true);
             let adv = plugin.loss(&pred_adv, y)?;
             return Ok((pred_clean, clean, pred_adv, adv));
         }
         let b = x.size()[0];
-        let pred = self.model.forward_t(&Tensor::cat(&[x, x_adv], 0), true);
+        let pred = net(&self.model, &self.compute).forward_t(&Tensor::cat(&[x, x_adv], 0), true);
         let loss = plugin.loss(&pred, &Tensor::cat(&[y, y], 0))?;
         Ok((
             pred.narrow(0, 0, b),
@@ -611,7 +712,7 @@ impl Trainer {
         delta: &Tensor,
         batch: &Batch,
         gate: &[bool],
-        (pred_adv, adv): (&Tensor, &Tensor),
+        (clean, pred_adv, adv): (&Tensor, &Tensor, &Tensor),
     ) -> Result<()> {
         let idx = batch.idx;
         let adv_ok = self
@@ -635,14 +736,32 @@ impl Trainer {
                 steps: a.search_steps,
                 tolerance: a.search_tolerance * margins.delta_eps,
                 floor: margins.delta_eps,
+                kind: a.search,
+            };
+            // Regula falsi starts from the losses at both ends of the noise,
+            // which this step has computed already.
+            let ends = match a.search {
+                SearchKind::RegulaFalsi => {
+                    let host = |t: &Tensor| -> Result<Vec<f64>> {
+                        Ok(Vec::<f64>::try_from(
+                            t.detach()
+                                .index_select(0, &rows)
+                                .to_device(Device::Cpu)
+                                .to_kind(Kind::Double),
+                        )?)
+                    };
+                    Some((host(clean)?, host(adv)?))
+                }
+                SearchKind::Bisection => None,
             };
             let (found, forwards) = amat::boundary(
-                &mut attack::Context::new(&self.model, plugin, self.range),
+                &mut attack::Context::new(net(&self.model, &self.compute), plugin, self.range),
                 &mut self.judge,
                 &x.index_select(0, &rows),
                 &y.index_select(0, &rows),
                 &d,
                 &norms,
+                ends.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
                 search,
             )?;
             self.search_forwards += forwards;

@@ -77,6 +77,30 @@ impl Optimizer {
         (moments, Tensor::from_slice(&[self.steps]))
     }
 
+    /// Gradients of a loss computed through `copies` of the parameters (a
+    /// reduced-precision network, in the order of [`Optimizer::names`]),
+    /// cast to the parameters' kind, in `params` order.
+    pub fn gradients_via(&self, loss: &Tensor, copies: &[Tensor]) -> Vec<Tensor> {
+        Tensor::run_backward(&[loss], copies, false, false)
+            .iter()
+            .zip(&self.params)
+            .map(|(g, (_, p))| g.to_kind(p.kind()))
+            .collect()
+    }
+
+    /// Copies the (updated) parameters into `copies`.
+    pub fn copy_into(&self, copies: &[Tensor]) {
+        let _guard = tch::no_grad_guard();
+        for (c, (_, p)) in copies.iter().zip(&self.params) {
+            c.shallow_clone().copy_(p);
+        }
+    }
+
+    /// The parameters' names, in the order of [`Optimizer::gradients_via`].
+    pub fn names(&self) -> Vec<&str> {
+        self.params.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
     /// One update at rate `lr` from `grads` (in `params` order).
     pub fn step(&mut self, grads: &[Tensor], lr: f64) {
         let _guard = tch::no_grad_guard();
