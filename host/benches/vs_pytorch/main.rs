@@ -866,7 +866,10 @@ impl Measured {
             }
         }
         // Each amat variant against the built-in loss, default options.
-        if let Some(base) = self.impls.iter().position(|k| k == "builtin") {
+        if let (Some(base), true) = (
+            self.impls.iter().position(|k| k == "builtin"),
+            amats.len() > 1,
+        ) {
             s += &format!(
                 "\nEach amat variant / amat built-in loss ({unit}, paired):\n\n| variant | {} |\n|---|{}\n",
                 names.join(" | "),

@@ -49,9 +49,15 @@ impl Backend for BuiltinSegmentation {
     }
 
     fn loss(&mut self, pred: &Tensor, target: &Tensor) -> Result<Tensor, CallError> {
-        if pred.dim() != 4 || target.size() != [pred.size()[0], pred.size()[2], pred.size()[3]] {
+        // 2D [B, C, H, W] or 3D [B, C, D, H, W]; the target drops C.
+        let p = pred.size();
+        let fits = matches!(p.len(), 4 | 5)
+            && target.size().len() == p.len() - 1
+            && target.size()[0] == p[0]
+            && target.size()[1..] == p[2..];
+        if !fits {
             return Err(CallError::Plugin(format!(
-                "loss: prediction must be [B, C, H, W] and target [B, H, W], got {:?} and {:?}",
+                "loss: prediction must be [B, C, *spatial] (2D or 3D) and target [B, *spatial], got {:?} and {:?}",
                 pred.size(),
                 target.size()
             )));
