@@ -336,20 +336,7 @@ fn segmentation_trains_end_to_end_through_the_wasm_plugin_on_real_slices() {
     )
     .unwrap();
     let run = dir.path().join("run");
-    let out = support::amat_host()
-        .args(["run", "--plugin"])
-        .arg(wasm())
-        .arg("--config")
-        .arg(&config)
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::run_ok(&wasm(), &config, &run);
     let losses: Vec<f64> = std::fs::read_to_string(run.join("epochs.jsonl"))
         .unwrap()
         .lines()

@@ -515,20 +515,7 @@ fn plugin_decoded_volumes_prepare_normalise_train_on_patches_and_evaluate_whole(
     )
     .unwrap();
     let run = tmp.path().join("run");
-    let out = support::amat_host()
-        .args(["run", "--plugin"])
-        .arg(&wasm)
-        .arg("--config")
-        .arg(&config)
-        .arg("--out")
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::run_ok(&wasm, &config, &run);
     let curve: amat_host::eval::Curve =
         serde_json::from_str(&std::fs::read_to_string(run.join("robustness.json")).unwrap())
             .unwrap();

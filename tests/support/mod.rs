@@ -60,6 +60,20 @@ pub fn amat_host() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_amat-host"))
 }
 
+/// `amat-host run --plugin P --config C --out O`, which must succeed.
+pub fn run_ok(plugin: &Path, config: &Path, out: &Path) {
+    let o = amat_host()
+        .args(["run", "--plugin"])
+        .arg(plugin)
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run amat-host");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// Runs `amat-host args`, echoing its stderr when it fails.
 pub fn run_amat_host(args: &[&str]) -> std::process::Output {
     let out = amat_host().args(args).output().expect("run amat-host");
