@@ -396,29 +396,11 @@ fn ball_case(k: usize, dims: [usize; 3]) -> (Vec<u8>, Vec<u8>) {
 
 /// An nnU-Net v2 folder of `n` T1 cases of three grid sizes, with 2 mm slices.
 fn ball_folder(dir: &Path, n: usize) {
-    use crate::support::samples::nifti_u8_gz;
-    std::fs::create_dir_all(dir.join("imagesTr")).unwrap();
-    std::fs::create_dir_all(dir.join("labelsTr")).unwrap();
-    std::fs::write(
-        dir.join("dataset.json"),
-        r#"{"channel_names": {"0": "T1"}, "labels": {"background": 0, "ball": 1}, "file_ending": ".nii.gz"}"#,
-    )
-    .unwrap();
-    for k in 0..n {
+    crate::support::samples::nnunet_cases(dir, "ball", "ball", n, |k| {
         let dims = [16 + 2 * (k % 3), 16, 10];
         let (image, label) = ball_case(k, dims);
-        let id = format!("ball_{k:03}");
-        std::fs::write(
-            dir.join(format!("imagesTr/{id}_0000.nii.gz")),
-            nifti_u8_gz(dims, &image),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join(format!("labelsTr/{id}.nii.gz")),
-            nifti_u8_gz(dims, &label),
-        )
-        .unwrap();
-    }
+        (dims, image, label)
+    });
 }
 
 /// The whole path for volumes the plugin decodes: `data prepare` in volume

@@ -97,27 +97,43 @@ pub fn case_volumes(k: usize) -> (Vec<u8>, Vec<u8>) {
 
 /// An nnU-Net v2 raw folder of `n` one-channel cases `case_000`, ... in `dir`.
 pub fn nnunet_folder(dir: &std::path::Path, n: usize) {
+    nnunet_cases(dir, "case", "blob", n, |k| {
+        let (image, label) = case_volumes(k);
+        (CASE_DIMS, image, label)
+    });
+}
+
+/// An nnU-Net v2 raw folder of `n` one-channel T1 cases `<prefix>_000`, ...
+/// with one foreground class `label`; `case(k)` gives case k's grid, image
+/// and label map.
+pub fn nnunet_cases(
+    dir: &std::path::Path,
+    prefix: &str,
+    label: &str,
+    n: usize,
+    case: impl Fn(usize) -> ([usize; 3], Vec<u8>, Vec<u8>),
+) {
     std::fs::create_dir_all(dir.join("imagesTr")).unwrap();
     std::fs::create_dir_all(dir.join("labelsTr")).unwrap();
     std::fs::write(
         dir.join("dataset.json"),
         format!(
-            r#"{{"channel_names": {{"0": "T1"}}, "labels": {{"background": 0, "blob": 1}},
+            r#"{{"channel_names": {{"0": "T1"}}, "labels": {{"background": 0, "{label}": 1}},
                 "numTraining": {n}, "file_ending": ".nii.gz"}}"#
         ),
     )
     .unwrap();
     for k in 0..n {
-        let (image, label) = case_volumes(k);
-        let id = format!("case_{k:03}");
+        let (dims, image, labels) = case(k);
+        let id = format!("{prefix}_{k:03}");
         std::fs::write(
             dir.join(format!("imagesTr/{id}_0000.nii.gz")),
-            nifti_u8_gz(CASE_DIMS, &image),
+            nifti_u8_gz(dims, &image),
         )
         .unwrap();
         std::fs::write(
             dir.join(format!("labelsTr/{id}.nii.gz")),
-            nifti_u8_gz(CASE_DIMS, &label),
+            nifti_u8_gz(dims, &labels),
         )
         .unwrap();
     }
