@@ -8,10 +8,13 @@ use crate::support::samples::{CASE_DIMS, msd_folder, nifti_u8_gz, nnunet_folder}
 
 use amat_host::data::manifest::{Manifest, Split};
 use amat_host::data::prepare::load_splits;
+use amat_host::eval;
 use amat_host::plugin::{Plugin, SandboxLimits};
+use indicatif::ProgressBar;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use tch::nn::ModuleT;
 
 fn wasm() -> PathBuf {
     support::wasm_plugin("segmentation")
@@ -334,5 +337,125 @@ fn an_image_outside_the_declared_range_is_refused_naming_the_case() {
             && err.contains("declares intensities in [0, 1]")
             && err.contains("divide 8-bit values by 255"),
         "{err}"
+    );
+}
+
+/// A two-class "network" that calls a pixel foreground where it is brighter
+/// than `level`: fixed, and differentiable in its input for PGD.
+#[derive(Debug)]
+struct Brighter {
+    level: f64,
+}
+
+impl ModuleT for Brighter {
+    fn forward_t(&self, xs: &tch::Tensor, _train: bool) -> tch::Tensor {
+        let z = (xs - self.level) * 4.0;
+        tch::Tensor::cat(&[&(-&z), &z], 1)
+    }
+}
+
+#[test]
+fn per_case_metrics_are_each_case_own_and_their_mean_is_the_curve() {
+    use amat_host::attack::{Context, Range};
+    use amat_host::config::{Aggregate, EvalConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("Dataset001_Blobs");
+    nnunet_folder(&data, 8);
+    let out_dir = tmp.path().join("prepared");
+    ok(&prepare(&wasm(), &data, &out_dir, &[]));
+    let path = out_dir.join("manifest.json");
+    let mut plugin = Plugin::load(wasm(), &SandboxLimits::default()).unwrap();
+    let splits = amat_host::data::prepare::load_splits_on_disk(&path, &plugin).unwrap();
+    let train = &splits.train;
+    let mut cases: Vec<&str> = (0..train.len()).map(|i| train.case(i).unwrap()).collect();
+    cases.dedup();
+    assert!(cases.len() >= 4, "cases in the train split: {cases:?}");
+
+    let model = Brighter { level: 0.5 };
+    let range = Range {
+        min: -10.0,
+        max: 10.0,
+    };
+    let mut cfg = EvalConfig {
+        eps: vec![0.0, 0.5, 2.0],
+        restarts: 1,
+        batch_size: 3, // batches straddle cases
+        split: "train".into(),
+        ..EvalConfig::default()
+    };
+    cfg.attack.steps = 3;
+    let mut curve_of = |aggregate| {
+        let cfg = EvalConfig {
+            aggregate,
+            ..cfg.clone()
+        };
+        let mut ctx = Context::new(&model, &mut plugin, range);
+        eval::robustness(
+            &mut ctx,
+            train,
+            &cfg,
+            tch::Device::Cpu,
+            7,
+            &ProgressBar::hidden(),
+        )
+        .unwrap()
+    };
+    let by_case = curve_of(Aggregate::Case);
+    let whole = curve_of(Aggregate::Set);
+
+    let listed: Vec<&str> = by_case.cases.iter().map(|c| c.case.as_str()).collect();
+    assert_eq!(listed, cases, "one curve per case, in order");
+    assert_eq!(
+        by_case.cases.iter().map(|c| c.samples).sum::<usize>(),
+        train.len()
+    );
+    assert!(whole.cases.is_empty());
+    // Each case's clean metrics are the plugin's on that case's samples alone.
+    for c in &by_case.cases {
+        let idx: Vec<usize> = (0..train.len())
+            .filter(|&i| train.case(i) == Some(c.case.as_str()))
+            .collect();
+        let (x, y) = train.batch(&idx, tch::Device::Cpu).unwrap();
+        let own = plugin.metrics(&model.forward_t(&x, false), &y).unwrap();
+        for m in own {
+            let got = c.metrics.iter().find(|x| x.name == m.name).unwrap();
+            assert!(
+                (got.values[0] - m.value).abs() < 1e-9,
+                "{} of {}: {} vs {}",
+                m.name,
+                c.case,
+                got.values[0],
+                m.value
+            );
+        }
+    }
+    // The curve is, per level, the mean over the cases that define a value.
+    let dice = by_case.metric("dice_mean").unwrap();
+    for level in 0..cfg.eps.len() {
+        let per_case: Vec<f64> = by_case
+            .cases
+            .iter()
+            .map(|c| c.metrics[0].values[level])
+            .collect();
+        let mean = per_case.iter().sum::<f64>() / per_case.len() as f64;
+        assert!((dice.values[level] - mean).abs() < 1e-12, "level {level}");
+    }
+    // The attack hurts, per case and on the mean.
+    assert!(dice.values[2] < dice.values[0], "{:?}", dice.values);
+    // Both ways attack the same samples the same way: the loss agrees.
+    for (a, b) in by_case.loss.iter().zip(&whole.loss) {
+        assert!((a - b).abs() < 1e-6 * a.abs().max(1.0), "{a} vs {b}");
+    }
+
+    // What a run writes: the per-case table beside the curve.
+    let dir = tmp.path().join("report");
+    std::fs::create_dir_all(&dir).unwrap();
+    eval::report::write(&dir, &by_case, &["dice_mean".into()]).unwrap();
+    let table = std::fs::read_to_string(dir.join("cases.csv")).unwrap();
+    assert_eq!(table.lines().count(), 1 + cases.len() * cfg.eps.len());
+    assert!(
+        eval::report::aggregate_note(&by_case)
+            .unwrap()
+            .contains(&format!("{} cases", cases.len()))
     );
 }

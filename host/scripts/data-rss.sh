@@ -2,9 +2,13 @@
 # Peak RSS of the same short run over a synthetic nnU-Net v2 folder of N
 # cases and of 10 N cases: training (STD, one epoch, stopped before the
 # evaluation) reads its samples from the per-case cache at each batch, so
-# the two should differ little; the whole run (with the evaluation, whose
-# metrics call takes the split's predictions at once) is measured too. Also prints prepare's throughput with --jobs 1 and 2 and a
-# re-prepare from the cache. Not a test: a measurement (minutes).
+# the two should differ little; so should the whole run with its
+# evaluation, whose metrics are taken per case (`eval.aggregate = "case"`,
+# one case's predictions held at a time); and the whole run with the metrics
+# on every prediction of the split at once (`eval.aggregate = "set"`), which
+# grows with the split. Also prints prepare's throughput with --jobs 1 and
+# --jobs <cores> and a re-prepare from the cache. Not a test: a measurement
+# (minutes).
 #
 #   bash host/scripts/data-rss.sh [N=40]
 #
@@ -83,7 +87,7 @@ echo "prepare ($(count x10) cases):"
 prepare x10 p10-jobs1 1
 prepare x10 p10 "$cores"
 
-rss() { # prepared [run flags]
+rss() { # prepared [run flags]; AGGREGATE: eval.aggregate (default case)
     cat > "$work/$1.toml" <<EOF
 [run]
 method = "std"
@@ -102,6 +106,7 @@ batch_size = 16
 eps = [0.0]
 restarts = 1
 batch_size = 32
+aggregate = "${AGGREGATE:-case}"
 [eval.attack]
 steps = 1
 EOF
@@ -113,3 +118,5 @@ EOF
 ratio() { python3 -c "import sys; a, b = int(sys.argv[2]), int(sys.argv[3]); print(f'peak RSS, {sys.argv[1]}: {a / 1024:.0f} MiB (1x), {b / 1024:.0f} MiB (10x), ratio {b / a:.3f}')" "$@"; }
 ratio "training (one epoch)" "$(rss p1 --stop-after 1)" "$(rss p10 --stop-after 1)"
 ratio "whole run (two epochs and the evaluation)" "$(rss p1)" "$(rss p10)"
+export AGGREGATE=set
+ratio "whole run, metrics on the whole split at once (eval.aggregate = set)" "$(rss p1)" "$(rss p10)"

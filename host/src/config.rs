@@ -375,7 +375,40 @@ pub struct EvalConfig {
     /// sliding-window inference, in [0, 0.9].
     #[serde(skip_serializing_if = "is_default_overlap")]
     pub overlap: f64,
+    /// How the plugin's metrics cover the split: per case, then averaged
+    /// (memory bounded by the largest case), or on the whole split at once.
+    #[serde(skip_serializing_if = "Aggregate::is_case")]
+    pub aggregate: Aggregate,
     pub attack: PgdConfig,
+}
+
+/// How the plugin's `metrics` are taken over an evaluated split.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregate {
+    /// One `metrics` call per case (the samples a prepared dataset decoded
+    /// from one case), each metric then averaged over the cases that define
+    /// it: the field's per-case convention. Only one case's predictions are
+    /// held at a time. A split without cases (synthetic data) is one case.
+    #[default]
+    Case,
+    /// One `metrics` call on every prediction of the split at once: a
+    /// set-level metric (pooled counts, detection AP) exactly, with memory
+    /// that grows with the split.
+    Set,
+}
+
+impl Aggregate {
+    fn is_case(&self) -> bool {
+        *self == Aggregate::Case
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Aggregate::Case => "case",
+            Aggregate::Set => "set",
+        }
+    }
 }
 
 impl Default for EvalConfig {
@@ -387,6 +420,7 @@ impl Default for EvalConfig {
             split: "test".into(),
             // Paper strength: PGD-100, step 0.05 eps, random start.
             overlap: DEFAULT_OVERLAP,
+            aggregate: Aggregate::Case,
             attack: PgdConfig {
                 steps: 100,
                 step_factor: 5.0,

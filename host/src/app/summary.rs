@@ -4,7 +4,8 @@
 use crate::config::RunConfig;
 use crate::eval::Curve;
 use crate::eval::report::{
-    COLLAPSED_BELOW, REFERENCE_AT_LEAST, dice_convention, fmt, noise_note, parts, rms_at,
+    COLLAPSED_BELOW, REFERENCE_AT_LEAST, aggregate_note, dice_convention, fmt, noise_note, parts,
+    rms_at,
 };
 use crate::train::EpochRecord;
 use std::fmt::Write;
@@ -170,6 +171,9 @@ pub fn summary(
         let _ = write!(s, " {} |", fmt(m.area));
     }
     let _ = write!(s, "\n\n{}", noise_note(curve));
+    if let Some(note) = aggregate_note(curve) {
+        let _ = write!(s, "\n\n{note}");
+    }
     if let Some(note) = dice_convention(curve) {
         let _ = write!(s, "\n\n{note}");
     }
@@ -189,6 +193,8 @@ pub fn summary(
             );
         }
     }
-    s.push_str("\n\nFiles: `epochs.jsonl`, `epochs.csv`, `robustness.json`, `robustness.csv`, `robustness.png`, `checkpoints/`.\n");
+    s.push_str(&format!("\n\nFiles: `epochs.jsonl`, `epochs.csv`, `robustness.json`, `robustness.csv`, `robustness.png`, `checkpoints/`{}.\n",
+        if curve.cases.is_empty() { "" } else { ", `cases.csv`" }
+    ));
     s
 }

@@ -130,6 +130,15 @@ impl Dataset {
         }
     }
 
+    /// The case sample `i` was decoded from; `None` for data held in memory
+    /// (synthetic sets), which records no cases.
+    pub fn case(&self, i: usize) -> Option<&str> {
+        self.on_disk
+            .as_ref()
+            .and_then(|d| d.samples.get(i))
+            .map(|s| s.case.as_str())
+    }
+
     /// The image shape of sample `i`, without reading it.
     pub fn image_shape(&self, i: usize) -> Option<Vec<i64>> {
         match &self.on_disk {

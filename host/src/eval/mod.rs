@@ -6,10 +6,10 @@
 pub mod report;
 
 use crate::attack::{self, Norm};
-use crate::config::EvalConfig;
+use crate::config::{Aggregate, EvalConfig};
 use crate::data::Dataset;
 use crate::plugin::Plugin;
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -72,6 +72,26 @@ pub struct Curve {
     /// empty in older files.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub intensity: String,
+    /// How `metrics` covered the split (files written before it existed
+    /// took the whole split at once).
+    #[serde(default = "whole_split")]
+    pub aggregate: Aggregate,
+    /// With per-case metrics over more than one case: each case's curves,
+    /// whose means are `metrics`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cases: Vec<CaseCurve>,
+}
+
+fn whole_split() -> Aggregate {
+    Aggregate::Set
+}
+
+/// One case's metrics along the noise levels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaseCurve {
+    pub case: String,
+    pub samples: usize,
+    pub metrics: Vec<MetricCurve>,
 }
 
 impl Curve {
@@ -170,76 +190,51 @@ pub fn robustness(
     let shapes: Vec<Vec<i64>> = (0..data.len())
         .map(|i| data.image_shape(i).unwrap_or_default())
         .collect();
-    let mixed = shapes.iter().any(|s| s != &shapes[0]);
-    // Set-level metrics take all predictions as one tensor: a split of
-    // volumes of several shapes is padded to the largest with background,
-    // which only a class map can take (class 0 adds to no foreground count).
-    if mixed && ctx.plugin.info().target_kind != amat_plugin_sdk::TargetKind::ClassMap {
-        let other = shapes.iter().position(|s| s != &shapes[0]).unwrap_or(0);
-        bail!(
-            "eval: split `{}` holds samples of different shapes (`{}` {:?}, `{}` {:?}); \
-             the robustness curve of a `{}` task needs one shape (crop or resample the cases to one)",
-            cfg.split,
-            data.id(0).unwrap_or_default(),
-            shapes[0],
-            data.id(other).unwrap_or_default(),
-            shapes[other],
-            ctx.plugin.info().name
-        );
-    }
+    let groups = MetricGroups::of(data, cfg.aggregate);
+    refuse_mixed_shapes(ctx, data, cfg, &groups, &shapes)?;
     tch::manual_seed(seed);
-    let indices: Vec<usize> = (0..data.len()).collect();
-    let batches = data.batches_of_one_shape(&indices, cfg.batch_size);
+    let batches = data.batches_of_one_shape(&groups.order(), cfg.batch_size);
     bar.set_length((batches.len() * cfg.eps.len()) as u64);
     bar.set_position(0);
     let mut losses = Vec::new();
-    let mut per_level: Vec<Vec<(String, f64)>> = Vec::new();
+    // Per group, per level: the metrics the plugin returned.
+    let mut per_group: Vec<Vec<Vec<(String, f64)>>> = vec![Vec::new(); groups.len()];
     for &eps in &cfg.eps {
-        let (mut preds, mut targets, mut loss_sum) = (Vec::new(), Vec::new(), 0.0);
+        let mut open = groups.open();
+        let mut loss_sum = 0.0;
         for idx in &batches {
             let (x, y) = data.batch(idx, device)?;
             let (_, pred, loss) = worst_case(ctx, &x, &y, eps, cfg)?;
             loss_sum += loss.sum(Kind::Double).double_value(&[]);
-            preds.push(pred.to_device(Device::Cpu));
-            targets.push(y.to_device(Device::Cpu));
+            let (pred, y) = (pred.to_device(Device::Cpu), y.to_device(Device::Cpu));
+            for (g, rows) in groups.runs(idx) {
+                let Some((preds, targets)) = open.add(g, &pred, &y, rows) else {
+                    continue;
+                };
+                let metrics = group_metrics(ctx, preds, targets)
+                    .with_context(|| format!("metrics of {} at eps {eps}", groups.describe(g)))?;
+                per_group[g].push(metrics);
+            }
             bar.inc(1);
         }
-        if mixed {
-            pad_to_largest(&mut preds, &mut targets);
-        }
-        let metrics = ctx
-            .plugin
-            .metrics(&Tensor::cat(&preds, 0), &Tensor::cat(&targets, 0))?;
-        per_level.push(metrics.into_iter().map(|m| (m.name, m.value)).collect());
         losses.push(loss_sum / data.len().max(1) as f64);
     }
-    // Every name any level returned, in order of appearance: a plugin may
-    // leave out a value it cannot define at some level.
-    let mut names: Vec<String> = Vec::new();
-    for (n, _) in per_level.iter().flatten() {
-        if !names.contains(n) {
-            names.push(n.clone());
-        }
-    }
-    let metrics = names
-        .iter()
-        .map(|name| {
-            let values: Vec<f64> = per_level
-                .iter()
-                .map(|l| {
-                    l.iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, v)| *v)
-                        .unwrap_or(f64::NAN)
-                })
-                .collect();
-            MetricCurve {
-                name: name.clone(),
-                area: normalised_area(&cfg.eps, &values),
-                values,
-            }
-        })
-        .collect();
+    let metrics = mean_over_groups(&per_group, &cfg.eps);
+    let cases = if groups.len() > 1 {
+        groups
+            .names
+            .iter()
+            .zip(&groups.members)
+            .zip(&per_group)
+            .map(|((case, members), levels)| CaseCurve {
+                case: case.clone(),
+                samples: members.len(),
+                metrics: mean_over_groups(std::slice::from_ref(levels), &cfg.eps),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Curve {
         split: cfg.split.clone(),
         samples: data.len(),
@@ -261,7 +256,199 @@ pub fn robustness(
         metrics,
         seconds: start.elapsed().as_secs_f64(),
         intensity: String::new(),
+        aggregate: cfg.aggregate,
+        cases,
     })
+}
+
+/// A group's metrics at one level: its predictions padded to one shape
+/// where they differ (class maps only, checked before), in one call.
+fn group_metrics(
+    ctx: &mut attack::Context,
+    mut preds: Vec<Tensor>,
+    mut targets: Vec<Tensor>,
+) -> Result<Vec<(String, f64)>> {
+    let shape = preds[0].size();
+    if preds.iter().any(|p| p.size()[2..] != shape[2..]) {
+        pad_to_largest(&mut preds, &mut targets);
+    }
+    let metrics = ctx
+        .plugin
+        .metrics(&Tensor::cat(&preds, 0), &Tensor::cat(&targets, 0))?;
+    Ok(metrics.into_iter().map(|m| (m.name, m.value)).collect())
+}
+
+/// Metrics take one group's predictions as one tensor: a group of volumes
+/// of several shapes is padded to the largest with background, which only
+/// a class map can take (class 0 adds to no foreground count).
+fn refuse_mixed_shapes(
+    ctx: &attack::Context,
+    data: &Dataset,
+    cfg: &EvalConfig,
+    groups: &MetricGroups,
+    shapes: &[Vec<i64>],
+) -> Result<()> {
+    if ctx.plugin.info().target_kind == amat_plugin_sdk::TargetKind::ClassMap {
+        return Ok(());
+    }
+    for members in &groups.members {
+        let first = &shapes[members[0]];
+        if let Some(&other) = members.iter().find(|&&i| &shapes[i] != first) {
+            bail!(
+                "eval: split `{}` holds samples of different shapes (`{}` {:?}, `{}` {:?}) \
+                 in one metrics call (eval.aggregate = \"{}\"); the robustness curve of a `{}` \
+                 task needs one shape per call (crop or resample the cases to one)",
+                cfg.split,
+                data.id(members[0]).unwrap_or_default(),
+                first,
+                data.id(other).unwrap_or_default(),
+                shapes[other],
+                cfg.aggregate.name(),
+                ctx.plugin.info().name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Each metric's curve: per level, the mean over the groups whose value
+/// there is finite (a plugin leaves out what a group does not define).
+/// Names in order of first appearance.
+fn mean_over_groups(per_group: &[Vec<Vec<(String, f64)>>], eps: &[f64]) -> Vec<MetricCurve> {
+    let mut names: Vec<&String> = Vec::new();
+    for (n, _) in per_group.iter().flatten().flatten() {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let values: Vec<f64> = (0..eps.len())
+                .map(|level| {
+                    let defined: Vec<f64> = per_group
+                        .iter()
+                        .filter_map(|g| g.get(level)?.iter().find(|(n, _)| n == name))
+                        .map(|(_, v)| *v)
+                        .filter(|v| v.is_finite())
+                        .collect();
+                    if defined.is_empty() {
+                        f64::NAN
+                    } else {
+                        defined.iter().sum::<f64>() / defined.len() as f64
+                    }
+                })
+                .collect();
+            MetricCurve {
+                name: name.clone(),
+                area: normalised_area(eps, &values),
+                values,
+            }
+        })
+        .collect()
+}
+
+/// The groups of samples that one `metrics` call covers: the cases of the
+/// split (in order of first appearance), or the whole split as one group.
+struct MetricGroups {
+    /// The case's name; empty for the whole split.
+    names: Vec<String>,
+    members: Vec<Vec<usize>>,
+    /// Sample index to its group.
+    group_of: Vec<usize>,
+}
+
+impl MetricGroups {
+    fn of(data: &Dataset, aggregate: Aggregate) -> Self {
+        Self::by_label((0..data.len()).map(|i| match aggregate {
+            Aggregate::Case => data.case(i).unwrap_or_default(),
+            Aggregate::Set => "",
+        }))
+    }
+
+    /// Groups of the samples with one label, sample by sample.
+    fn by_label<'a>(labels: impl Iterator<Item = &'a str>) -> Self {
+        let mut groups = MetricGroups {
+            names: Vec::new(),
+            members: Vec::new(),
+            group_of: Vec::new(),
+        };
+        for (i, name) in labels.enumerate() {
+            let g = match groups.names.iter().position(|n| n == name) {
+                Some(g) => g,
+                None => {
+                    groups.names.push(name.to_string());
+                    groups.members.push(Vec::new());
+                    groups.names.len() - 1
+                }
+            };
+            groups.members[g].push(i);
+            groups.group_of.push(g);
+        }
+        groups
+    }
+
+    fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Every sample, a group's samples together, so that a group's
+    /// predictions are complete, and let go, as early as possible.
+    fn order(&self) -> Vec<usize> {
+        self.members.concat()
+    }
+
+    fn describe(&self, g: usize) -> String {
+        match self.names[g].as_str() {
+            "" => "the split".to_string(),
+            case => format!("case `{case}`"),
+        }
+    }
+
+    /// The rows of a batch of samples `indices`, as runs of one group.
+    fn runs(&self, indices: &[usize]) -> Vec<(usize, std::ops::Range<usize>)> {
+        let mut runs: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        for (row, &i) in indices.iter().enumerate() {
+            let g = self.group_of[i];
+            match runs.last_mut() {
+                Some((last, rows)) if *last == g => rows.end = row + 1,
+                _ => runs.push((g, row..row + 1)),
+            }
+        }
+        runs
+    }
+
+    fn open(&self) -> OpenGroups {
+        OpenGroups {
+            remaining: self.members.iter().map(Vec::len).collect(),
+            held: (0..self.len()).map(|_| (Vec::new(), Vec::new())).collect(),
+        }
+    }
+}
+
+/// The predictions of groups not yet complete at one level.
+struct OpenGroups {
+    remaining: Vec<usize>,
+    held: Vec<(Vec<Tensor>, Vec<Tensor>)>,
+}
+
+impl OpenGroups {
+    /// Holds rows `rows` of a batch for group `g`; returns the group's
+    /// predictions and targets once it is complete.
+    fn add(
+        &mut self,
+        g: usize,
+        pred: &Tensor,
+        target: &Tensor,
+        rows: std::ops::Range<usize>,
+    ) -> Option<(Vec<Tensor>, Vec<Tensor>)> {
+        let n = rows.len() as i64;
+        let (preds, targets) = &mut self.held[g];
+        preds.push(pred.narrow(0, rows.start as i64, n));
+        targets.push(target.narrow(0, rows.start as i64, n));
+        self.remaining[g] -= rows.len();
+        (self.remaining[g] == 0).then(|| std::mem::take(&mut self.held[g]))
+    }
 }
 
 /// Pads class-map predictions [B, K, *spatial] and targets [B, *spatial]
@@ -299,6 +486,41 @@ fn pad_to_largest(preds: &mut [Tensor], targets: &mut [Tensor]) {
 #[cfg(test)]
 mod tests {
     use super::normalised_area;
+
+    #[test]
+    fn a_case_is_let_go_as_soon_as_its_last_sample_is_attacked() {
+        use super::MetricGroups;
+        use tch::{Kind, Tensor};
+        // Cases interleaved in the split's order; batches of 3.
+        let labels = ["a", "b", "a", "c", "c", "b", "d", "d", "d", "d", "a"];
+        let groups = MetricGroups::by_label(labels.into_iter());
+        let order = groups.order();
+        assert_eq!(order, [0, 2, 10, 1, 5, 3, 4, 6, 7, 8, 9]);
+        let mut open = groups.open();
+        let (mut done, mut most_held) = (Vec::new(), 0);
+        for batch in order.chunks(3) {
+            let rows = Tensor::from_slice(&batch.iter().map(|&i| i as i64).collect::<Vec<_>>());
+            let pred = rows.to_kind(Kind::Float);
+            for (g, run) in groups.runs(batch) {
+                if let Some((preds, targets)) = open.add(g, &pred, &rows, run) {
+                    let got: Vec<i64> = Vec::try_from(Tensor::cat(&targets, 0)).unwrap();
+                    let want: Vec<i64> = groups.members[g].iter().map(|&i| i as i64).collect();
+                    assert_eq!(got, want, "group {}", groups.names[g]);
+                    assert_eq!(preds.len(), targets.len());
+                    done.push(groups.names[g].clone());
+                }
+            }
+            let held: usize = open
+                .held
+                .iter()
+                .map(|(p, _)| p.iter().map(|t| t.size()[0] as usize).sum::<usize>())
+                .sum();
+            most_held = most_held.max(held);
+        }
+        assert_eq!(done, ["a", "b", "c", "d"], "each case once, in order");
+        // Never more than the largest case's samples (d: 4) held at once.
+        assert!(most_held <= 4, "held {most_held}");
+    }
 
     #[test]
     fn missing_values_round_trip_as_null_and_old_files_read() {

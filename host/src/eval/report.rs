@@ -6,6 +6,7 @@ use super::{Curve, MetricCurve};
 use crate::fsio::write_atomic;
 use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Once;
 
@@ -50,6 +51,110 @@ pub fn noise_note(curve: &Curve) -> String {
         note.push_str(&curve.intensity);
     }
     note
+}
+
+/// Mean and sample standard deviation (n - 1) of the finite values; sd is
+/// NaN (`null`) below two values, both are NaN with none.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stat {
+    #[serde(deserialize_with = "super::nan_for_null::value")]
+    pub mean: f64,
+    #[serde(deserialize_with = "super::nan_for_null::value")]
+    pub sd: f64,
+    pub n: usize,
+}
+
+impl Stat {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Stat {
+        let v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        let n = v.len();
+        let mean = if n == 0 {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / n as f64
+        };
+        let sd = if n < 2 {
+            f64::NAN
+        } else {
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        };
+        Stat { mean, sd, n }
+    }
+
+    /// `0.713 ± 0.012` (`–` for a missing part).
+    pub fn text(&self) -> String {
+        match (self.mean.is_nan(), self.sd.is_nan()) {
+            (true, _) => "–".into(),
+            (false, true) => format!("{:.3}", self.mean),
+            (false, false) => format!("{:.3} ± {:.3}", self.mean, self.sd),
+        }
+    }
+}
+
+/// How the metrics cover the split, when they are per-case means: the
+/// number of cases and the spread of the first metric over them.
+pub fn aggregate_note(curve: &Curve) -> Option<String> {
+    let first = curve.metrics.first()?;
+    if curve.cases.is_empty() {
+        return None;
+    }
+    let spread = |level: usize| {
+        let values: Vec<(f64, &str)> = curve
+            .cases
+            .iter()
+            .filter_map(|c| {
+                let v = c.metrics.iter().find(|m| m.name == first.name)?.values[level];
+                v.is_finite().then_some((v, c.case.as_str()))
+            })
+            .collect();
+        let stat = Stat::of(values.iter().map(|v| v.0));
+        let lowest = values.iter().min_by(|a, b| a.0.total_cmp(&b.0));
+        format!(
+            "{} over {} cases{}",
+            stat.text(),
+            stat.n,
+            lowest.map_or(String::new(), |(v, c)| format!(
+                ", lowest `{c}` {}",
+                fmt(*v)
+            ))
+        )
+    };
+    let last = curve.eps.len() - 1;
+    Some(format!(
+        "Metrics are per case (each case's from its own samples), then the mean over the {} \
+         cases of the split that define the value (`eval.aggregate = \"case\"`; per-case values \
+         in `cases.csv`). {}: clean {}; at {} {}.",
+        curve.cases.len(),
+        first.name,
+        spread(0),
+        level_heading(curve, last),
+        spread(last)
+    ))
+}
+
+/// One row per case and level: the case's own metrics.
+pub fn cases_csv(curve: &Curve) -> String {
+    let mut out = String::from("case,samples,eps");
+    for m in &curve.metrics {
+        out.push(',');
+        out.push_str(&m.name);
+    }
+    out.push('\n');
+    for c in &curve.cases {
+        for (i, eps) in curve.eps.iter().enumerate() {
+            out.push_str(&format!("{},{},{eps}", c.case, c.samples));
+            for m in &curve.metrics {
+                let v = c
+                    .metrics
+                    .iter()
+                    .find(|x| x.name == m.name)
+                    .map_or(f64::NAN, |x| x.values[i]);
+                out.push_str(&format!(",{}", cell(v)));
+            }
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// What the images' intensities are, and so what eps is measured in: the
@@ -101,7 +206,8 @@ pub fn dice_convention(curve: &Curve) -> Option<&'static str> {
         "Dice as nnU-Net reports it: per foreground class (background excluded) and per sample; \
          a sample in which a class is absent from both target and prediction is left out of that \
          class's mean (not counted as 1.0); each class's value is the mean over the samples that \
-         define it, and dice_mean the mean over the classes. `–`: no sample defines the value.",
+         define it (with per-case metrics: within each case, then over the cases), and dice_mean \
+         the mean over the classes. `–`: no sample defines the value.",
     )
 }
 
@@ -208,6 +314,9 @@ pub fn write(dir: &Path, curve: &Curve, plotted: &[String]) -> Result<()> {
         serde_json::to_string_pretty(curve)?.as_bytes(),
     )?;
     write_atomic(&dir.join("robustness.csv"), csv(curve).as_bytes())?;
+    if !curve.cases.is_empty() {
+        write_atomic(&dir.join("cases.csv"), cases_csv(curve).as_bytes())?;
+    }
     plot(&dir.join("robustness.png"), curve, plotted)
 }
 
@@ -523,6 +632,8 @@ mod tests {
                 .collect(),
             seconds: 0.0,
             intensity: String::new(),
+            aggregate: crate::config::Aggregate::Set,
+            cases: Vec::new(),
         }
     }
 

@@ -8,8 +8,8 @@ use crate::app::compare::{self, RunResult};
 use crate::attack::Norm;
 use crate::eval::Curve;
 use crate::eval::report::{
-    Collapse, Point, Series, cell, collapse_line, collapse_rule, collapses, dice_convention, fmt,
-    level_heading, line_chart, noise_note, parts, scatter_chart,
+    Collapse, Point, Series, Stat, cell, collapse_line, collapse_rule, collapses, dice_convention,
+    fmt, level_heading, line_chart, noise_note, parts, scatter_chart,
 };
 use crate::fsio::write_atomic;
 use anyhow::{Result, bail};
@@ -17,46 +17,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 use std::path::PathBuf;
 
-/// Mean and sample standard deviation (n - 1) of the finite values; sd is
-/// NaN (`null`) below two values, both are NaN with none.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Stat {
-    #[serde(deserialize_with = "nan_for_null")]
-    pub mean: f64,
-    #[serde(deserialize_with = "nan_for_null")]
-    pub sd: f64,
-    pub n: usize,
-}
-
 fn nan_for_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
-impl Stat {
-    pub fn of(values: impl IntoIterator<Item = f64>) -> Stat {
-        let v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
-        let n = v.len();
-        let mean = if n == 0 {
-            f64::NAN
-        } else {
-            v.iter().sum::<f64>() / n as f64
-        };
-        let sd = if n < 2 {
-            f64::NAN
-        } else {
-            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        };
-        Stat { mean, sd, n }
-    }
-
-    /// `0.713 ± 0.012` (`–` for a missing part).
-    pub fn text(&self) -> String {
-        match (self.mean.is_nan(), self.sd.is_nan()) {
-            (true, _) => "–".into(),
-            (false, true) => format!("{:.3}", self.mean),
-            (false, false) => format!("{:.3} ± {:.3}", self.mean, self.sd),
-        }
-    }
 }
 
 /// A metric over seeds: one Stat per noise level, and of the area.
@@ -294,6 +256,8 @@ fn heading_curve(r: &StudyReport) -> Curve {
         metrics: Vec::new(),
         seconds: 0.0,
         intensity: String::new(),
+        aggregate: crate::config::Aggregate::Set,
+        cases: Vec::new(),
     }
 }
 
