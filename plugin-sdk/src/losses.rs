@@ -38,24 +38,35 @@ pub fn binary_cross_entropy_with_logits(pred: &Tensor, target: &Tensor) -> Resul
 /// Softmax cross-entropy of class logits `pred` `[B, C, *spatial]` against
 /// class indices `target` `[B, *spatial]` (or `[B, 1, *spatial]`) stored as
 /// floats: `-log softmax(pred)[class]`, the mean over each sample's
-/// positions. An index outside `0..C` fails the call.
+/// positions. An index outside `0..C` fails the call. A loss that also needs
+/// the probabilities (soft Dice) takes `pred.log_softmax(1)` once and calls
+/// [`nll`]: a second `log_softmax` gives the same loss but a gradient that
+/// differs in its last bits, and training amplifies such bits.
 pub fn softmax_cross_entropy(pred: &Tensor, target: &Tensor) -> Result<Tensor, String> {
-    let p = pred.shape();
+    nll(&pred.log_softmax(1), target)
+}
+
+/// Negative log-likelihood of log-probabilities `log_probs` `[B, C,
+/// *spatial]` (`log_softmax(1)` of logits) against class indices `target`
+/// as in [`softmax_cross_entropy`]: `-log_probs[class]`, the mean over each
+/// sample's positions.
+pub fn nll(log_probs: &Tensor, target: &Tensor) -> Result<Tensor, String> {
+    let p = log_probs.shape();
     if p.len() < 2 {
         return Err(format!(
-            "softmax cross-entropy: prediction must be [B, C, ...], got {p:?}"
+            "cross-entropy: prediction must be [B, C, ...], got {p:?}"
         ));
     }
     let mut index = p.clone();
     index[1] = 1;
     if elements(target) != index.iter().product::<i64>() {
         return Err(format!(
-            "softmax cross-entropy: target {:?} does not hold one class index per position of prediction {p:?}",
+            "cross-entropy: target {:?} does not hold one class index per position of prediction {p:?}",
             target.shape()
         ));
     }
     let labels = target.reshape(&index).to_long();
-    Ok(-pred.log_softmax(1).gather(1, &labels).mean_per_sample())
+    Ok(-log_probs.gather(1, &labels).mean_per_sample())
 }
 
 /// Soft Dice per sample: for probabilities `probs` `[B, C, *spatial]` and a

@@ -13,7 +13,7 @@
 pub mod decode;
 pub mod metrics;
 
-use amat_plugin_sdk::losses::{soft_dice, softmax_cross_entropy};
+use amat_plugin_sdk::losses::{nll, soft_dice};
 use amat_plugin_sdk::{
     DecodeRequest, Example, Metric, SampleScore, ScoreInfo, TargetKind, Task, TaskInfo, Tensor,
     export_task,
@@ -106,8 +106,12 @@ impl Task for Segmentation {
                 target.shape()
             ));
         }
-        let ce = softmax_cross_entropy(pred, target)?;
-        let dice = soft_dice(&pred.log_softmax(1).exp(), &y, SMOOTH)?;
+        // One log_softmax for both terms, as the built-in loss and the
+        // first studies computed it: two give the same loss but a gradient
+        // that differs in its last bits, which moves every trained run.
+        let log_p = pred.log_softmax(1);
+        let ce = nll(&log_p, target)?;
+        let dice = soft_dice(&log_p.exp(), &y, SMOOTH)?;
         Ok(ce + (1.0 - dice))
     }
 
