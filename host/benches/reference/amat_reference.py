@@ -536,6 +536,9 @@ def worker(args):
         if cmd["cmd"] == "quit":
             reply({"peak_rss_mib": peak_rss_mib()})
             return
+        if cmd["cmd"] == "rss":
+            reply({"peak_rss_mib": peak_rss_mib()})
+            continue
         if cmd["cmd"] == "epoch":
             c, method = with_rule(cfg, cmd["method"])
             t, seconds, clean, adv = run_epoch(

@@ -580,6 +580,16 @@ fn main() -> Result<()> {
         );
     }
 
+    // Peak memory of the timed rounds, before the sweep's larger shapes.
+    let mut rss = Vec::new();
+    for p in &mut procs {
+        rss.push(
+            p.ask(json!({ "cmd": "rss" }))?["peak_rss_mib"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+    }
+
     // The scaling sweep: amat (wasm plugin, else the first amat worker)
     // against the fair eager reference (compiling each shape would time the compiler).
     let mut scaling = Vec::new();
@@ -622,13 +632,8 @@ fn main() -> Result<()> {
         }
     }
 
-    let mut rss = Vec::new();
     for p in &mut procs {
-        rss.push(
-            p.ask(json!({ "cmd": "quit" }))?["peak_rss_mib"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
-        );
+        p.ask(json!({ "cmd": "quit" }))?;
         p.child.wait()?;
     }
     let seconds = started.elapsed().as_secs_f64();

@@ -156,6 +156,7 @@ impl Worker {
         };
         match field("cmd")?.as_str().unwrap_or("") {
             "quit" => Ok(None),
+            "rss" => Ok(Some(json!({ "peak_rss_mib": peak_rss_mib() }))),
             "epoch" => {
                 let method = parse_method(field("method")?.as_str().unwrap_or(""))?;
                 let data = std::mem::take(&mut self.data);
