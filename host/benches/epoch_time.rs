@@ -86,8 +86,16 @@ fn main() {
     // rule with each of its two searches.
     let variants: [(&str, AmatRule, SearchKind); 3] = [
         ("AMAT reference", AmatRule::Reference, SearchKind::Bisection),
-        ("AMAT-B bisection", AmatRule::Boundary, SearchKind::Bisection),
-        ("AMAT-B regula falsi", AmatRule::Boundary, SearchKind::RegulaFalsi),
+        (
+            "AMAT-B bisection",
+            AmatRule::Boundary,
+            SearchKind::Bisection,
+        ),
+        (
+            "AMAT-B regula falsi",
+            AmatRule::Boundary,
+            SearchKind::RegulaFalsi,
+        ),
     ];
     let config = |m: Method, v: Option<usize>| {
         let mut c = with_method(m);
