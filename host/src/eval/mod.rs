@@ -32,7 +32,7 @@ pub struct MetricCurve {
 }
 
 /// serde_json writes NaN as `null`; these read it back as NaN.
-mod nan_for_null {
+pub(crate) mod nan_for_null {
     use serde::{Deserialize, Deserializer};
 
     pub fn nan() -> f64 {
@@ -373,15 +373,13 @@ impl MetricGroups {
             members: Vec::new(),
             group_of: Vec::new(),
         };
+        let mut index: std::collections::HashMap<&str, usize> = Default::default();
         for (i, name) in labels.enumerate() {
-            let g = match groups.names.iter().position(|n| n == name) {
-                Some(g) => g,
-                None => {
-                    groups.names.push(name.to_string());
-                    groups.members.push(Vec::new());
-                    groups.names.len() - 1
-                }
-            };
+            let g = *index.entry(name).or_insert_with(|| {
+                groups.names.push(name.to_string());
+                groups.members.push(Vec::new());
+                groups.names.len() - 1
+            });
             groups.members[g].push(i);
             groups.group_of.push(g);
         }

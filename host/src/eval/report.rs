@@ -134,12 +134,7 @@ pub fn aggregate_note(curve: &Curve) -> Option<String> {
 
 /// One row per case and level: the case's own metrics.
 pub fn cases_csv(curve: &Curve) -> String {
-    let mut out = String::from("case,samples,eps");
-    for m in &curve.metrics {
-        out.push(',');
-        out.push_str(&m.name);
-    }
-    out.push('\n');
+    let mut out = csv_header("case,samples,eps", curve);
     for c in &curve.cases {
         for (i, eps) in curve.eps.iter().enumerate() {
             out.push_str(&format!("{},{},{eps}", c.case, c.samples));
@@ -285,13 +280,19 @@ pub fn collapse_line(c: &[Collapse]) -> String {
         .join(", ")
 }
 
-pub fn csv(curve: &Curve) -> String {
-    let mut out = String::from("eps,rms,loss");
+/// A CSV header line: `columns`, then every metric's name.
+fn csv_header(columns: &str, curve: &Curve) -> String {
+    let mut out = String::from(columns);
     for m in &curve.metrics {
         out.push(',');
         out.push_str(&m.name);
     }
     out.push('\n');
+    out
+}
+
+pub fn csv(curve: &Curve) -> String {
+    let mut out = csv_header("eps,rms,loss", curve);
     for (i, eps) in curve.eps.iter().enumerate() {
         out.push_str(&format!(
             "{eps},{},{}",

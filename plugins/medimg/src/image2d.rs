@@ -36,13 +36,7 @@ impl Image2D {
 
     /// Linear map of `[lo, hi]` onto `[0, 1]`, clamped.
     pub fn rescale(&self, lo: f32, hi: f32) -> Image2D {
-        let span = if hi > lo { hi - lo } else { 1.0 };
-        let data = self
-            .data
-            .iter()
-            .map(|&v| ((v - lo) / span).clamp(0.0, 1.0))
-            .collect();
-        Image2D::new(self.h, self.w, data)
+        Image2D::new(self.h, self.w, unit_range(&self.data, lo, hi))
     }
 
     /// Min-max normalisation of this image alone to [0, 1].
@@ -218,6 +212,15 @@ impl Affine2 {
             ],
         }
     }
+}
+
+/// `data` mapped linearly from [lo, hi] to [0, 1], clipped (a flat range
+/// leaves the values shifted by `lo`, clipped).
+pub fn unit_range(data: &[f32], lo: f32, hi: f32) -> Vec<f32> {
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    data.iter()
+        .map(|&v| ((v - lo) / span).clamp(0.0, 1.0))
+        .collect()
 }
 
 #[cfg(test)]

@@ -318,8 +318,7 @@ fn volume(
         match intensity {
             Intensity::Percentile => {
                 let (lo, hi) = v.quantiles(0.005, 0.995);
-                let span = if hi > lo { hi - lo } else { 1.0 };
-                data.extend(v.data.iter().map(|&x| ((x - lo) / span).clamp(0.0, 1.0)));
+                data.extend(medimg::image2d::unit_range(&v.data, lo, hi));
             }
             Intensity::Raw => data.extend_from_slice(&v.data),
         }

@@ -17,10 +17,6 @@ use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 use std::path::PathBuf;
 
-fn nan_for_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
 /// A metric over seeds: one Stat per noise level, and of the area.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Summary {
@@ -47,7 +43,7 @@ pub struct RunEntry {
     /// The metric at every level, and its area.
     #[serde(deserialize_with = "nan_vec")]
     pub values: Vec<f64>,
-    #[serde(deserialize_with = "nan_for_null")]
+    #[serde(deserialize_with = "crate::eval::nan_for_null::value")]
     pub area: f64,
     pub train_seconds: f64,
     pub eval_seconds: f64,
